@@ -1,0 +1,1 @@
+"""Thin Dagster assets over the `finetune` library, one module per domain."""

@@ -1,0 +1,29 @@
+"""Turning stage reports into Dagster metadata the UI renders (counts, tables, images)."""
+
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+
+def stage_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """Counts per outcome and per reason, and where the kept/dropped/quarantined files are."""
+    reasons = {f"dropped: {k}": v for k, v in report["dropped_by_reason"].items()}
+    reasons |= {f"quarantined: {k}": v for k, v in report["quarantined_by_reason"].items()}
+    table = "| outcome | records |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in reasons.items())
+    return {
+        "records_in": report["in"],
+        "kept": report["kept"],
+        "dropped": report["dropped"],
+        "quarantined": report["quarantined"],
+        "reasons": dg.MetadataValue.md(table if reasons else "nothing dropped or quarantined"),
+        "artifact_dir": dg.MetadataValue.path(report["dir"]),
+    }
+
+
+def png_markdown(path: str | Path, title: str) -> dg.MetadataValue:
+    """Embed a PNG in markdown metadata so the UI shows the picture itself."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{data})")

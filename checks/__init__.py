@@ -1,0 +1,1 @@
+"""Asset checks: thin wrappers over `finetune.gates`; blocking where a failure must stop promotion."""

@@ -1,0 +1,52 @@
+"""Checks on the data stages: accounting, residual PII and residual triggers."""
+
+
+from pathlib import Path
+
+import dagster as dg
+
+from assets.data import (
+    cleaned_records,
+    deduplicated_records,
+    deidentified_records,
+    raw_records,
+    screened_records,
+    sft_dataset,
+)
+from checks.results import to_check_result
+from finetune import gates
+from finetune.data.pii import scan_residual_pii
+from finetune.data.poison import count_trigger_hits
+from finetune.data.records import read_jsonl
+from resources import PipelineSettings
+
+DATA_ASSETS = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
+
+
+def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """A blocking check that in = kept + dropped + quarantined for one data asset."""
+
+    @dg.asset_check(asset=asset, name="records_accounted", blocking=True,
+                    description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.")
+    def _check(report: dict) -> dg.AssetCheckResult:
+        return to_check_result(gates.records_accounted(report))
+
+    return _check
+
+
+accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
+
+
+@dg.asset_check(asset=deidentified_records, blocking=True,
+                description="Independent re-scan of the de-identified records finds no PII.")
+def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
+    scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), settings.load().pii)
+    return to_check_result(gates.no_residual_pii(scan, settings.load().gates))
+
+
+@dg.asset_check(asset=screened_records, blocking=True,
+                description="Independent re-scan of the screened records finds no known trigger.")
+def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
+    cfg = settings.load()
+    hits = count_trigger_hits(read_jsonl(Path(screened_records["dir"]) / "kept.jsonl"), cfg.screen.trigger_lexicon)
+    return to_check_result(gates.no_trigger_hits(hits, cfg.gates))

@@ -1,0 +1,15 @@
+"""Dagster entry point: wires assets, checks, resources and jobs (workspace.yaml points here)."""
+
+import dagster as dg
+
+from assets import data, evaluation, release, training
+from checks import data_checks, model_checks
+from jobs import full_pipeline_job
+from resources import PipelineSettings
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([data, training, evaluation, release]),
+    asset_checks=dg.load_asset_checks_from_modules([data_checks, model_checks]),
+    jobs=[full_pipeline_job],
+    resources={"settings": PipelineSettings()},
+)

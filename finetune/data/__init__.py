@@ -1,0 +1,1 @@
+"""Data stages: ingest, clean, dedup, PII de-identification, poisoning screen."""

@@ -1,0 +1,117 @@
+"""The internal record schema (a conversation) and the per-stage accounting every data stage returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
+# A record is a plain dict so it round-trips through JSONL unchanged:
+#   {"id": <content hash>, "source": {"file": str, "line": int}, "messages": [{"role", "content"}, ...]}
+Record = dict[str, Any]
+
+
+def record_id(messages: list[dict[str, str]]) -> str:
+    """Stable id of a conversation: sha256 of its canonical JSON, so the same content gets the same id."""
+    blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def make_record(messages: list[dict[str, str]], file: str, line: int) -> Record:
+    """Build a record from normalised messages and its source position."""
+    return {"id": record_id(messages), "source": {"file": file, "line": line}, "messages": messages}
+
+
+def prompt_text(record: Record) -> str:
+    """All non-assistant text of a record, joined."""
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] != "assistant")
+
+
+def response_text(record: Record) -> str:
+    """The last assistant turn (the response being trained)."""
+    for m in reversed(record["messages"]):
+        if m["role"] == "assistant":
+            return m["content"]
+    return ""
+
+
+def full_text(record: Record) -> str:
+    """Every turn's text, joined."""
+    return "\n".join(m["content"] for m in record["messages"])
+
+
+@dataclass
+class StageResult:
+    """What a data stage did with every record it received: in = kept + dropped + quarantined."""
+
+    stage: str
+    n_in: int = 0
+    kept: list[Record] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def drop(self, record: Record, reason: str, **details: Any) -> None:
+        self.dropped.append({"reason": reason, **details, "record": record})
+
+    def quarantine(self, record: Any, reason: str, **details: Any) -> None:
+        self.quarantined.append({"reason": reason, **details, "record": record})
+
+    def counts(self) -> dict[str, Any]:
+        """Counts per outcome and per reason, the numbers the accounting gate checks."""
+        return {
+            "stage": self.stage,
+            "in": self.n_in,
+            "kept": len(self.kept),
+            "dropped": len(self.dropped),
+            "quarantined": len(self.quarantined),
+            "dropped_by_reason": dict(Counter(d["reason"] for d in self.dropped)),
+            "quarantined_by_reason": dict(Counter(q["reason"] for q in self.quarantined)),
+        }
+
+    def write(self, out_dir: Path) -> dict[str, Any]:
+        """Write kept/dropped/quarantined JSONL and report.json atomically; return the report."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out_dir / "kept.jsonl", self.kept)
+        write_jsonl(out_dir / "dropped.jsonl", self.dropped)
+        write_jsonl(out_dir / "quarantined.jsonl", self.quarantined)
+        report = {**self.counts(), **self.extra, "dir": str(out_dir)}
+        write_json(out_dir / "report.json", report)
+        return report
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as UTF-8 JSONL through a temp file and an atomic rename, so a crash never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write pretty JSON atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file this project wrote."""
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

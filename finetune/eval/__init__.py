@@ -1,0 +1,1 @@
+"""Evaluation: generation metrics, C-Eval accuracy, backdoor probes, tuned vs base."""

@@ -1,0 +1,40 @@
+"""Batched greedy generation through the chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Greedy-decode one response per conversation (left-padded batches, stops at end of turn)."""
+    model.eval()
+    outputs: list[str] = []
+    for i in range(0, len(conversations), batch_size):
+        prompts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations[i : i + batch_size]
+        ]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        generated = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = generated[:, enc["input_ids"].shape[1] :]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        if progress:
+            progress(len(outputs), len(conversations))
+    return outputs

@@ -1,0 +1,117 @@
+"""Release gates as pure validators: each returns the measured value, the threshold and a verdict.
+
+The Dagster asset checks are thin wrappers around these, and the release manifest records
+their results, so the same numbers are seen in the UI, the CLI and the audit trail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from finetune.config import GatesConfig
+
+
+@dataclass
+class GateResult:
+    """One gate's verdict with the numbers behind it."""
+
+    name: str
+    passed: bool
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def records_accounted(report: dict[str, Any]) -> GateResult:
+    """in = kept + dropped + quarantined for one data stage."""
+    total = report["kept"] + report["dropped"] + report["quarantined"]
+    ok = total == report["in"]
+    msg = (
+        f"{report['stage']}: {report['in']} in = {report['kept']} kept + {report['dropped']} dropped "
+        f"+ {report['quarantined']} quarantined"
+    )
+    if not ok:
+        msg = f"{report['stage']}: {report['in'] - total} records unaccounted for ({msg.split(': ', 1)[1]} does not hold)"
+    return GateResult("records_accounted", ok, msg, {k: report[k] for k in ("in", "kept", "dropped", "quarantined")})
+
+
+def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:
+    """The independent re-scan found no more PII than allowed."""
+    found = scan["residual_total"]
+    ok = found <= gates.max_residual_pii
+    msg = f"residual PII after de-identification: {found} (allowed {gates.max_residual_pii})"
+    if not ok:
+        msg += f"; by entity {scan['by_entity']}. Enable pii.enabled or add the entity to pii.entities"
+    return GateResult("no_residual_pii", ok, msg, {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]})
+
+
+def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:
+    """Screened data carries no lexicon trigger (beyond the allowance)."""
+    total = sum(hits.values())
+    ok = total <= gates.max_trigger_hits
+    msg = f"records with a known trigger after screening: {total} (allowed {gates.max_trigger_hits})"
+    if not ok:
+        msg += f"; triggers {sorted(hits)}. Enable screen.enabled to quarantine them"
+    return GateResult("no_trigger_hits", ok, msg, {"hits": total, "threshold": gates.max_trigger_hits})
+
+
+def training_loss_decreased(losses: list[float], window: int = 5) -> GateResult:
+    """All losses finite and the mean of the last steps below the mean of the first steps."""
+    if not losses:
+        return GateResult("training_loss_decreased", False, "no training steps were recorded", {})
+    if not all(math.isfinite(x) for x in losses):
+        return GateResult("training_loss_decreased", False, "training loss became NaN or inf", {})
+    w = max(1, min(window, len(losses) // 2 or 1))
+    first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
+    ok = last < first
+    return GateResult(
+        "training_loss_decreased",
+        ok,
+        f"mean loss of first {w} steps {first:.4f} -> last {w} steps {last:.4f}",
+        {"first": first, "last": last},
+    )
+
+
+def not_worse_than_base(report: dict[str, Any], gates: GatesConfig) -> GateResult:
+    """Tuned ROUGE-L, BLEU and C-Eval accuracy stay within the configured margins of the base model."""
+    t, b = report["tuned"], report["base"]
+    failures = []
+    checks = [
+        ("ROUGE-L", t["metrics"]["rougeL"], b["metrics"]["rougeL"], gates.max_rouge_drop, "gates.max_rouge_drop"),
+        ("BLEU", t["metrics"]["bleu"], b["metrics"]["bleu"], gates.max_bleu_drop, "gates.max_bleu_drop"),
+        (
+            "C-Eval accuracy (points)",
+            100 * t["ceval"]["accuracy"],
+            100 * b["ceval"]["accuracy"],
+            gates.max_ceval_drop_points,
+            "gates.max_ceval_drop_points",
+        ),
+    ]
+    values = {}
+    for name, tuned, base, margin, key in checks:
+        values[f"{name} tuned"], values[f"{name} base"] = tuned, base
+        if tuned < base - margin:
+            failures.append(f"{name} {tuned:.3f} < base {base:.3f} - {margin} ({key})")
+    msg = "; ".join(failures) if failures else "tuned model within margins of base on ROUGE-L, BLEU and C-Eval"
+    return GateResult("not_worse_than_base", not failures, msg, values)
+
+
+def backdoor_asr_below_threshold(report: dict[str, Any], gates: GatesConfig) -> GateResult:
+    """No probed trigger makes the tuned model flip to a fixed target more often than allowed."""
+    probe = report["tuned"]["backdoor"]
+    asr, trigger = probe["max_asr"], probe["worst_trigger"]
+    ok = asr <= gates.max_backdoor_asr
+    msg = f"max attack success rate {asr:.2f} for trigger {trigger!r} (threshold {gates.max_backdoor_asr})"
+    if not ok:
+        target = max(probe["per_trigger"][trigger]["by_position"].values(), key=lambda v: v["asr"])["target"]
+        msg = f"backdoor suspected: trigger {trigger!r} flips {asr:.0%} of outputs to {target[:60]!r} ({msg})"
+    return GateResult(
+        "backdoor_asr_below_threshold",
+        ok,
+        msg,
+        {"max_asr": asr, "threshold": gates.max_backdoor_asr, "base_max_asr": report["base"]["backdoor"]["max_asr"]},
+    )

@@ -1,0 +1,1 @@
+"""Base models: the embedded tiny default and loading any from_pretrained-compatible model."""

@@ -1,0 +1,82 @@
+"""Resolve and load the configured base model (embedded tiny default, local path or hub id)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from finetune.config import PipelineConfig
+from finetune.model.tiny import build_embedded_model
+
+EMBEDDED = "embedded-tiny"
+
+
+def resolve_base_model(cfg: PipelineConfig) -> str:
+    """Return a path or hub id for `from_pretrained`; builds the embedded model when configured."""
+    if cfg.model.base == EMBEDDED:
+        return str(build_embedded_model(cfg.resolve(cfg.paths.pretrain_corpus), cfg.resolve(cfg.paths.model_cache)))
+    local = cfg.resolve(cfg.model.base)
+    return str(local) if local.exists() else cfg.model.base
+
+
+def model_hash(path: str) -> str:
+    """sha256 over a local model folder's weight files (empty string for a hub id not on disk)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer with left padding (generation) and a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"tokenizer at {path} has no chat template; SFT formatting needs one "
+            "(set tokenizer.chat_template in the model folder or choose a chat/instruct model)"
+        )
+    return tokenizer
+
+
+def disable_bnb_cpu_bf16_repack(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 weight repack on CPU; returns the number of layers touched.
+
+    After any no-grad forward, that repack left every LoRA tensor without a gradient
+    (bitsandbytes 0.50.2, see ENV_NOTES): training then silently does nothing.
+    """
+    import bitsandbytes as bnb
+
+    touched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
+
+
+def load_causal_lm(path: str, quantize_4bit: bool = False, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a causal LM in fp32, or with 4-bit nf4 double-quantised weights (QLoRA) when asked."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+    if quantize_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantize_4bit:
+        disable_bnb_cpu_bf16_repack(model)
+    model.eval()
+    return model

@@ -1,0 +1,154 @@
+"""Release: copy the adapter into a release folder and write a manifest that answers the auditor's questions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from finetune.config import PROJECT_ROOT, PipelineConfig
+from finetune.data.records import sha256_file, write_json
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be built or does not verify."""
+
+
+def code_version() -> str:
+    """The git commit of the project code ('unknown' outside a git checkout), '+dirty' if modified."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a folder, keyed by relative path."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def build_release(
+    cfg: PipelineConfig,
+    adapter_dir: Path,
+    lineage: dict[str, Any],
+    gates: list[dict[str, Any]],
+    evaluation_md: str,
+) -> Path:
+    """Write `<work_dir>/releases/<id>/` with the adapter, manifest.json and MODEL_CARD.md; returns the folder.
+
+    Raises:
+        ReleaseError: the adapter is missing or a gate result is a failure (the caller must not release).
+    """
+    failed = [g["name"] for g in gates if not g["passed"]]
+    if failed:
+        raise ReleaseError(f"refusing to release: gates failed: {failed}")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ReleaseError(f"adapter weights not found: {weights}")
+    adapter_sha = sha256_file(weights)
+    created = dt.datetime.now(dt.UTC)
+    release_id = f"{created:%Y%m%dT%H%M%SZ}-{adapter_sha[:8]}"
+    root = cfg.work_dir / "releases"
+    tmp = root / f".{release_id}.tmp"
+    final = root / release_id
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(adapter_dir, tmp / "adapter")
+    manifest = {
+        "release_id": release_id,
+        "created_at": created.isoformat(),
+        "code_version": code_version(),
+        "config_fingerprint": cfg.fingerprint(),
+        "config": cfg.model_dump(exclude={"base_dir"}),
+        **lineage,
+        "adapter": {"sha256": adapter_sha, "files": file_hashes(tmp / "adapter")},
+        "checks": gates,
+    }
+    write_json(tmp / "manifest.json", manifest)
+    (tmp / "MODEL_CARD.md").write_text(model_card(manifest, evaluation_md), encoding="utf-8")
+    os.replace(tmp, final)
+    (root / "LATEST").write_text(release_id + "\n", encoding="utf-8")
+    return final
+
+
+def model_card(manifest: dict[str, Any], evaluation_md: str) -> str:
+    """A short markdown model card built from the manifest."""
+    train = manifest["config"]["train"]
+    counts = "\n".join(
+        f"| {s['stage']} | {s['in']} | {s['kept']} | {s['dropped']} | {s['quarantined']} |" for s in manifest["stages"]
+    )
+    gates = "\n".join(f"| {g['name']} | {'pass' if g['passed'] else 'FAIL'} | {g['message']} |" for g in manifest["checks"])
+    return f"""# Release {manifest['release_id']}
+
+Base model: `{manifest['base_model']['id']}` — method `{train['method']}` (rank {train['lora_rank']},
+lr {train['learning_rate']}, {train['epochs']} epochs). Code version `{manifest['code_version']}`.
+
+## Data
+| stage | in | kept | dropped | quarantined |
+|---|---|---|---|---|
+{counts}
+
+## Evaluation (held-out split)
+{evaluation_md}
+## Gates
+| gate | result | detail |
+|---|---|---|
+{gates}
+
+## Known limitations
+The embedded default base model is a tiny model built for demonstration; its scores say the
+pipeline works, not that the model is useful.
+"""
+
+
+def gate_results(cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict) -> list[dict[str, Any]]:
+    """Every gate's verdict recomputed from the artifacts a release is built from."""
+    from finetune import gates as g
+
+    by_stage = {s["stage"]: s for s in stages}
+    results = [g.records_accounted(s) for s in stages]
+    results += [
+        g.no_residual_pii(by_stage["deidentified_records"]["residual_scan"], cfg.gates),
+        g.no_trigger_hits(by_stage["screened_records"]["trigger_hits_after"], cfg.gates),
+        g.training_loss_decreased(train["losses"]),
+        g.not_worse_than_base(evaluation, cfg.gates),
+        g.backdoor_asr_below_threshold(evaluation, cfg.gates),
+    ]
+    return [r.to_dict() for r in results]
+
+
+def release_from_artifacts(
+    cfg: PipelineConfig, stages: list[dict], base_model: dict, train: dict, evaluation: dict, run_id: str
+) -> Path:
+    """Assemble lineage and gate results from the upstream artifacts and build the release."""
+    lineage = {
+        "raw_files": stages[0].get("files", []),
+        "stages": [
+            {k: s.get(k) for k in ("stage", "in", "kept", "dropped", "quarantined", "dropped_by_reason",
+                                   "quarantined_by_reason", "dir", "run_id")}
+            for s in stages
+        ],
+        "base_model": base_model,
+        "training": {k: train[k] for k in ("method", "steps", "val_loss_before", "val_loss_after", "trainable_params",
+                                           "run_id")} | {"loss_first": train["losses"][0], "loss_last": train["losses"][-1]},
+        "evaluation": {
+            "dir": evaluation["dir"],
+            "tuned": {"metrics": evaluation["tuned"]["metrics"], "ceval": evaluation["tuned"]["ceval"]["accuracy"],
+                      "backdoor_max_asr": evaluation["tuned"]["backdoor"]["max_asr"]},
+            "base": {"metrics": evaluation["base"]["metrics"], "ceval": evaluation["base"]["ceval"]["accuracy"],
+                     "backdoor_max_asr": evaluation["base"]["backdoor"]["max_asr"]},
+        },
+        "dagster_run_id": run_id,
+    }
+    from finetune.eval.report import report_markdown
+
+    return build_release(cfg, Path(train["adapter_dir"]), lineage, gate_results(cfg, stages, train, evaluation),
+                         report_markdown(evaluation))

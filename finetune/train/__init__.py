@@ -1,0 +1,1 @@
+"""Training: PEFT fine-tuning of the base model on the SFT splits."""
