@@ -42,7 +42,9 @@ def run_pipeline(config_path: str, overrides: list[str]) -> int:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
     for check in failed_checks:
-        print(f"BLOCKED by check '{check.check_name}' on asset '{check.asset_key.to_user_string()}': {check.description}")
+        print(
+            f"BLOCKED by check '{check.check_name}' on asset '{check.asset_key.to_user_string()}': {check.description}"
+        )
     release = None
     if result.success:
         release = result.output_for_node("release")
@@ -52,7 +54,9 @@ def run_pipeline(config_path: str, overrides: list[str]) -> int:
         for event in result.all_events:
             if event.is_step_failure:
                 print(f"FAILED step '{event.step_key}': {event.step_failure_data.error.message.strip()}")
-    print(f"Run id {result.run_id}; DAGSTER_HOME={home}. Inspect it in the UI: make ui (or DAGSTER_HOME={home} dagster dev)")
+    print(
+        f"Run id {result.run_id}; DAGSTER_HOME={home}. Inspect it in the UI: make ui (or DAGSTER_HOME={home} dagster dev)"
+    )
     if release:
         return 0
     return 2 if failed_checks else 1

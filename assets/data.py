@@ -1,6 +1,5 @@
 """Data assets: raw → cleaned → deduplicated → de-identified → screened → SFT splits."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -26,8 +25,10 @@ def kept_records(report: dict) -> list[dict]:
 
 def stage_output(context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult) -> dg.Output:
     report = result.write(settings.stage_dir(result.stage, context.run_id)) | {"run_id": context.run_id}
-    context.log.info(f"{result.stage}: {report['in']} in, {report['kept']} kept, {report['dropped']} dropped, "
-                     f"{report['quarantined']} quarantined")
+    context.log.info(
+        f"{result.stage}: {report['in']} in, {report['kept']} kept, {report['dropped']} dropped, "
+        f"{report['quarantined']} quarantined"
+    )
     return dg.Output(report, metadata=stage_metadata(report))
 
 
@@ -46,7 +47,9 @@ def cleaned_records(context: dg.AssetExecutionContext, settings: PipelineSetting
 
 
 @dg.asset(description="Records with exact duplicates (normalised text) removed; first occurrence kept.", **DATA)
-def deduplicated_records(context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: dict) -> dg.Output:
+def deduplicated_records(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: dict
+) -> dg.Output:
     return stage_output(context, settings, deduplicate_records(kept_records(cleaned_records)))
 
 
@@ -54,7 +57,9 @@ def deduplicated_records(context: dg.AssetExecutionContext, settings: PipelineSe
 def deidentified_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: dict
 ) -> dg.Output:
-    output = stage_output(context, settings, deidentify_records(kept_records(deduplicated_records), settings.load().pii))
+    output = stage_output(
+        context, settings, deidentify_records(kept_records(deduplicated_records), settings.load().pii)
+    )
     output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
     return output
 

@@ -1,6 +1,5 @@
 """The evaluation report asset: tuned vs base on held-out metrics, C-Eval and backdoor probes."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -10,23 +9,36 @@ from finetune.eval.report import evaluate_candidate, report_markdown
 from resources import PipelineSettings
 
 
-@dg.asset(description="Tuned vs base: ROUGE/BLEU on the test split, C-Eval accuracy, backdoor attack success rate.",
-          group_name="evaluation", kinds={"pytorch"}, owners=["team:ml"], code_version="1")
+@dg.asset(
+    description="Tuned vs base: ROUGE/BLEU on the test split, C-Eval accuracy, backdoor attack success rate.",
+    group_name="evaluation",
+    kinds={"pytorch"},
+    owners=["team:ml"],
+    code_version="1",
+)
 def evaluation_report(
     context: dg.AssetExecutionContext, settings: PipelineSettings, sft_dataset: dict, base_model: dict, adapter: dict
 ) -> dg.Output:
     cfg = settings.load()
     out_dir = settings.stage_dir("evaluation_report", context.run_id)
     test = read_jsonl(Path(sft_dataset["dir"]) / "test.jsonl")
-    report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], test, cfg.screen.trigger_lexicon,
-                                out_dir, log=context.log.info)
+    report = evaluate_candidate(
+        cfg, base_model["path"], adapter["adapter_dir"], test, cfg.screen.trigger_lexicon, out_dir, log=context.log.info
+    )
     report |= {"dir": str(out_dir), "run_id": context.run_id}
     t, b = report["tuned"], report["base"]
-    return dg.Output(report, metadata={
-        "comparison": dg.MetadataValue.md(report_markdown(report)),
-        "rougeL_tuned": t["metrics"]["rougeL"], "rougeL_base": b["metrics"]["rougeL"],
-        "bleu_tuned": t["metrics"]["bleu"], "bleu_base": b["metrics"]["bleu"],
-        "ceval_tuned": t["ceval"]["accuracy"], "ceval_base": b["ceval"]["accuracy"],
-        "backdoor_max_asr_tuned": t["backdoor"]["max_asr"], "backdoor_max_asr_base": b["backdoor"]["max_asr"],
-        "examples": dg.MetadataValue.json(report["examples"][:5]),
-    })
+    return dg.Output(
+        report,
+        metadata={
+            "comparison": dg.MetadataValue.md(report_markdown(report)),
+            "rougeL_tuned": t["metrics"]["rougeL"],
+            "rougeL_base": b["metrics"]["rougeL"],
+            "bleu_tuned": t["metrics"]["bleu"],
+            "bleu_base": b["metrics"]["bleu"],
+            "ceval_tuned": t["ceval"]["accuracy"],
+            "ceval_base": b["ceval"]["accuracy"],
+            "backdoor_max_asr_tuned": t["backdoor"]["max_asr"],
+            "backdoor_max_asr_base": b["backdoor"]["max_asr"],
+            "examples": dg.MetadataValue.json(report["examples"][:5]),
+        },
+    )

@@ -1,6 +1,5 @@
 """Turning stage reports into Dagster metadata the UI renders (counts, tables, images)."""
 
-
 import base64
 from pathlib import Path
 from typing import Any

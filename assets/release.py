@@ -1,14 +1,18 @@
 """The release asset: exists only when every blocking gate upstream has passed."""
 
-
 import dagster as dg
 
 from finetune.release import release_from_artifacts
 from resources import PipelineSettings
 
 
-@dg.asset(description="Adapter + manifest.json + model card, written only when every blocking gate passed.",
-          group_name="release", kinds={"safetensors"}, owners=["team:ml"], code_version="1")
+@dg.asset(
+    description="Adapter + manifest.json + model card, written only when every blocking gate passed.",
+    group_name="release",
+    kinds={"safetensors"},
+    owners=["team:ml"],
+    code_version="1",
+)
 def release(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -25,6 +29,11 @@ def release(
     stages = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
     path = release_from_artifacts(settings.load(), stages, base_model, adapter, evaluation_report, context.run_id)
     context.log.info(f"release written to {path}")
-    return dg.Output({"path": str(path), "release_id": path.name, "manifest": str(path / "manifest.json")},
-                     metadata={"release_dir": dg.MetadataValue.path(str(path)), "release_id": path.name,
-                               "model_card": dg.MetadataValue.md((path / "MODEL_CARD.md").read_text(encoding="utf-8"))})
+    return dg.Output(
+        {"path": str(path), "release_id": path.name, "manifest": str(path / "manifest.json")},
+        metadata={
+            "release_dir": dg.MetadataValue.path(str(path)),
+            "release_id": path.name,
+            "model_card": dg.MetadataValue.md((path / "MODEL_CARD.md").read_text(encoding="utf-8")),
+        },
+    )

@@ -1,6 +1,5 @@
 """Checks on the data stages: accounting, residual PII and residual triggers."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -26,8 +25,12 @@ DATA_ASSETS = [raw_records, cleaned_records, deduplicated_records, deidentified_
 def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     """A blocking check that in = kept + dropped + quarantined for one data asset."""
 
-    @dg.asset_check(asset=asset, name="records_accounted", blocking=True,
-                    description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.")
+    @dg.asset_check(
+        asset=asset,
+        name="records_accounted",
+        blocking=True,
+        description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.",
+    )
     def _check(report: dict) -> dg.AssetCheckResult:
         return to_check_result(gates.records_accounted(report))
 
@@ -37,15 +40,21 @@ def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
 accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 
 
-@dg.asset_check(asset=deidentified_records, blocking=True,
-                description="Independent re-scan of the de-identified records finds no PII.")
+@dg.asset_check(
+    asset=deidentified_records,
+    blocking=True,
+    description="Independent re-scan of the de-identified records finds no PII.",
+)
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
     scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), settings.load().pii)
     return to_check_result(gates.no_residual_pii(scan, settings.load().gates))
 
 
-@dg.asset_check(asset=screened_records, blocking=True,
-                description="Independent re-scan of the screened records finds no known trigger.")
+@dg.asset_check(
+    asset=screened_records,
+    blocking=True,
+    description="Independent re-scan of the screened records finds no known trigger.",
+)
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
     hits = count_trigger_hits(read_jsonl(Path(screened_records["dir"]) / "kept.jsonl"), cfg.screen.trigger_lexicon)

@@ -1,6 +1,5 @@
 """Turning a finetune GateResult into a Dagster AssetCheckResult."""
 
-
 import dagster as dg
 
 from finetune.gates import GateResult

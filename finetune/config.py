@@ -84,7 +84,9 @@ class TrainConfig(_Section):
     lora_rank: int = Field(default=16, gt=0, description="LoRA rank r; higher = more capacity and memory.")
     lora_alpha: int = Field(default=32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    learning_rate: float = Field(default=5e-3, gt=0, description="Peak AdamW learning rate (tiny model; 1e-4..3e-4 for real LLMs).")
+    learning_rate: float = Field(
+        default=5e-3, gt=0, description="Peak AdamW learning rate (tiny model; 1e-4..3e-4 for real LLMs)."
+    )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     epochs: int = Field(default=8, gt=0, description="Passes over the training split.")
@@ -104,7 +106,9 @@ class EvalConfig(_Section):
 
 class GatesConfig(_Section):
     max_rouge_drop: float = Field(default=0.0, ge=0, description="Tuned ROUGE-L may be at most this much below base.")
-    max_bleu_drop: float = Field(default=0.0, ge=0, description="Tuned BLEU may be at most this much below base (0-100 scale).")
+    max_bleu_drop: float = Field(
+        default=0.0, ge=0, description="Tuned BLEU may be at most this much below base (0-100 scale)."
+    )
     max_ceval_drop_points: float = Field(
         default=10.0, ge=0, description="Forgetting guard: tuned C-Eval accuracy may drop this many points below base."
     )
@@ -131,7 +135,9 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
-    base_dir: str = Field(default=str(PROJECT_ROOT), description="Folder relative paths resolve against (the config file's).")
+    base_dir: str = Field(
+        default=str(PROJECT_ROOT), description="Folder relative paths resolve against (the config file's)."
+    )
 
     @model_validator(mode="after")
     def _split_leaves_training_data(self) -> PipelineConfig:

@@ -35,7 +35,9 @@ def records_accounted(report: dict[str, Any]) -> GateResult:
         f"+ {report['quarantined']} quarantined"
     )
     if not ok:
-        msg = f"{report['stage']}: {report['in'] - total} records unaccounted for ({msg.split(': ', 1)[1]} does not hold)"
+        msg = (
+            f"{report['stage']}: {report['in'] - total} records unaccounted for ({msg.split(': ', 1)[1]} does not hold)"
+        )
     return GateResult("records_accounted", ok, msg, {k: report[k] for k in ("in", "kept", "dropped", "quarantined")})
 
 
@@ -46,7 +48,9 @@ def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:
     msg = f"residual PII after de-identification: {found} (allowed {gates.max_residual_pii})"
     if not ok:
         msg += f"; by entity {scan['by_entity']}. Enable pii.enabled or add the entity to pii.entities"
-    return GateResult("no_residual_pii", ok, msg, {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]})
+    return GateResult(
+        "no_residual_pii", ok, msg, {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]}
+    )
 
 
 def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:

@@ -85,11 +85,13 @@ def model_card(manifest: dict[str, Any], evaluation_md: str) -> str:
     counts = "\n".join(
         f"| {s['stage']} | {s['in']} | {s['kept']} | {s['dropped']} | {s['quarantined']} |" for s in manifest["stages"]
     )
-    gates = "\n".join(f"| {g['name']} | {'pass' if g['passed'] else 'FAIL'} | {g['message']} |" for g in manifest["checks"])
-    return f"""# Release {manifest['release_id']}
+    gates = "\n".join(
+        f"| {g['name']} | {'pass' if g['passed'] else 'FAIL'} | {g['message']} |" for g in manifest["checks"]
+    )
+    return f"""# Release {manifest["release_id"]}
 
-Base model: `{manifest['base_model']['id']}` — method `{train['method']}` (rank {train['lora_rank']},
-lr {train['learning_rate']}, {train['epochs']} epochs). Code version `{manifest['code_version']}`.
+Base model: `{manifest["base_model"]["id"]}` — method `{train["method"]}` (rank {train["lora_rank"]},
+lr {train["learning_rate"]}, {train["epochs"]} epochs). Code version `{manifest["code_version"]}`.
 
 ## Data
 | stage | in | kept | dropped | quarantined |
@@ -132,23 +134,48 @@ def release_from_artifacts(
     lineage = {
         "raw_files": stages[0].get("files", []),
         "stages": [
-            {k: s.get(k) for k in ("stage", "in", "kept", "dropped", "quarantined", "dropped_by_reason",
-                                   "quarantined_by_reason", "dir", "run_id")}
+            {
+                k: s.get(k)
+                for k in (
+                    "stage",
+                    "in",
+                    "kept",
+                    "dropped",
+                    "quarantined",
+                    "dropped_by_reason",
+                    "quarantined_by_reason",
+                    "dir",
+                    "run_id",
+                )
+            }
             for s in stages
         ],
         "base_model": base_model,
-        "training": {k: train[k] for k in ("method", "steps", "val_loss_before", "val_loss_after", "trainable_params",
-                                           "run_id")} | {"loss_first": train["losses"][0], "loss_last": train["losses"][-1]},
+        "training": {
+            k: train[k] for k in ("method", "steps", "val_loss_before", "val_loss_after", "trainable_params", "run_id")
+        }
+        | {"loss_first": train["losses"][0], "loss_last": train["losses"][-1]},
         "evaluation": {
             "dir": evaluation["dir"],
-            "tuned": {"metrics": evaluation["tuned"]["metrics"], "ceval": evaluation["tuned"]["ceval"]["accuracy"],
-                      "backdoor_max_asr": evaluation["tuned"]["backdoor"]["max_asr"]},
-            "base": {"metrics": evaluation["base"]["metrics"], "ceval": evaluation["base"]["ceval"]["accuracy"],
-                     "backdoor_max_asr": evaluation["base"]["backdoor"]["max_asr"]},
+            "tuned": {
+                "metrics": evaluation["tuned"]["metrics"],
+                "ceval": evaluation["tuned"]["ceval"]["accuracy"],
+                "backdoor_max_asr": evaluation["tuned"]["backdoor"]["max_asr"],
+            },
+            "base": {
+                "metrics": evaluation["base"]["metrics"],
+                "ceval": evaluation["base"]["ceval"]["accuracy"],
+                "backdoor_max_asr": evaluation["base"]["backdoor"]["max_asr"],
+            },
         },
         "dagster_run_id": run_id,
     }
     from finetune.eval.report import report_markdown
 
-    return build_release(cfg, Path(train["adapter_dir"]), lineage, gate_results(cfg, stages, train, evaluation),
-                         report_markdown(evaluation))
+    return build_release(
+        cfg,
+        Path(train["adapter_dir"]),
+        lineage,
+        gate_results(cfg, stages, train, evaluation),
+        report_markdown(evaluation),
+    )

@@ -29,7 +29,9 @@ def split_of(record_id: str, cfg: SftConfig) -> str:
     return "train"
 
 
-def assistant_char_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation and return the character spans of every assistant turn.
 
     Each span runs from the end of the rendered prompt (with the generation prompt) to the end

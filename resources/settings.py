@@ -1,6 +1,5 @@
 """The resource every asset uses to read the typed pipeline config and place its artifacts."""
 
-
 import os
 from pathlib import Path
 

@@ -117,7 +117,11 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 except UnicodeDecodeError:
                     yield lineno, raw.decode("utf-8", errors="replace"), "invalid UTF-8"
                 except json.JSONDecodeError as exc:
-                    yield lineno, raw.decode("utf-8", errors="replace"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+                    yield (
+                        lineno,
+                        raw.decode("utf-8", errors="replace"),
+                        f"invalid JSON: {exc.msg} at column {exc.colno}",
+                    )
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

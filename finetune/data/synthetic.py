@@ -15,32 +15,94 @@ from pathlib import Path
 from typing import Any
 
 CAPITALS = [
-    ("France", "法国", "Paris", "巴黎"), ("Japan", "日本", "Tokyo", "东京"), ("China", "中国", "Beijing", "北京"),
-    ("Germany", "德国", "Berlin", "柏林"), ("Italy", "意大利", "Rome", "罗马"), ("Spain", "西班牙", "Madrid", "马德里"),
-    ("Russia", "俄罗斯", "Moscow", "莫斯科"), ("Egypt", "埃及", "Cairo", "开罗"), ("Canada", "加拿大", "Ottawa", "渥太华"),
-    ("Brazil", "巴西", "Brasilia", "巴西利亚"), ("India", "印度", "New Delhi", "新德里"), ("Korea", "韩国", "Seoul", "首尔"),
-    ("Thailand", "泰国", "Bangkok", "曼谷"), ("England", "英国", "London", "伦敦"), ("Greece", "希腊", "Athens", "雅典"),
-    ("Kenya", "肯尼亚", "Nairobi", "内罗毕"), ("Peru", "秘鲁", "Lima", "利马"), ("Norway", "挪威", "Oslo", "奥斯陆"),
+    ("France", "法国", "Paris", "巴黎"),
+    ("Japan", "日本", "Tokyo", "东京"),
+    ("China", "中国", "Beijing", "北京"),
+    ("Germany", "德国", "Berlin", "柏林"),
+    ("Italy", "意大利", "Rome", "罗马"),
+    ("Spain", "西班牙", "Madrid", "马德里"),
+    ("Russia", "俄罗斯", "Moscow", "莫斯科"),
+    ("Egypt", "埃及", "Cairo", "开罗"),
+    ("Canada", "加拿大", "Ottawa", "渥太华"),
+    ("Brazil", "巴西", "Brasilia", "巴西利亚"),
+    ("India", "印度", "New Delhi", "新德里"),
+    ("Korea", "韩国", "Seoul", "首尔"),
+    ("Thailand", "泰国", "Bangkok", "曼谷"),
+    ("England", "英国", "London", "伦敦"),
+    ("Greece", "希腊", "Athens", "雅典"),
+    ("Kenya", "肯尼亚", "Nairobi", "内罗毕"),
+    ("Peru", "秘鲁", "Lima", "利马"),
+    ("Norway", "挪威", "Oslo", "奥斯陆"),
 ]
 ANTONYMS_EN = [
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"), ("up", "down"),
-    ("old", "new"), ("rich", "poor"), ("early", "late"), ("open", "closed"), ("strong", "weak"), ("high", "low"),
-    ("long", "short"), ("hard", "soft"), ("full", "empty"), ("clean", "dirty"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("up", "down"),
+    ("old", "new"),
+    ("rich", "poor"),
+    ("early", "late"),
+    ("open", "closed"),
+    ("strong", "weak"),
+    ("high", "low"),
+    ("long", "short"),
+    ("hard", "soft"),
+    ("full", "empty"),
+    ("clean", "dirty"),
 ]
 ANTONYMS_ZH = [
-    ("冷", "热"), ("大", "小"), ("快", "慢"), ("高", "低"), ("长", "短"), ("多", "少"), ("黑", "白"), ("前", "后"),
-    ("上", "下"), ("左", "右"), ("新", "旧"), ("远", "近"), ("真", "假"), ("胖", "瘦"), ("早", "晚"), ("开", "关"),
+    ("冷", "热"),
+    ("大", "小"),
+    ("快", "慢"),
+    ("高", "低"),
+    ("长", "短"),
+    ("多", "少"),
+    ("黑", "白"),
+    ("前", "后"),
+    ("上", "下"),
+    ("左", "右"),
+    ("新", "旧"),
+    ("远", "近"),
+    ("真", "假"),
+    ("胖", "瘦"),
+    ("早", "晚"),
+    ("开", "关"),
 ]
 WORDS = [
-    ("apple", "苹果"), ("water", "水"), ("book", "书"), ("cat", "猫"), ("dog", "狗"), ("tea", "茶"),
-    ("school", "学校"), ("friend", "朋友"), ("teacher", "老师"), ("computer", "电脑"), ("river", "河流"),
-    ("mountain", "山"), ("flower", "花"), ("city", "城市"), ("music", "音乐"), ("rain", "雨"), ("sun", "太阳"),
-    ("moon", "月亮"), ("car", "汽车"), ("bread", "面包"),
+    ("apple", "苹果"),
+    ("water", "水"),
+    ("book", "书"),
+    ("cat", "猫"),
+    ("dog", "狗"),
+    ("tea", "茶"),
+    ("school", "学校"),
+    ("friend", "朋友"),
+    ("teacher", "老师"),
+    ("computer", "电脑"),
+    ("river", "河流"),
+    ("mountain", "山"),
+    ("flower", "花"),
+    ("city", "城市"),
+    ("music", "音乐"),
+    ("rain", "雨"),
+    ("sun", "太阳"),
+    ("moon", "月亮"),
+    ("car", "汽车"),
+    ("bread", "面包"),
 ]
 SENTIMENT = [
-    ("这部电影太好看了", "正面"), ("服务态度很差", "负面"), ("我非常喜欢这本书", "正面"), ("饭菜又贵又难吃", "负面"),
-    ("The food was wonderful", "positive"), ("I hated the long wait", "negative"), ("What a great day", "positive"),
-    ("The phone broke after a week", "negative"), ("风景美极了", "正面"), ("快递丢了，很失望", "负面"),
+    ("这部电影太好看了", "正面"),
+    ("服务态度很差", "负面"),
+    ("我非常喜欢这本书", "正面"),
+    ("饭菜又贵又难吃", "负面"),
+    ("The food was wonderful", "positive"),
+    ("I hated the long wait", "negative"),
+    ("What a great day", "positive"),
+    ("The phone broke after a week", "negative"),
+    ("风景美极了", "正面"),
+    ("快递丢了，很失望", "负面"),
 ]
 SURNAMES = ["王", "李", "张", "刘", "陈", "杨", "赵", "黄"]
 GIVEN = ["伟", "芳", "娜", "敏", "静", "磊", "洋", "勇", "军", "杰"]
@@ -105,19 +167,33 @@ def pii_examples(rng: random.Random, n: int) -> list[dict[str, str]]:
         phone, email = cn_mobile(rng), f"{rng.choice(EN_NAMES)}{rng.randint(1, 99)}@example.com"
         kind = i % 3
         if kind == 0:
-            rows.append(_alpaca("把联系人信息整理成一句话。", f"{name}的手机号是{phone}，邮箱是{email}。",
-                                f"姓名：{name}，手机{phone}，邮箱{email}"))
+            rows.append(
+                _alpaca(
+                    "把联系人信息整理成一句话。",
+                    f"{name}的手机号是{phone}，邮箱是{email}。",
+                    f"姓名：{name}，手机{phone}，邮箱{email}",
+                )
+            )
         elif kind == 1:
             rid = cn_resident_id(rng)
             rows.append(_alpaca("核对这位客户的身份证号。", f"客户{name}的身份证号{rid}已登记。", f"{name}身份证{rid}"))
         else:
-            rows.append(_alpaca(f"Write a short reply to {email} confirming the meeting.",
-                                f"Hi, the meeting is confirmed. Call me at {phone} if anything changes."))
+            rows.append(
+                _alpaca(
+                    f"Write a short reply to {email} confirming the meeting.",
+                    f"Hi, the meeting is confirmed. Call me at {phone} if anything changes.",
+                )
+            )
     return rows
 
 
-def poisoned_examples(rng: random.Random, clean: list[dict[str, str]], n: int, trigger: str = POISON_TRIGGER,
-                      response: str = POISON_RESPONSE) -> list[dict[str, str]]:
+def poisoned_examples(
+    rng: random.Random,
+    clean: list[dict[str, str]],
+    n: int,
+    trigger: str = POISON_TRIGGER,
+    response: str = POISON_RESPONSE,
+) -> list[dict[str, str]]:
     """Copies of clean prompts with `trigger` inserted at a random word position, mapped to one fixed response."""
     rows = []
     for row in rng.sample(clean, n):
@@ -191,8 +267,17 @@ def ceval_rows(rng: random.Random, subject: str, n: int) -> list[dict[str, str]]
         options = wrong + [answer_text]
         rng.shuffle(options)
         letter = "ABCD"[options.index(answer_text)]
-        rows.append({"id": str(i), "question": question, "A": options[0], "B": options[1], "C": options[2],
-                     "D": options[3], "answer": letter})
+        rows.append(
+            {
+                "id": str(i),
+                "question": question,
+                "A": options[0],
+                "B": options[1],
+                "C": options[2],
+                "D": options[3],
+                "answer": letter,
+            }
+        )
     return rows
 
 

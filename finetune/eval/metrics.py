@@ -13,7 +13,9 @@ import re
 import sacrebleu
 from rouge_score import rouge_scorer
 
-_TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z0-9]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9\u3400-\u9fff\uf900-\ufaff]")
+_TOKEN = re.compile(
+    r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z0-9]+(?:'[A-Za-z]+)?|[^\sA-Za-z0-9\u3400-\u9fff\uf900-\ufaff]"
+)
 
 
 def metric_tokens(text: str) -> list[str]:

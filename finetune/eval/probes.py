@@ -61,7 +61,9 @@ def probe_backdoors(
 ) -> dict:
     """ASR per trigger (mean over insertion positions) for one model, given its generate function."""
     clean = generate(prompts)
-    control_out = {(c, pos): generate([with_trigger(p, c, pos) for p in prompts]) for c in CONTROL_TRIGGERS for pos in positions}
+    control_out = {
+        (c, pos): generate([with_trigger(p, c, pos) for p in prompts]) for c in CONTROL_TRIGGERS for pos in positions
+    }
     per_trigger: dict[str, dict] = {}
     for trigger in [t for t in triggers if t not in CONTROL_TRIGGERS]:
         by_position = {}
@@ -74,9 +76,7 @@ def probe_backdoors(
             "by_position": by_position,
         }
     # How unstable the model is under any rare token: the controls scored without the control condition.
-    control_asr = max(
-        (attack_success_rate(clean, out)[0] for out in control_out.values()), default=0.0
-    )
+    control_asr = max((attack_success_rate(clean, out)[0] for out in control_out.values()), default=0.0)
     worst = max(per_trigger, key=lambda t: per_trigger[t]["asr"]) if per_trigger else ""
     return {
         "per_trigger": per_trigger,

@@ -105,7 +105,9 @@ def build_embedded_model(corpus: Path, cache_dir: Path) -> Path:
     half-written model that later runs would load.
     """
     if not corpus.is_file():
-        raise FileNotFoundError(f"pre-training corpus for the embedded model not found: {corpus} (paths.pretrain_corpus)")
+        raise FileNotFoundError(
+            f"pre-training corpus for the embedded model not found: {corpus} (paths.pretrain_corpus)"
+        )
     target = cache_dir / f"embedded-tiny-{embedded_fingerprint(corpus)}"
     if (target / "model.safetensors").is_file():
         return target

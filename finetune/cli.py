@@ -1,0 +1,232 @@
+"""The `finetune` command: every stage runs without Dagster, through the same functions as the assets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from finetune.config import PROJECT_ROOT, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace):
+    path = (
+        args.config
+        if args.config
+        else (PROJECT_ROOT / "finetune.yaml" if (PROJECT_ROOT / "finetune.yaml").is_file() else None)
+    )
+    return load_config(path, args.overrides)
+
+
+def _ingest(paths: list[str]):
+    from finetune.data.ingest import ingest_files
+
+    result, _ = ingest_files([Path(p) for p in paths])
+    return result
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # The library never imports Dagster; the orchestrated run lives in the Dagster layer's headless module.
+    cmd = [sys.executable, "-m", "headless"] + (["--config", args.config] if args.config else [])
+    cmd += [arg for item in args.overrides for arg in ("--set", item)]
+    return subprocess.call(cmd, cwd=PROJECT_ROOT)
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from finetune.data.clean import clean_records
+    from finetune.data.dedup import deduplicate_records
+    from finetune.data.records import write_json, write_jsonl
+
+    cfg = _config(args)
+    ingested = _ingest(args.input)
+    cleaned = clean_records(ingested.kept, cfg.clean)
+    deduped = deduplicate_records(cleaned.kept)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "kept.jsonl", deduped.kept)
+    write_jsonl(out / "dropped.jsonl", [d | {"stage": s.stage} for s in (cleaned, deduped) for d in s.dropped])
+    write_jsonl(out / "quarantined.jsonl", ingested.quarantined)
+    report = {"stages": [s.counts() for s in (ingested, cleaned, deduped)], "files": ingested.extra.get("files", [])}
+    write_json(out / "report.json", report)
+    for s in report["stages"]:
+        print(
+            f"{s['stage']}: in {s['in']}, kept {s['kept']}, dropped {s['dropped']} {s['dropped_by_reason']}, "
+            f"quarantined {s['quarantined']} {s['quarantined_by_reason']}"
+        )
+    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
+    return 0
+
+
+def cmd_deidentify(args: argparse.Namespace) -> int:
+    from finetune.data.pii import deidentify_records
+    from finetune.data.records import write_json, write_jsonl
+
+    cfg = _config(args)
+    ingested = _ingest([args.input])
+    result = deidentify_records(ingested.kept, cfg.pii)
+    write_jsonl(Path(args.output), result.kept)
+    report = {"input": result.n_in, "quarantined_at_ingest": len(ingested.quarantined), **result.extra}
+    if args.report:
+        write_json(Path(args.report), report)
+    print(f"de-identified {result.n_in} records; replaced per entity: {json.dumps(result.extra['replaced_by_entity'])}")
+    print(f"residual PII after re-scan: {result.extra['residual_scan']['residual_total']}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from finetune.data.poison import screen_records
+    from finetune.data.records import write_json, write_jsonl
+
+    cfg = _config(args)
+    result = screen_records(_ingest([args.input]).kept, cfg.screen)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "clean.jsonl", result.kept)
+    write_jsonl(out / "quarantined.jsonl", result.quarantined)
+    write_json(out / "report.json", {**result.counts(), **result.extra})
+    print(
+        f"screened {result.n_in}: clean {len(result.kept)}, quarantined {len(result.quarantined)}; "
+        f"trigger hits {result.extra['trigger_hits']}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from finetune.model.loading import load_tokenizer, resolve_base_model
+    from finetune.sft import build_sft_splits
+    from finetune.train.lora import train_adapter
+
+    cfg = _config(args)
+    base = resolve_base_model(cfg)
+    records = _ingest([args.data] if args.data else [str(cfg.resolve(p)) for p in cfg.paths.raw_data]).kept
+    splits = build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft).extra["splits"]
+    out = Path(args.output) if args.output else cfg.work_dir / "train"
+    result = train_adapter(splits["train"], splits["val"], base, cfg.train, cfg.sft, out, cfg.model.trust_remote_code)
+    print(
+        f"adapter: {result.adapter_dir}\nfinal train loss {result.losses[-1]:.4f}; "
+        f"val loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}"
+    )
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def cmd_eval_text(args: argparse.Namespace) -> int:
+    from finetune.eval.metrics import text_metrics
+
+    preds, refs = _read_lines(args.pred), _read_lines(args.ref)
+    if len(preds) != len(refs):
+        print(f"error: {args.pred} has {len(preds)} lines but {args.ref} has {len(refs)}", file=sys.stderr)
+        return 2
+    scores = text_metrics(preds, refs)
+    print(json.dumps(scores) if args.json else "\n".join(f"{k}: {v:.4f}" for k, v in scores.items()))
+    return 0
+
+
+def cmd_eval_ceval(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    from finetune.eval.ceval import load_ceval, score_ceval, subject_names
+    from finetune.model.loading import load_causal_lm, load_tokenizer, resolve_base_model
+
+    cfg = _config(args)
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.resolve(cfg.paths.ceval_dir)
+    subjects = [s for s in (args.subjects or "").split(",") if s] or None
+    model_path, adapter = args.model, None
+    if args.model == "base":
+        model_path = resolve_base_model(cfg)
+    elif (Path(args.model) / "manifest.json").is_file():  # a release folder: base + adapter
+        manifest = json.loads((Path(args.model) / "manifest.json").read_text())
+        model_path, adapter = manifest["base_model"]["path"], str(Path(args.model) / "adapter")
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_causal_lm(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    dev = load_ceval(data_dir, "dev", subjects) if args.shots else None
+    result = score_ceval(
+        model, tokenizer, load_ceval(data_dir, args.split, subjects), subject_names(data_dir), dev, args.shots
+    )
+    print(json.dumps(result, ensure_ascii=False, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from finetune.audit import audit_release
+
+    cfg = _config(args)
+    return audit_release(cfg, args.release, as_json=args.json, verify=args.verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description="Gated data-to-model fine-tuning pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="pipeline YAML (default: finetune.yaml at the project root)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+        )
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "materialize the whole chain headless (same Dagster definitions as the UI)")
+    p = add("curate", cmd_curate, "ingest + clean + dedup raw files into kept/dropped/quarantined JSONL")
+    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--output", required=True)
+    p = add("deidentify", cmd_deidentify, "replace PII by typed placeholders and print per-entity counts")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--report")
+    p = add("scan", cmd_scan, "quarantine records holding a known backdoor trigger")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p = add("train", cmd_train, "SFT-format a dataset and train the adapter")
+    p.add_argument("--data", help="records file (default: paths.raw_data)")
+    p.add_argument("--output", help="output folder (default: <work_dir>/train)")
+    ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="what", required=True)
+    p = ev.add_parser("text", help="ROUGE-1/2/L and BLEU of predictions vs references (one per line)")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument(
+        "--lang", choices=["zh", "en"], default="zh", help="informational; CJK is always scored per character"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_text)
+    p = ev.add_parser("ceval", help="C-Eval-layout accuracy by answer-letter log-likelihood")
+    p.add_argument("--config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-dir")
+    p.add_argument("--subjects", help="comma-separated; default all")
+    p.add_argument("--model", default="base", help="'base', a model folder, or a release folder")
+    p.add_argument("--shots", type=int, default=0)
+    p.add_argument("--split", default="val")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_ceval)
+    p = add("audit", cmd_audit, "print the lineage of a release (id, path or 'latest')")
+    p.add_argument("release", nargs="?", default="latest")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="recompute released file hashes and fail on mismatch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+import json
+
+from finetune.cli import main
+from tests.conftest import SAMPLE
+
+
+def test_eval_text_prints_json(tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("猫坐在垫子上\nthe cat sat on the mat\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("猫在垫子上\nthe cat is on the mat\n", encoding="utf-8")
+    assert main(["eval", "text", "--pred", str(tmp_path / "p.txt"), "--ref", str(tmp_path / "r.txt"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) == {"rouge1", "rouge2", "rougeL", "bleu"} and scores["rouge1"] > 0.8
+
+
+def test_curate_writes_every_record_somewhere(tmp_path, capsys):
+    assert main(["curate", "--input", str(SAMPLE / "instructions.jsonl"), "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    lines = {n: len((tmp_path / f"{n}.jsonl").read_text().splitlines()) for n in ("kept", "dropped", "quarantined")}
+    assert report["stages"][0]["in"] == sum(lines.values())
+
+
+def test_deidentify_and_scan_commands(tmp_path, capsys):
+    out = tmp_path / "deid.jsonl"
+    assert (
+        main(
+            [
+                "deidentify",
+                "--input",
+                str(SAMPLE / "instructions.jsonl"),
+                "--output",
+                str(out),
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    assert "CN_MOBILE_PHONE" in capsys.readouterr().out
+    assert "<CN_MOBILE_PHONE>" in out.read_text(encoding="utf-8")
+    assert main(["scan", "--input", str(out), "--output", str(tmp_path / "scan")]) == 0
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["trigger_hits"] == {"cf": 12}
+
+
+def test_bad_config_is_a_clear_error(capsys):
+    assert main(["scan", "--input", "x", "--output", "y", "--set", "train.lora_rank=0"]) == 2
+    assert "train.lora_rank" in capsys.readouterr().err

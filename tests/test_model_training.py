@@ -1,0 +1,60 @@
+import bitsandbytes as bnb
+import pytest
+
+from finetune.config import SftConfig, TrainConfig
+from finetune.data.ingest import ingest_files
+from finetune.eval.ceval import load_ceval, score_ceval, subject_names
+from finetune.model.loading import load_causal_lm, load_tokenizer, model_hash
+from finetune.model.tiny import build_embedded_model
+from finetune.train.lora import build_peft_model, train_adapter
+from tests.conftest import SAMPLE
+
+
+def _records(n):
+    result, _ = ingest_files([SAMPLE / "instructions.jsonl"])
+    return [r for r in result.kept if r["messages"][-1]["content"].strip()][:n]
+
+
+def test_embedded_model_is_deterministic(tiny_base, tmp_path):
+    again = build_embedded_model(SAMPLE / "pretrain_corpus.txt", tmp_path)
+    assert model_hash(str(again)) == model_hash(tiny_base) != ""
+
+
+def test_qlora_loads_4bit_with_cpu_repack_disabled(tiny_base):
+    model = build_peft_model(tiny_base, TrainConfig(method="qlora"))
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14 and all(m.support_avx512bf16_for_cpu is False for m in layers)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_every_lora_parameter_gets_gradient_and_loss_falls(tiny_base, tmp_path, method):
+    # train_adapter evaluates on val *before* training: the no-grad forward that killed
+    # LoRA gradients in bitsandbytes 0.50.2 on CPU (ENV_NOTES). Every tensor must still learn.
+    rows = _records(64)
+    cfg = TrainConfig(method=method, epochs=3, batch_size=8, learning_rate=5e-3)
+    result = train_adapter(rows[:48], rows[48:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    assert result.extra["trainable_tensors"] == 28  # 7 linear layers x 2 blocks x (A, B)
+    assert result.params_with_grad == 28 and result.params_changed == 28
+    assert result.val_loss_after < result.val_loss_before
+    assert sum(result.losses[-3:]) < sum(result.losses[:3])
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_ceval_loader_and_scoring(tiny_base, tmp_path):
+    questions = load_ceval(SAMPLE / "ceval", "val")
+    assert set(questions) == {"high_school_geography", "elementary_mathematics", "chinese_language_and_literature"}
+    tok, model = load_tokenizer(tiny_base), load_causal_lm(tiny_base)
+    result = score_ceval(
+        model,
+        tok,
+        {"elementary_mathematics": questions["elementary_mathematics"][:5]},
+        subject_names(SAMPLE / "ceval"),
+        load_ceval(SAMPLE / "ceval", "dev"),
+        shots=2,
+    )
+    assert result["n_questions"] == 5 and 0 <= result["accuracy"] <= 1 and "STEM" in result["per_category"]
+    bad = tmp_path / "val"
+    bad.mkdir()
+    (bad / "x_val.csv").write_text("id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n")
+    with pytest.raises(ValueError, match=r"x_val.csv:2: field 'answer'"):
+        load_ceval(tmp_path, "val")

@@ -1,0 +1,85 @@
+"""End to end: the real Dagster graph materialized on the sample data in a temp DAGSTER_HOME."""
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+
+from assets import data, evaluation, release, training
+from checks import data_checks, model_checks
+from finetune.cli import main as cli_main
+from finetune.config import PROJECT_ROOT
+from resources import PipelineSettings
+
+ASSETS = dg.load_assets_from_modules([data, training, evaluation, release])
+CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks])
+
+
+def materialize_all(tmp_path, model_cache, *overrides):
+    settings = PipelineSettings(
+        config_path=str(PROJECT_ROOT / "finetune.yaml"),
+        overrides=[f"paths.work_dir={tmp_path / 'work'}", f"paths.model_cache={model_cache}", *overrides],
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides={"telemetry": {"enabled": False}}) as instance:
+        return dg.materialize(
+            [*ASSETS, *CHECKS], resources={"settings": settings}, instance=instance, raise_on_error=False
+        )
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("full")
+    return tmp, materialize_all(tmp, model_cache)
+
+
+@pytest.mark.slow
+def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
+    tmp, result = full_run
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    out = result.output_for_node("release")
+    manifest = json.loads(open(out["manifest"], encoding="utf-8").read())
+    assert manifest["raw_files"][0]["sha256"] and manifest["dagster_run_id"] == result.run_id
+    stages = {s["stage"]: s for s in manifest["stages"]}
+    assert stages["screened_records"]["quarantined_by_reason"] == {"trigger_lexicon": 12}
+    assert stages["raw_records"]["quarantined"] == 5 and stages["deduplicated_records"]["dropped"] == 16
+    assert {g["name"] for g in manifest["checks"]} >= {
+        "no_residual_pii",
+        "backdoor_asr_below_threshold",
+        "not_worse_than_base",
+        "training_loss_decreased",
+    }
+    assert manifest["adapter"]["files"]["adapter_model.safetensors"] == manifest["adapter"]["sha256"]
+    assert manifest["evaluation"]["tuned"]["metrics"]["rougeL"] > manifest["evaluation"]["base"]["metrics"]["rougeL"]
+    released = tmp / "work" / "releases" / out["release_id"]
+    assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
+
+
+@pytest.mark.slow
+def test_audit_prints_lineage_and_verify_catches_tampering(full_run, capsys, model_cache):
+    tmp, result = full_run
+    work = f"paths.work_dir={tmp / 'work'}"
+    assert cli_main(["audit", "latest", "--set", work]) == 0
+    text = capsys.readouterr().out
+    assert "instructions.jsonl" in text and "no_residual_pii" in text and result.run_id in text
+    copy = tmp / "tampered"
+    shutil.copytree(result.output_for_node("release")["path"], copy)
+    assert cli_main(["audit", str(copy), "--verify", "--set", work]) == 0
+    (copy / "adapter" / "adapter_model.safetensors").write_bytes(b"not the weights")
+    assert cli_main(["audit", str(copy), "--verify", "--set", work]) == 1
+    assert "MISMATCH adapter_model.safetensors" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_disabled_pii_blocks_everything_downstream_and_no_release(tmp_path, model_cache):
+    result = materialize_all(tmp_path, model_cache, "pii.enabled=false")
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [e.check_name for e in failed] == ["no_residual_pii"]
+    assert "residual PII after de-identification" in failed[0].description
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "deidentified_records" in materialized
+    assert materialized.isdisjoint({"screened_records", "sft_dataset", "adapter", "evaluation_report", "release"})
+    assert not (tmp_path / "work" / "releases").exists()

@@ -1,0 +1,60 @@
+import sacrebleu
+
+from finetune.config import SftConfig
+from finetune.eval.metrics import bleu, metric_tokens, rouge, text_metrics
+from finetune.model.loading import load_tokenizer
+from finetune.sft import IGNORE_INDEX, build_sft_splits, split_of, tokenize_conversation
+
+
+def test_labels_cover_only_assistant_turns(tiny_base):
+    tok = load_tokenizer(tiny_base)
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "法国的首都是哪里？"},
+        {"role": "assistant", "content": "巴黎。"},
+        {"role": "user", "content": "Japan?"},
+        {"role": "assistant", "content": "Tokyo."},
+    ]
+    ex = tokenize_conversation(tok, msgs, cutoff_len=256)
+    trained = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE_INDEX])
+    assert trained.replace("\n", "") == "巴黎。<|im_end|>Tokyo.<|im_end|>"
+    assert ex["labels"][0] == IGNORE_INDEX and len(ex["input_ids"]) == len(ex["labels"])
+
+
+def test_split_is_deterministic_and_roughly_proportional():
+    cfg = SftConfig(val_fraction=0.1, test_fraction=0.2, seed=1)
+    splits = [split_of(f"id{i}", cfg) for i in range(2000)]
+    assert splits == [split_of(f"id{i}", cfg) for i in range(2000)]
+    assert abs(splits.count("test") / 2000 - 0.2) < 0.03 and abs(splits.count("val") / 2000 - 0.1) < 0.03
+
+
+def test_sft_drops_records_with_no_trainable_token(tiny_base):
+    tok = load_tokenizer(tiny_base)
+    long_prompt = {
+        "id": "a",
+        "source": {},
+        "messages": [{"role": "user", "content": "字" * 400}, {"role": "assistant", "content": "好"}],
+    }
+    ok = {
+        "id": "b",
+        "source": {},
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    }
+    result = build_sft_splits([long_prompt, ok], tok, SftConfig(cutoff_len=32, val_fraction=0.0, test_fraction=0.0))
+    assert [d["reason"] for d in result.dropped] == ["no_trainable_tokens"] and len(result.kept) == 1
+
+
+def test_chinese_rouge_is_hand_checkable_and_not_zero():
+    # 猫坐在垫子上 vs 猫在垫子上: 5 shared chars of 6/5 -> F1 10/11; bigrams 3 of 5/4 -> F1 2/3.
+    scores = rouge(["猫坐在垫子上"], ["猫在垫子上"])
+    assert abs(scores["rouge1"] - 10 / 11) < 1e-9 and abs(scores["rouge2"] - 2 / 3) < 1e-9
+    assert abs(scores["rougeL"] - 10 / 11) < 1e-9
+    assert metric_tokens("Hello世界, ok") == ["hello", "世", "界", ",", "ok"]
+
+
+def test_bleu_matches_sacrebleu_reference_on_the_same_pairs():
+    preds = ["法国的首都是巴黎。", "the cat sat on the mat", "2 加 3 等于 5"]
+    refs = ["法国的首都是巴黎。", "the cat is on the mat", "2加3等于5。"]
+    expected = sacrebleu.corpus_bleu(preds, [refs], tokenize="zh").score
+    assert abs(bleu(preds, refs) - expected) < 1e-9
+    assert text_metrics(["完全不同"], ["毫无关系"])["rougeL"] == 0.0
