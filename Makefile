@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # pip prints one harmless warning per package for this machine's file:// index mirrors; hide only those.
-QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
-export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+# The braces keep grep's "nothing left to print" from masking pip's own exit status (pipefail is on).
+QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
+UI_HOME ?= $(CURDIR)/var/dagster_home
 
 .PHONY: install demo test lint ui clean
 
@@ -32,9 +33,9 @@ test: lint
 	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 ui: install
-	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	mkdir -p $(UI_HOME)
+	test -f $(UI_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(UI_HOME)/dagster.yaml
+	DAGSTER_HOME=$(UI_HOME) $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf var .pytest_cache

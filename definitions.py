@@ -6,10 +6,13 @@ from assets import data, evaluation, release, training
 from checks import data_checks, model_checks
 from jobs import full_pipeline_job
 from resources import PipelineSettings
+from schedules import raw_data_sensor, weekly_retrain
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([data, training, evaluation, release]),
     asset_checks=dg.load_asset_checks_from_modules([data_checks, model_checks]),
     jobs=[full_pipeline_job],
+    schedules=[weekly_retrain],
+    sensors=[raw_data_sensor],
     resources={"settings": PipelineSettings()},
 )

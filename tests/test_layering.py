@@ -1,4 +1,5 @@
 import ast
+import os
 import subprocess
 import sys
 
@@ -16,13 +17,15 @@ def test_finetune_library_never_imports_dagster():
     assert offenders == []
 
 
-def test_dagster_definitions_validate():
+def test_dagster_definitions_validate(tmp_path):
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     proc = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=180,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

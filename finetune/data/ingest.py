@@ -175,3 +175,8 @@ def ingest_files(paths: list[Path]) -> tuple[StageResult, list[dict[str, Any]]]:
         raise IngestError(f"no raw data files found under {[str(p) for p in paths]}")
     result.extra["files"] = files
     return result, files
+
+
+def snapshot_raw_files(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every raw data file under the given paths (what a new-data sensor compares)."""
+    return {str(p): sha256_file(p) for p in list_raw_files(paths)}
