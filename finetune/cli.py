@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     base = resolve_base_model(cfg)
-    records = _ingest([args.data] if args.data else [str(cfg.resolve(p)) for p in cfg.paths.raw_data]).kept
+    records = _ingest([args.data]).kept
     splits = build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft).extra["splits"]
     out = Path(args.output) if args.output else cfg.work_dir / "train"
     result = train_adapter(splits["train"], splits["val"], base, cfg.train, cfg.sft, out, cfg.model.trust_remote_code)
@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p = add("train", cmd_train, "SFT-format a dataset and train the adapter")
-    p.add_argument("--data", help="records file (default: paths.raw_data)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="curated records to train on (e.g. a screened kept.jsonl); raw data is never trained on by default",
+    )
     p.add_argument("--output", help="output folder (default: <work_dir>/train)")
     ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="what", required=True)
     p = ev.add_parser("text", help="ROUGE-1/2/L and BLEU of predictions vs references (one per line)")
