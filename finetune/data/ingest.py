@@ -34,7 +34,9 @@ def list_raw_files(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise IngestError(f"data path does not exist: {path} (check --input/--data, or paths.raw_data in the config)")
+            raise IngestError(
+                f"data path does not exist: {path} (check --input/--data, or paths.raw_data in the config)"
+            )
     return files
 
 
