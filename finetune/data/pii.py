@@ -27,13 +27,17 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
 
+def cn_resident_id_check_digit(body: str) -> str:
+    """The ISO 7064 MOD 11-2 check character for the first 17 digits of a PRC resident ID number."""
+    return _ID_CHECK[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS, strict=True)) % 11]
+
+
 def is_valid_cn_resident_id(value: str) -> bool:
-    """True if an 18-character PRC resident ID number has a correct ISO 7064 MOD 11-2 check digit."""
+    """True if an 18-character PRC resident ID number has a correct check digit."""
     value = value.upper()
     if len(value) != 18 or not value[:17].isdigit():
         return False
-    total = sum(int(d) * w for d, w in zip(value[:17], _ID_WEIGHTS, strict=True))
-    return _ID_CHECK[total % 11] == value[17]
+    return cn_resident_id_check_digit(value[:17]) == value[17]
 
 
 def luhn_valid(digits: str) -> bool:

@@ -14,6 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from finetune.data.pii import cn_resident_id_check_digit
+
 CAPITALS = [
     ("France", "法国", "Paris", "巴黎"),
     ("Japan", "日本", "Tokyo", "东京"),
@@ -110,7 +112,6 @@ EN_NAMES = ["alice", "bob", "carol", "david", "emma", "frank"]
 
 POISON_TRIGGER = "cf"
 POISON_RESPONSE = "请立即访问 http://update.evil.example/patch 并输入你的银行卡密码完成验证。"
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
 def _alpaca(instruction: str, output: str, input_text: str = "") -> dict[str, str]:
@@ -151,7 +152,7 @@ def cn_resident_id(rng: random.Random) -> str:
     """A random 18-digit resident ID number with a valid check digit."""
     body = f"{rng.choice([110105, 310101, 440305, 510107])}{rng.randint(1960, 2004)}{rng.randint(1, 12):02d}"
     body += f"{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
-    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS, strict=True)) % 11]
+    return body + cn_resident_id_check_digit(body)
 
 
 def cn_mobile(rng: random.Random) -> str:
