@@ -95,13 +95,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finetune.model.loading import load_tokenizer, resolve_base_model
-    from finetune.sft import build_sft_splits
+    from finetune.sft import build_sft_splits, splits_of
     from finetune.train.lora import train_adapter
 
     cfg = _config(args)
     base = resolve_base_model(cfg)
     records = _ingest([args.data]).kept
-    splits = build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft).extra["splits"]
+    splits = splits_of(build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft))
     out = Path(args.output) if args.output else cfg.work_dir / "train"
     result = train_adapter(splits["train"], splits["val"], base, cfg.train, cfg.sft, out, cfg.model.trust_remote_code)
     print(

@@ -89,7 +89,6 @@ def mask_preview(tokenizer: PreTrainedTokenizerBase, example: dict[str, list[int
 def build_sft_splits(records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig) -> StageResult:
     """Split records and check each tokenizes with at least one trained token; drop those that do not."""
     result = StageResult(stage="sft_dataset", n_in=len(records))
-    splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     trained_tokens, truncated, previews = 0, 0, []
     for record in records:
         example = tokenize_conversation(tokenizer, record["messages"], cfg.cutoff_len)
@@ -97,13 +96,12 @@ def build_sft_splits(records: list[Record], tokenizer: PreTrainedTokenizerBase, 
         if n_trained == 0:
             result.drop(record, "no_trainable_tokens", cutoff_len=cfg.cutoff_len)
             continue
-        split = split_of(record["id"], cfg)
-        splits[split].append({**record, "split": split})
-        result.kept.append({**record, "split": split})
+        result.kept.append({**record, "split": split_of(record["id"], cfg)})
         trained_tokens += n_trained
         truncated += example["full_length"] > cfg.cutoff_len
         if len(previews) < 3:
             previews.append(mask_preview(tokenizer, example))
+    splits = splits_of(result)
     if not splits["train"]:
         raise ValueError("no records left for the train split; add data or lower sft.val_fraction/test_fraction")
     result.extra.update(
@@ -112,15 +110,17 @@ def build_sft_splits(records: list[Record], tokenizer: PreTrainedTokenizerBase, 
         truncated_at_cutoff=truncated,
         mask_preview=previews,
     )
-    result.extra["splits"] = splits
     return result
+
+
+def splits_of(result: StageResult) -> dict[str, list[Record]]:
+    """The kept records grouped by the split each one was assigned."""
+    return {name: [r for r in result.kept if r["split"] == name] for name in SPLITS}
 
 
 def write_sft_dataset(result: StageResult, out_dir: Path) -> dict[str, Any]:
     """Write train/val/test JSONL beside the stage's kept/dropped files; return the report."""
-    splits = result.extra.pop("splits")
     report = result.write(out_dir)
-    for name, rows in splits.items():
+    for name, rows in splits_of(result).items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
-    result.extra["splits"] = splits
     return report
