@@ -10,7 +10,7 @@ from finetune.data.dedup import deduplicate_records
 from finetune.data.ingest import ingest_files
 from finetune.data.pii import deidentify_records
 from finetune.data.poison import screen_records
-from finetune.data.records import StageResult, read_jsonl
+from finetune.data.records import StageResult, describe_counts, read_jsonl
 from finetune.model.loading import load_tokenizer
 from finetune.sft import build_sft_splits, write_sft_dataset
 from resources import PipelineSettings
@@ -25,10 +25,7 @@ def kept_records(report: dict) -> list[dict]:
 
 def stage_output(context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult) -> dg.Output:
     report = result.write(settings.stage_dir(result.stage, context.run_id)) | {"run_id": context.run_id}
-    context.log.info(
-        f"{result.stage}: {report['in']} in, {report['kept']} kept, {report['dropped']} dropped, "
-        f"{report['quarantined']} quarantined"
-    )
+    context.log.info(describe_counts(report))
     return dg.Output(report, metadata=stage_metadata(report))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PipelineConfig
+from finetune.data.records import describe_counts
 from finetune.release import ReleaseError, file_hashes
 
 
@@ -54,11 +55,7 @@ def lineage_text(manifest: dict[str, Any]) -> str:
     ]
     lines += [f"  {f['path']} sha256 {f['sha256'][:16]} ({f['rows']} rows)" for f in manifest["raw_files"]]
     lines.append("stages:")
-    for s in manifest["stages"]:
-        lines.append(
-            f"  {s['stage']}: in {s['in']} kept {s['kept']} dropped {s['dropped']} {s['dropped_by_reason']} "
-            f"quarantined {s['quarantined']} {s['quarantined_by_reason']}"
-        )
+    lines += [f"  {describe_counts(s)}" for s in manifest["stages"]]
     lines.append("checks:")
     lines += [f"  [{'pass' if g['passed'] else 'FAIL'}] {g['name']}: {g['message']}" for g in manifest["checks"]]
     return "\n".join(lines)

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_curate(args: argparse.Namespace) -> int:
     from finetune.data.clean import clean_records
     from finetune.data.dedup import deduplicate_records
-    from finetune.data.records import write_json, write_jsonl
+    from finetune.data.records import describe_counts, write_json, write_jsonl
 
     cfg = _config(args)
     ingested = _ingest(args.input)
@@ -51,10 +51,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     report = {"stages": [s.counts() for s in (ingested, cleaned, deduped)], "files": ingested.extra.get("files", [])}
     write_json(out / "report.json", report)
     for s in report["stages"]:
-        print(
-            f"{s['stage']}: in {s['in']}, kept {s['kept']}, dropped {s['dropped']} {s['dropped_by_reason']}, "
-            f"quarantined {s['quarantined']} {s['quarantined_by_reason']}"
-        )
+        print(describe_counts(s))
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 

@@ -86,6 +86,14 @@ class StageResult:
         return report
 
 
+def describe_counts(counts: dict[str, Any]) -> str:
+    """One line per stage for logs, the CLI and the audit: outcome counts with their reasons."""
+    return (
+        f"{counts['stage']}: in {counts['in']}, kept {counts['kept']}, dropped {counts['dropped']} "
+        f"{counts['dropped_by_reason']}, quarantined {counts['quarantined']} {counts['quarantined_by_reason']}"
+    )
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows as UTF-8 JSONL through a temp file and an atomic rename, so a crash never leaves half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
