@@ -46,8 +46,9 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
     description="Independent re-scan of the de-identified records finds no PII.",
 )
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
-    scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), settings.load().pii)
-    return to_check_result(gates.no_residual_pii(scan, settings.load().gates))
+    cfg = settings.load()
+    scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), cfg.pii)
+    return to_check_result(gates.no_residual_pii(scan, cfg.gates))
 
 
 @dg.asset_check(

@@ -68,12 +68,12 @@ def audit_release(cfg: PipelineConfig, ref: str, as_json: bool = False, verify: 
     except ReleaseError as exc:
         print(f"error: {exc}")
         return 2
-    manifest = json.loads((folder / "manifest.json").read_text())
     if verify:
         problems = verify_release(folder)
         for p in problems:
             print(f"MISMATCH {p}")
         print(f"{folder}: {'verified' if not problems else f'{len(problems)} mismatches'}")
         return 1 if problems else 0
+    manifest = json.loads((folder / "manifest.json").read_text())
     print(json.dumps(manifest, ensure_ascii=False, indent=2) if as_json else lineage_text(manifest))
     return 0

@@ -12,12 +12,8 @@ from finetune.config import PROJECT_ROOT, ConfigError, load_config
 
 
 def _config(args: argparse.Namespace):
-    path = (
-        args.config
-        if args.config
-        else (PROJECT_ROOT / "finetune.yaml" if (PROJECT_ROOT / "finetune.yaml").is_file() else None)
-    )
-    return load_config(path, args.overrides)
+    default = PROJECT_ROOT / "finetune.yaml"
+    return load_config(args.config or (default if default.is_file() else None), args.overrides)
 
 
 def _ingest(paths: list[str]):
