@@ -8,7 +8,7 @@ from assets.metadata import stage_metadata
 from finetune.data.clean import clean_records
 from finetune.data.dedup import deduplicate_records
 from finetune.data.ingest import ingest_files
-from finetune.data.pii import deidentify_records
+from finetune.data.pii import deidentify_records, pseudonym_salt
 from finetune.data.poison import screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
 from finetune.model.loading import load_tokenizer
@@ -54,9 +54,9 @@ def deduplicated_records(
 def deidentified_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: dict
 ) -> dg.Output:
-    output = stage_output(
-        context, settings, deidentify_records(kept_records(deduplicated_records), settings.load().pii)
-    )
+    cfg = settings.load()
+    result = deidentify_records(kept_records(deduplicated_records), cfg.pii, pseudonym_salt(cfg))
+    output = stage_output(context, settings, result)
     output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
     return output
 

@@ -53,17 +53,19 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 
 def cmd_deidentify(args: argparse.Namespace) -> int:
-    from finetune.data.pii import deidentify_records
+    from finetune.data.pii import deidentify_records, pseudonym_salt
     from finetune.data.records import write_json, write_jsonl
 
     cfg = _config(args)
     ingested = _ingest([args.input])
-    result = deidentify_records(ingested.kept, cfg.pii)
+    result = deidentify_records(ingested.kept, cfg.pii, pseudonym_salt(cfg))
     write_jsonl(Path(args.output), result.kept)
-    report = {"input": result.n_in, "quarantined_at_ingest": len(ingested.quarantined), **result.extra}
+    report = {**result.counts(), "quarantined_at_ingest": len(ingested.quarantined), **result.extra}
     if args.report:
         write_json(Path(args.report), report)
-    print(f"de-identified {result.n_in} records; replaced per entity: {json.dumps(result.extra['replaced_by_entity'])}")
+    print(f"de-identified {result.n_in} records: kept {len(result.kept)}, dropped {len(result.dropped)}")
+    for entity, n in sorted(result.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
+        print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
     print(f"residual PII after re-scan: {result.extra['residual_scan']['residual_total']}")
     return 0
 

@@ -47,13 +47,42 @@ class CleanConfig(_Section):
     max_chars: int = Field(default=2000, gt=0, description="Drop a record whose whole text is longer than this.")
 
 
+# Kept in step with finetune.data.pii_recognizers.ALL_ENTITIES (a test checks it); listed here so
+# loading a config does not import Presidio.
+PII_ENTITIES = [
+    "ADDRESS", "API_KEY", "AWS_ACCESS_KEY", "CN_ADDRESS", "CN_LANDLINE", "CN_LICENSE_PLATE", "CN_MOBILE_PHONE",
+    "CN_PASSPORT", "CN_RESIDENT_ID", "CREDIT_CARD", "EMAIL_ADDRESS", "GITHUB_TOKEN", "IBAN_CODE", "IP_ADDRESS",
+    "JWT", "PASSWORD", "PERSON", "PHONE_NUMBER", "PRIVATE_KEY", "URL_CREDENTIALS",
+]  # fmt: skip
+PiiOperator = Literal["replace", "mask", "pseudonym", "drop"]
+
+
 class PiiConfig(_Section):
     enabled: bool = Field(default=True, description="Turn PII de-identification on or off (off fails the PII gate).")
     entities: list[str] = Field(
-        default=["CN_MOBILE_PHONE", "CN_RESIDENT_ID", "EMAIL_ADDRESS", "CREDIT_CARD"],
-        description="Entity types to detect and replace with a typed placeholder like <EMAIL_ADDRESS>.",
+        default=PII_ENTITIES, description="Entity types to detect (default: every shipped recognizer)."
     )
     score_threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum recognizer score to count a hit.")
+    default_operator: PiiOperator = Field(
+        default="replace",
+        description="replace = typed placeholder <ENTITY>; mask = stars but the last 4; "
+        "pseudonym = stable salted surrogate <ENTITY_1a2b3c4d>; drop = drop the whole record.",
+    )
+    operators: dict[str, PiiOperator] = Field(
+        default={"PRIVATE_KEY": "drop"},
+        description="Per-entity operator overriding default_operator, e.g. {PERSON: pseudonym}.",
+    )
+
+    @model_validator(mode="after")
+    def _known_entities(self) -> PiiConfig:
+        unknown = sorted((set(self.entities) | set(self.operators)) - set(PII_ENTITIES))
+        if unknown:
+            raise ValueError(f"unknown PII entities {unknown}; known: {', '.join(PII_ENTITIES)}")
+        return self
+
+    def operator_for(self, entity: str) -> str:
+        """The operator that applies to one entity type."""
+        return self.operators.get(entity, self.default_operator)
 
 
 class ScreenConfig(_Section):

@@ -6,6 +6,7 @@ their results, so the same numbers are seen in the UI, the CLI and the audit tra
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,10 +48,14 @@ def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:
     ok = found <= gates.max_residual_pii
     msg = f"residual PII after de-identification: {found} (allowed {gates.max_residual_pii})"
     if not ok:
-        msg += f"; by entity {scan['by_entity']}. Enable pii.enabled or add the entity to pii.entities"
-    return GateResult(
-        "no_residual_pii", ok, msg, {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]}
-    )
+        msg += (
+            f"; by entity {scan['by_entity']}. Enable pii.enabled, add the entity to pii.entities, "
+            "or raise gates.max_residual_pii if these are known false positives"
+        )
+    metadata = {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]}
+    if scan.get("examples"):
+        metadata["redacted_examples"] = json.dumps(scan["examples"], ensure_ascii=False)
+    return GateResult("no_residual_pii", ok, msg, metadata)
 
 
 def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:

@@ -1,4 +1,5 @@
 import json
+import re
 
 from finetune.cli import main
 from tests.conftest import SAMPLE
@@ -19,24 +20,17 @@ def test_curate_writes_every_record_somewhere(tmp_path, capsys):
     assert report["stages"][0]["in"] == sum(lines.values())
 
 
-def test_deidentify_and_scan_commands(tmp_path, capsys):
-    out = tmp_path / "deid.jsonl"
-    assert (
-        main(
-            [
-                "deidentify",
-                "--input",
-                str(SAMPLE / "instructions.jsonl"),
-                "--output",
-                str(out),
-                "--report",
-                str(tmp_path / "r.json"),
-            ]
-        )
-        == 0
-    )
-    assert "CN_MOBILE_PHONE" in capsys.readouterr().out
-    assert "<CN_MOBILE_PHONE>" in out.read_text(encoding="utf-8")
+def test_deidentify_and_scan_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FINETUNE_PII_SALT", "test-salt")
+    out, report_file = tmp_path / "deid.jsonl", tmp_path / "r.json"
+    args = ["deidentify", "--input", str(SAMPLE / "instructions.jsonl"), "--output", str(out)]
+    assert main([*args, "--report", str(report_file), "--set", "pii.operators.PERSON=pseudonym"]) == 0
+    printed = capsys.readouterr().out
+    assert "CN_MOBILE_PHONE" in printed and "PERSON" in printed and "pseudonym" in printed
+    text = out.read_text(encoding="utf-8")
+    assert "<CN_MOBILE_PHONE>" in text and "<PERSON_" in text
+    raw_phones = set(re.findall(r"1[3-9]\d{9}", (SAMPLE / "instructions.jsonl").read_text(encoding="utf-8")))
+    assert raw_phones and not any(p in text or p in report_file.read_text() for p in raw_phones)
     assert main(["scan", "--input", str(out), "--output", str(tmp_path / "scan")]) == 0
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
     assert report["trigger_hits"] == {"cf": 12}

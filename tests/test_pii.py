@@ -1,12 +1,20 @@
 import json
 import logging
 
-from finetune.config import PiiConfig
-from finetune.data.pii import deidentify_records, is_valid_cn_resident_id, luhn_valid, redact, scan_residual_pii
+import pytest
+
+from finetune.config import PII_ENTITIES, PiiConfig
+from finetune.data.pii import deidentify_records, find_pii, redact, scan_residual_pii
+from finetune.data.pii_operators import load_or_create_salt, mask_value, pseudonym
+from finetune.data.pii_recognizers import ALL_ENTITIES, is_valid_cn_resident_id, luhn_valid
 from finetune.data.records import make_record
 
 ENTITIES = PiiConfig().entities
 VALID_ID = "11010519491231002X"
+
+
+def test_config_lists_every_shipped_entity():
+    assert PII_ENTITIES == ALL_ENTITIES
 
 
 def test_resident_id_checksum():
@@ -15,19 +23,146 @@ def test_resident_id_checksum():
     assert luhn_valid("4111 1111 1111 1111") and not luhn_valid("4111 1111 1111 1112")
 
 
-def test_recognizers_work_glued_to_chinese_text():
-    text = f"我叫张三手机13812345678邮箱zhang.san@example.com身份证{VALID_ID}谢谢"
-    assert redact(text, ENTITIES) == "我叫张三手机<CN_MOBILE_PHONE>邮箱<EMAIL_ADDRESS>身份证<CN_RESIDENT_ID>谢谢"
-    assert redact("电话 +86 138-1234-5678。", ENTITIES) == "电话 <CN_MOBILE_PHONE>。"
+# (text, the value that must be found, its entity). Each value is glued to CJK text or punctuation
+# where that is the hard case for `\b`-anchored patterns.
+POSITIVES = [
+    ("手机13812345678谢谢", "13812345678", "CN_MOBILE_PHONE"),
+    ("电话 +86 138-1234-5678。", "+86 138-1234-5678", "CN_MOBILE_PHONE"),
+    ("手机138 1234 5678找我", "138 1234 5678", "CN_MOBILE_PHONE"),
+    ("全角号码１３８１２３４５６７８", "１３８１２３４５６７８", "CN_MOBILE_PHONE"),
+    ("座机010-87654321转分机", "010-87654321", "CN_LANDLINE"),
+    ("电话（021）87654321", "（021）87654321", "CN_LANDLINE"),
+    (f"身份证{VALID_ID}已登记", VALID_ID, "CN_RESIDENT_ID"),
+    ("旧身份证110105491231002", "110105491231002", "CN_RESIDENT_ID"),
+    ("银行卡6222 0202 0000 0000 006", "6222 0202 0000 0000 006", "CREDIT_CARD"),
+    ("card 4111-1111-1111-1111.", "4111-1111-1111-1111", "CREDIT_CARD"),
+    ("护照号码E12345678，", "E12345678", "CN_PASSPORT"),
+    ("车牌京A12345的车", "京A12345", "CN_LICENSE_PLATE"),
+    ("新能源车牌粤B·D12345", "粤B·D12345", "CN_LICENSE_PLATE"),
+    ("我住在北京市朝阳区建国路88号3单元502室，", "北京市朝阳区建国路88号3单元502室", "CN_ADDRESS"),
+    ("我叫张三手机", "张三", "PERSON"),
+    ("联系人：欧阳娜娜，电话", "欧阳娜娜", "PERSON"),
+    ("请把文件交给蒋玉华老师。", "蒋玉华", "PERSON"),
+    ("My name is John Smith, hi", "John Smith", "PERSON"),
+    ("I live at 1600 Pennsylvania Avenue now", "1600 Pennsylvania Avenue", "ADDRESS"),
+    ("邮箱zhang.san@example.com谢谢", "zhang.san@example.com", "EMAIL_ADDRESS"),
+    ("call +1 415-555-2671 today", "+1 415-555-2671", "PHONE_NUMBER"),
+    ("call (415) 555-2671 today", "(415) 555-2671", "PHONE_NUMBER"),
+    ("转账到DE89 3704 0044 0532 0130 00即可", "DE89 3704 0044 0532 0130 00", "IBAN_CODE"),
+    ("服务器192.168.1.20宕机", "192.168.1.20", "IP_ADDRESS"),
+    ("host fe80:0:0:0:202:b3ff:fe1e:8329 up", "fe80:0:0:0:202:b3ff:fe1e:8329", "IP_ADDRESS"),
+    (
+        "连接postgres://admin:s3cr3t@db.example.com:5432 失败",
+        "postgres://admin:s3cr3t@db.example.com:5432",
+        "URL_CREDENTIALS",
+    ),
+    ("key AKIAIOSFODNN7EXAMPLE end", "AKIAIOSFODNN7EXAMPLE", "AWS_ACCESS_KEY"),
+    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 end", "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "GITHUB_TOKEN"),
+    ("OPENAI_KEY是sk-proj-abcdefghijklmnopqrstuvwx。", "sk-proj-abcdefghijklmnopqrstuvwx", "API_KEY"),
+    (
+        "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9Pl",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9Pl",
+        "JWT",
+    ),
+    (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+        "PRIVATE_KEY",
+    ),
+    ('config: password="hunter2abc"', "hunter2abc", "PASSWORD"),
+    ("数据库密码：Abc12345，请保管", "Abc12345", "PASSWORD"),
+]
 
 
-def test_near_misses_are_not_pii():
-    for text in ["订单号20231234567890", "身份证110105194912310021", "编号12812345678", "版本 1.2.3"]:
-        assert redact(text, ENTITIES) == text, text
+@pytest.mark.parametrize(("text", "value", "entity"), POSITIVES, ids=[p[2] + str(i) for i, p in enumerate(POSITIVES)])
+def test_recognizer_finds_value_with_exact_span(text, value, entity):
+    hits = [(h.entity_type, text[h.start : h.end]) for h in find_pii(text, ENTITIES, 0.5)]
+    assert (entity, value) in hits
 
 
-def _rec(text):
-    return make_record([{"role": "user", "content": text}, {"role": "assistant", "content": "好的"}], "f", 1)
+NEAR_MISSES = [
+    "订单号20231234567890",  # long digit run, fails Luhn
+    "身份证110105194912310021",  # wrong check digit
+    "编号12812345678",  # 12x is not a mobile prefix
+    "版本 1.2.3.4 和 v2.0.1.3 已发布",  # version numbers look like IPv4
+    "地址 999.1.1.1 无效",  # not an IP
+    "卡号4111 1111 1111 1112",  # Luhn fails
+    "GB00WEST12345698765432",  # IBAN checksum fails
+    "谢谢你，张开双臂欢迎文明城市的建设",  # everyday words jieba tags as names
+    "teacher 的中文是老师。",
+    "The answer is Paris. I am happy to help.",
+    "password: 12",  # too short to be a secret
+    "高中地理：长江流经哪些省份？黄河流域有多长？",
+]
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_are_not_pii(text):
+    assert redact(text, ENTITIES) == text
+
+
+def test_pii_inside_json_strings_and_every_role():
+    record = make_record(
+        [
+            {"role": "system", "content": "客服工号 sk-abcdefghijklmnopqrstuvwxyz"},
+            {"role": "user", "content": '{"phone": "13812345678", "email": "a.b@example.org"}'},
+            {"role": "assistant", "content": "已记录你的身份证" + VALID_ID},
+        ],
+        "f",
+        1,
+    )
+    [out] = deidentify_records([record], PiiConfig()).kept
+    assert [m["content"] for m in out["messages"]] == [
+        "客服工号 <API_KEY>",
+        '{"phone": "<CN_MOBILE_PHONE>", "email": "<EMAIL_ADDRESS>"}',
+        "已记录你的身份证<CN_RESIDENT_ID>",
+    ]
+
+
+def _rec(text, answer="好的"):
+    return make_record([{"role": "user", "content": text}, {"role": "assistant", "content": answer}], "f", 1)
+
+
+def test_pseudonyms_are_consistent_salted_and_canonical():
+    assert pseudonym("CN_MOBILE_PHONE", "138-1234-5678", "s1") == pseudonym("CN_MOBILE_PHONE", "13812345678", "s1")
+    assert pseudonym("CN_MOBILE_PHONE", "13812345678", "s1") != pseudonym("CN_MOBILE_PHONE", "13812345678", "s2")
+    assert pseudonym("CN_MOBILE_PHONE", "13812345678", "s1") != pseudonym("CN_MOBILE_PHONE", "13912345678", "s1")
+    cfg = PiiConfig(default_operator="pseudonym")
+    result = deidentify_records(
+        [_rec("我的手机13812345678", "好的，13812345678已记录"), _rec("手机13912345678")], cfg, "s"
+    )
+    first, second = result.kept
+    surrogate = first["messages"][0]["content"].removeprefix("我的手机")
+    assert surrogate.startswith("<CN_MOBILE_PHONE_") and surrogate in first["messages"][1]["content"]
+    assert surrogate not in second["messages"][0]["content"]
+    with pytest.raises(ValueError, match="salt"):
+        deidentify_records([_rec("手机13812345678")], cfg, "")
+
+
+def test_mask_and_drop_operators_account_for_every_record():
+    assert mask_value("6222020200000000006") == "***************0006"
+    assert mask_value("张三") == "**"
+    cfg = PiiConfig(operators={"CREDIT_CARD": "mask", "PRIVATE_KEY": "drop", "CN_MOBILE_PHONE": "drop"})
+    records = [_rec("卡号6222020200000000006"), _rec("手机13812345678"), _rec("你好")]
+    result = deidentify_records(records, cfg)
+    assert [r["messages"][0]["content"] for r in result.kept] == ["卡号***************0006", "你好"]
+    [(dropped)] = result.dropped
+    assert dropped["reason"] == "pii_drop:CN_MOBILE_PHONE" and "13812345678" not in json.dumps(dropped)
+    counts = result.counts()
+    assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"] == 3
+
+
+def test_salt_comes_from_env_or_a_private_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("FINETUNE_PII_SALT", raising=False)
+    salt = load_or_create_salt(tmp_path)
+    assert load_or_create_salt(tmp_path) == salt and (tmp_path / "pii_salt").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("FINETUNE_PII_SALT", "from-env")
+    assert load_or_create_salt(tmp_path) == "from-env"
+
+
+def test_unknown_entity_in_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown PII entities.*PHONE"):
+        PiiConfig(entities=["PHONE"])
 
 
 def test_deidentify_accounts_and_never_exposes_values(caplog):
@@ -43,7 +178,15 @@ def test_deidentify_accounts_and_never_exposes_values(caplog):
     assert phone not in visible and email not in visible
 
 
-def test_residual_scan_finds_planted_pii_without_showing_it():
-    scan = scan_residual_pii([_rec("手机13912345678")], PiiConfig())
-    assert scan["residual_total"] == 1 and scan["by_entity"] == {"CN_MOBILE_PHONE": 1}
-    assert "13912345678" not in json.dumps(scan)
+def test_residual_scan_finds_planted_pii_and_shows_it_redacted():
+    scan = scan_residual_pii([_rec("请联系王磊先生，手机13912345678，谢谢")], PiiConfig())
+    assert scan["residual_total"] == 2 and scan["by_entity"] == {"CN_MOBILE_PHONE": 1, "PERSON": 1}
+    assert scan["examples"][0]["redacted_context"] == "请联系<PERSON>先生，手机<CN_MOBILE_PHONE>，谢谢"
+    assert "13912345678" not in json.dumps(scan, ensure_ascii=False)
+
+
+def test_residual_scan_is_independent_of_the_configured_entities():
+    cfg = PiiConfig(entities=["EMAIL_ADDRESS"])
+    result = deidentify_records([_rec("邮箱a@example.com，手机13912345678")], cfg)
+    assert result.kept[0]["messages"][0]["content"] == "邮箱<EMAIL_ADDRESS>，手机13912345678"
+    assert result.extra["residual_scan"]["by_entity"] == {"CN_MOBILE_PHONE": 1}

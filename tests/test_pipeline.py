@@ -1,10 +1,13 @@
 """End to end: the real Dagster graph materialized on the sample data in a temp DAGSTER_HOME."""
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._serdes import serialize_value
 
 from assets import data, evaluation, release, training
 from checks import data_checks, model_checks
@@ -24,9 +27,13 @@ def materialize_all(tmp_path, model_cache, *overrides):
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home), overrides={"telemetry": {"enabled": False}}) as instance:
-        return dg.materialize(
+        result = dg.materialize(
             [*ASSETS, *CHECKS], resources={"settings": settings}, instance=instance, raise_on_error=False
         )
+        # Everything the UI would show for this run: log lines, asset metadata, check results.
+        events = "\n".join(serialize_value(entry) for entry in instance.all_logs(result.run_id))
+        (tmp_path / "event_log.json").write_text(events, encoding="utf-8")
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +63,24 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     assert manifest["evaluation"]["tuned"]["metrics"]["rougeL"] > manifest["evaluation"]["base"]["metrics"]["rougeL"]
     released = tmp / "work" / "releases" / out["release_id"]
     assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
+
+
+@pytest.mark.slow
+def test_no_raw_pii_in_run_logs_metadata_or_release(full_run):
+    tmp, result = full_run
+    raw = (PROJECT_ROOT / "data" / "sample" / "instructions.jsonl").read_text(encoding="utf-8")
+    values = set(re.findall(r"1[3-9]\d{9}|[\w.]+@example\.com|\d{17}[\dX]", raw))
+    assert len(values) > 40
+    events = (tmp / "event_log.json").read_text(encoding="utf-8")
+    assert "deidentified_records" in events and "replaced_by_entity" in events
+    released = "".join(
+        p.read_text(encoding="utf-8") for p in Path(result.output_for_node("release")["path"]).rglob("*.md")
+    )
+    released += "".join(
+        p.read_text(encoding="utf-8") for p in Path(result.output_for_node("release")["path"]).rglob("*.json")
+    )
+    leaked = [v for v in values if v in events or v in released]
+    assert not leaked, f"{len(leaked)} raw PII values visible in the run's events or release"
 
 
 @pytest.mark.slow

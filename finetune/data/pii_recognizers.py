@@ -1,0 +1,317 @@
+"""Presidio recognizers for Chinese and English PII and secrets, offline, safe next to CJK text.
+
+Presidio's built-in patterns anchor on `\\b`, which never matches between a CJK character
+and a digit, so PII glued to Chinese text is missed; every pattern here uses explicit
+look-arounds instead, and formats with a checksum (resident ID, bank card, IBAN, IP) are
+validated so that order numbers and other near misses are not reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from functools import lru_cache
+
+import regex
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer.predefined_recognizers import IbanRecognizer
+
+# Presidio selects recognizers by language code; records mix Chinese and English in one
+# string, so every recognizer is registered under one code and each text is analyzed once.
+LANGUAGE = "en"
+# Presidio's default flags include IGNORECASE, which would let `[A-Z]` match lower case
+# and turn `AKIA…`-style key prefixes and capitalised names into noise.
+CASE_SENSITIVE = regex.DOTALL | regex.MULTILINE
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+_HAN = r"\p{Han}"
+# Characters that start the sentence around an address or name but are never part of one.
+_FUNCTION_CHARS = "我你他她它们住在是到于的地得了着过这那个寄送址请把往从给发和与或及也都就还说"
+_COMMON_WORD_FREQ = 50
+_PLACE_CHAR = rf"(?:(?![{_FUNCTION_CHARS}]){_HAN})"
+
+
+def cn_resident_id_check_digit(body: str) -> str:
+    """The ISO 7064 MOD 11-2 check character for the first 17 digits of a PRC resident ID number."""
+    return _ID_CHECK[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS, strict=True)) % 11]
+
+
+def is_valid_cn_resident_id(value: str) -> bool:
+    """True if an 18-character PRC resident ID number has a correct check digit."""
+    value = value.upper()
+    if len(value) != 18 or not value[:17].isdigit():
+        return False
+    return cn_resident_id_check_digit(value[:17]) == value[17]
+
+
+def luhn_valid(digits: str) -> bool:
+    """True if a digit string passes the Luhn checksum (bank and credit card numbers)."""
+    digits = "".join(ch for ch in digits if ch.isdigit())
+    if len(digits) < 13:
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+_MOBILE_TEXT = r"(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}"
+_MOBILE = regex.compile(_MOBILE_TEXT)
+
+
+def _pattern(entity: str, regex_text: str, score: float = 0.8, **kwargs) -> PatternRecognizer:
+    return PatternRecognizer(
+        supported_entity=entity,
+        patterns=[Pattern(entity.lower(), regex_text, score)],
+        supported_language=LANGUAGE,
+        global_regex_flags=kwargs.pop("flags", CASE_SENSITIVE),
+        **kwargs,
+    )
+
+
+_DATE = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
+_ID_SHAPE = regex.compile(rf"[1-9]\d{{5}}(?:18|19|20)\d{{2}}{_DATE}\d{{3}}[0-9Xx]")
+
+
+class CnResidentIdRecognizer(PatternRecognizer):
+    """PRC resident ID: 18 digits with birth date and checksum, or the legacy 15-digit form."""
+
+    def __init__(self) -> None:
+        date = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
+        patterns = [
+            Pattern(
+                "cn_resident_id_18",
+                rf"(?<![0-9A-Za-z])[1-9]\d{{5}}(?:18|19|20)\d{{2}}{date}\d{{3}}[0-9Xx](?![0-9A-Za-z])",
+                0.8,
+            ),
+            # Legacy IDs have no check digit; the two-digit year and date shape are all there is.
+            Pattern("cn_resident_id_15", rf"(?<![0-9A-Za-z])[1-9]\d{{5}}\d{{2}}{date}\d{{3}}(?![0-9A-Za-z])", 0.6),
+        ]
+        super().__init__(
+            supported_entity="CN_RESIDENT_ID",
+            patterns=patterns,
+            supported_language=LANGUAGE,
+            global_regex_flags=CASE_SENSITIVE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        # None keeps the legacy form's pattern score: a Luhn-valid 15-digit card outranks it.
+        return None if len(pattern_text) == 15 else is_valid_cn_resident_id(pattern_text)
+
+
+class BankCardRecognizer(PatternRecognizer):
+    """13-19 digit card numbers (optionally grouped by spaces or dashes) that pass Luhn."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CREDIT_CARD",
+            # Issuer prefixes 2[2-7] (Mastercard 2-series) and 3-6; order numbers like 2023… are excluded.
+            # A number labelled as an order/serial number is not a card even when it passes Luhn (1 in 10 do).
+            patterns=[
+                Pattern(
+                    "card_number",
+                    r"(?<![\d.])(?<!(?:订单|单号|编号|流水号|身份证号?码?|(?i:order|invoice|serial|tracking)(?: ?(?:no|number|id))?)\.?[:：#\s]*)"
+                    r"(?:2[2-7]|[3-6])\d?(?:[ -]?\d){11,17}(?![0-9Xx])",
+                    0.7,
+                )
+            ],
+            supported_language=LANGUAGE,
+            global_regex_flags=CASE_SENSITIVE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        digits = "".join(ch for ch in pattern_text if ch.isdigit())
+        # A valid resident ID or a +86 mobile number that happens to pass Luhn is reported as that, not as a card.
+        looks_like_id = len(digits) == 18 and _ID_SHAPE.fullmatch(pattern_text) is not None
+        return luhn_valid(digits) and not looks_like_id and not _MOBILE.fullmatch(pattern_text)
+
+
+class IpAddressRecognizer(PatternRecognizer):
+    """IPv4 and IPv6 addresses, validated by the standard library's parser."""
+
+    def __init__(self) -> None:
+        patterns = [
+            # A dotted quad after "version"/"v"/"版本" is a version number.
+            Pattern(
+                "ipv4", r"(?<![\d.])(?<!(?i:version|ver|v|版本|版本号)[ :：]?)(?:\d{1,3}\.){3}\d{1,3}(?![\d.])", 0.7
+            ),
+            Pattern("ipv6", r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])", 0.7),
+        ]
+        super().__init__(
+            supported_entity="IP_ADDRESS",
+            patterns=patterns,
+            supported_language=LANGUAGE,
+            global_regex_flags=CASE_SENSITIVE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        try:
+            address = ipaddress.ip_address(pattern_text)
+        except ValueError:
+            return False
+        # 0.0.0.0-style and version-number-like loopbacks are not about a person.
+        return not address.is_unspecified
+
+
+def _iban_recognizer() -> IbanRecognizer:
+    # Presidio's IBAN recognizer validates the mod-97 checksum; only its `\b` anchors are replaced.
+    # Its analyze() reads capture groups, so the whole pattern is one group.
+    pattern = r"(?<![A-Za-z0-9])([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"
+    return IbanRecognizer(patterns=[Pattern("iban", pattern, 0.7)], supported_language=LANGUAGE, exact_match=False)
+
+
+class ChinesePersonNameRecognizer(EntityRecognizer):
+    """Chinese person names: jieba's part-of-speech tagger (`nr`) plus cue words, both gated by a surname list.
+
+    No Chinese NER model can be installed offline; jieba's bundled HMM tagger finds most
+    names, and a cue ("我叫", "联系人：", "…先生") finds names it misses. A surname list keeps
+    the tagger's false positives (place names, common words tagged `nr`) out.
+    """
+
+    SURNAMES = (
+        "欧阳 司马 上官 诸葛 东方 皇甫 慕容 令狐 夏侯 尉迟 公孙 长孙 宇文 司徒 "
+        "王 李 张 刘 陈 杨 黄 赵 吴 周 徐 孙 马 朱 胡 郭 何 高 林 罗 郑 梁 谢 宋 唐 许 韩 冯 邓 曹 彭 曾 肖 田 董 袁 "
+        "潘 于 蒋 蔡 余 杜 叶 程 苏 魏 吕 丁 任 沈 姚 卢 姜 崔 钟 谭 陆 汪 范 金 石 廖 贾 夏 韦 付 方 白 邹 孟 熊 秦 "
+        "邱 江 尹 薛 闫 段 雷 侯 龙 史 陶 黎 贺 顾 毛 郝 龚 邵 万 钱 严 覃 武 戴 莫 孔 向 汤 常 温 康 施 文 牛 樊 葛 "
+        "邢 安 齐 易 乔 伍 庞 颜 倪 庄 聂 章 鲁 岳 翟 殷 詹 申 欧 耿 关 兰 焦 俞 左 柳 甘 祝 包 宁 尚 符 舒 阮 柯 纪 "
+        "梅 童 凌 毕 单 季 裴 霍 涂 成 苗 谷 盛 曲 翁 冉 骆 蓝 路 游 辛 靳 管 柴 蒙 鲍 华 喻 祁 蒲 房 滕 屈 饶 解 牟 "
+        "艾 尤 阳 时 穆 农 司 卓 古 吉 缪 简 车 项 连 芦 麦 褚 娄 窦 戚 岑 景 党 宫 费 卜 冷 晏 席 卫 米 柏 宗 瞿 桂 "
+        "全 佟 应 臧 闵 苟 邬 边 卞 姬 师 和 仇 栾 隋 商 刁 沙 荣 巫 寇 桑 郎 甄 丛 仲 虞 敖 巩 明 佘 池 查 麻 苑 迟 邝 "
+        "朴 祖 阚 井 官 封 匡 习 宦 艾 鱼 容 向 古 易 慎 戈 廖 庾 终 暨 居 衡 步 都 耿 满 弘 国 文 寇 广 禄 阙 东 殴 "
+        "殳 沃 利 蔚 越 夔 隆 师 巩 厍 聂 晁 勾 敖 融 冷 訾 辛 阚 那 简 饶 空 曾 毋 沙 乜 养 鞠 须 丰 巢 蒯 相 后 荆 "
+        "红 游 竺 权 逯 盖 益 桓 公 仉 督 晋 楚 闫 法 汝 鄢 涂 钦 归 海 岳 帅 缑 亢 况 郈 有 琴 商 牟 佘 佴 伯 赏 墨 "
+        "傅 阎 冀 云 索 鹿 郜 原 劳 萧 冼 哈 谯 笪 年 爱 阳 佟 第五 言 福 邸 宓 蓬 郗 班 仰 秋 仲 伊 宫 宁 仇 栾 暴 甘 钭 厉 戎 贝 雍 郤 璩 桑 濮 牧"
+    ).split()
+    _CUE_BEFORE = r"(?:我叫|我是|名叫|叫做|姓名[:：]?|联系人[:：]?|收件人[:：]?|寄件人[:：]?|患者|客户|同事|员工|学生|经理|老师|医生)"
+    _CUE_AFTER = r"(?:先生|女士|小姐|老师|同学|医生|经理|教授|师傅|阿姨|叔叔)"
+    _SURNAME_RE = "|".join(sorted(SURNAMES, key=len, reverse=True))
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], supported_language=LANGUAGE, name="ChinesePersonNameRecognizer")
+        self._cued = regex.compile(
+            rf"(?:(?<={self._CUE_BEFORE}\s*)(?:{self._SURNAME_RE}){_PLACE_CHAR}{{1,2}})"
+            rf"|(?:(?:{self._SURNAME_RE}){_PLACE_CHAR}{{1,2}}(?={self._CUE_AFTER}))"
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
+        if "PERSON" not in entities or not regex.search(_HAN, text):
+            return []
+        spans: dict[tuple[int, int], float] = {}
+        for start, end in _jieba_person_spans(text):
+            word = text[start:end]
+            # jieba tags some everyday words `nr` (谢谢, 文明); real names are rare in its dictionary.
+            common = (_jieba().dt.FREQ.get(word) or 0) >= _COMMON_WORD_FREQ
+            if word.startswith(tuple(self.SURNAMES)) and 2 <= len(word) <= 4 and not common:
+                spans[(start, end)] = 0.6
+        for m in self._cued.finditer(text):
+            spans[(m.start(), self._name_end(text, m.start(), m.end()))] = 0.85
+        return [RecognizerResult("PERSON", s, e, score) for (s, e), score in spans.items()]
+
+    def _name_end(self, text: str, start: int, end: int) -> int:
+        """Cut a greedy surname+2 match back to surname+1 when its last character starts a word."""
+        surname_len = 2 if text[start : start + 2] in self.SURNAMES else 1
+        if end - start < surname_len + 2:
+            return end
+        tail = text[start + surname_len + 1 :]
+        first_word = next(iter(_jieba().cut(tail[:8], HMM=False)), "")
+        return start + surname_len + 1 if len(first_word) >= 2 else end
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba
+
+
+def _jieba_person_spans(text: str) -> list[tuple[int, int]]:
+    import jieba.posseg
+
+    _jieba()
+    spans, pos = [], 0
+    for word, flag in jieba.posseg.cut(text):
+        if flag == "nr":
+            spans.append((pos, pos + len(word)))
+        pos += len(word)
+    return spans
+
+
+def build_recognizers() -> list[EntityRecognizer]:
+    """Every recognizer this project ships (Chinese-aware, offline, no model download)."""
+    not_alnum_before, not_alnum_after = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
+    name_cue = r"(?i:\b(?:my name is|i am|i'm|name|dear|mr\.?|mrs\.?|ms\.?|dr\.?|contact|signed|from|attn)[:,]?\s+)"
+    street = r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Square)"
+    return [
+        _pattern("CN_MOBILE_PHONE", rf"(?<![\d+]){_MOBILE_TEXT}(?!\d)", 0.8),
+        # Landlines need an area-code separator or brackets: a bare 11-12 digit run is too often an order number.
+        _pattern(
+            "CN_LANDLINE", r"(?<![\d+])(?:(?:\+?86[ -]?)?0\d{2,3}[ -]|\(0\d{2,3}\) ?|（0\d{2,3}）)[2-9]\d{6,7}(?![\d-])"
+        ),
+        CnResidentIdRecognizer(),
+        BankCardRecognizer(),
+        _pattern(
+            "CN_PASSPORT",
+            r"(?<=(?:护照|passport)[^\n]{0,12}?)(?<![0-9A-Za-z])(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7}|[PSD]\d{7})"
+            + not_alnum_after,
+            flags=CASE_SENSITIVE | regex.IGNORECASE,
+        ),
+        _pattern(
+            "CN_LICENSE_PLATE",
+            r"(?<![A-Za-z0-9])[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼][A-Z][·•\- ]?"
+            r"(?=[A-HJ-NP-Z0-9]*\d)[A-HJ-NP-Z0-9]{5,6}" + not_alnum_after,
+        ),
+        _pattern(
+            "CN_ADDRESS",
+            rf"(?:{_PLACE_CHAR}{{2,7}}(?:省|自治区))?(?:{_PLACE_CHAR}{{2,7}}市)?(?:{_PLACE_CHAR}{{1,7}}(?:区|县|镇))?"
+            rf"{_PLACE_CHAR}{{1,8}}(?:路|街|大道|大街|巷|胡同)\d{{1,5}}号(?:院)?(?:\d{{1,4}}(?:栋|幢|号楼|座))?"
+            r"(?:\d{1,3}单元)?(?:\d{1,5}(?:室|房))?",
+            0.75,
+        ),
+        ChinesePersonNameRecognizer(),
+        _pattern("PERSON", rf"(?<={name_cue})[A-Z][a-z]+(?: [A-Z][a-z]+){{0,2}}(?![A-Za-z])", 0.7),
+        _pattern("ADDRESS", rf"(?<![0-9A-Za-z])\d{{1,5}}(?: [A-Z][a-z]+){{1,3}} {street}\.?(?![A-Za-z])", 0.7),
+        _pattern(
+            "EMAIL_ADDRESS",
+            # ASCII-only local part and domain so adjacent Chinese text is not swallowed.
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])",
+            0.9,
+        ),
+        _pattern(
+            "PHONE_NUMBER",
+            r"(?<![\d+])(?:\+(?!86)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,3}"
+            # North American numbers as people write them: (415) 555-2671, 415.555.2671x12, 001-415-555-2671.
+            r"|(?:\+1[ .-]?|001-)?(?:\(\d{3}\) ?|\d{3}[-.])\d{3}[-.]\d{4}(?:x\d{1,5})?"
+            # A bare 10-digit run is a phone only after a cue; otherwise it is as likely a timestamp.
+            r"|(?<=(?i:phone|call(?: me)?(?: at)?|tel|mobile|cell|fax)[:：.\s]*)[2-9]\d{9})(?![\d-])",
+            0.7,
+        ),
+        _iban_recognizer(),
+        IpAddressRecognizer(),
+        _pattern("URL_CREDENTIALS", r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@\"'<>]+:[^\s/@\"'<>]+@[^\s/\"'<>，。]+", 0.9),
+        _pattern("AWS_ACCESS_KEY", not_alnum_before + r"(?:AKIA|ASIA)[0-9A-Z]{16}" + not_alnum_after, 0.9),
+        _pattern("GITHUB_TOKEN", not_alnum_before + r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_\w{22,255})", 0.9),
+        _pattern("API_KEY", not_alnum_before + r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}" + not_alnum_after, 0.85),
+        _pattern("JWT", not_alnum_before + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", 0.9),
+        _pattern(
+            "PRIVATE_KEY",
+            r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.+?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
+            0.95,
+        ),
+        # Only the value after `password=` is the secret; the key name stays readable.
+        _pattern(
+            "PASSWORD",
+            r"(?<=(?i:password|passwd|pwd|passcode|secret|token|api[_-]?key|密码|口令)[\"']?\s*[:=：]\s*[\"']?)"
+            r"[^\s\"',;，。；]{4,}",
+            0.8,
+        ),
+    ]
+
+
+ALL_ENTITIES = sorted({entity for recognizer in build_recognizers() for entity in recognizer.supported_entities})
