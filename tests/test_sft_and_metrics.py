@@ -21,6 +21,15 @@ def test_labels_cover_only_assistant_turns(tiny_base):
     assert ex["labels"][0] == IGNORE_INDEX and len(ex["input_ids"]) == len(ex["labels"])
 
 
+def test_pii_placeholders_and_pseudonyms_survive_sft_formatting(tiny_base):
+    tok = load_tokenizer(tiny_base)
+    answer = "已记录<CN_MOBILE_PHONE>，联系人<PERSON_3fa2c1d0>。"
+    msgs = [{"role": "user", "content": "我的手机<CN_MOBILE_PHONE>"}, {"role": "assistant", "content": answer}]
+    ex = tokenize_conversation(tok, msgs, cutoff_len=256)
+    trained = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE_INDEX])
+    assert trained.startswith(answer)
+
+
 def test_split_is_deterministic_and_roughly_proportional():
     cfg = SftConfig(val_fraction=0.1, test_fraction=0.2, seed=1)
     splits = [split_of(f"id{i}", cfg) for i in range(2000)]
