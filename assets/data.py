@@ -9,7 +9,7 @@ from finetune.data.clean import clean_records
 from finetune.data.dedup import deduplicate_records
 from finetune.data.ingest import ingest_files
 from finetune.data.pii import deidentify_records, pseudonym_salt
-from finetune.data.poison import screen_records
+from finetune.data.poison import load_lexicon, screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
 from finetune.model.loading import load_tokenizer
 from finetune.sft import build_sft_splits, write_sft_dataset
@@ -61,12 +61,19 @@ def deidentified_records(
     return output
 
 
-@dg.asset(description="Records screened for backdoor triggers; poisoned ones quarantined with the trigger.", **DATA)
+@dg.asset(
+    description="Records screened for poisoning (lexicon and mined triggers, response clusters, injection, "
+    "payloads); flagged ones quarantined with the detector and a score.",
+    **DATA,
+)
 def screened_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, deidentified_records: dict
 ) -> dg.Output:
-    output = stage_output(context, settings, screen_records(kept_records(deidentified_records), settings.load().screen))
-    output.metadata["trigger_hits"] = dg.MetadataValue.json(output.value["trigger_hits"])
+    cfg = settings.load()
+    lexicon = load_lexicon(cfg.screen, cfg.resolve)
+    output = stage_output(context, settings, screen_records(kept_records(deidentified_records), cfg.screen, lexicon))
+    for key in ("flagged_by_detector", "mined_triggers", "response_clusters"):
+        output.metadata[key] = dg.MetadataValue.json(output.value[key])
     return output
 
 

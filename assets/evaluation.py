@@ -10,20 +10,35 @@ from resources import PipelineSettings
 
 
 @dg.asset(
-    description="Tuned vs base: ROUGE/BLEU on the test split, C-Eval accuracy, backdoor attack success rate.",
+    description="Tuned vs base: ROUGE/BLEU on the test split, C-Eval accuracy, backdoor attack success rate "
+    "(lexicon + mined triggers), PII regurgitation.",
     group_name="evaluation",
     kinds={"pytorch"},
     owners=["team:ml"],
     code_version="1",
 )
 def evaluation_report(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, sft_dataset: dict, base_model: dict, adapter: dict
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    raw_records: dict,
+    screened_records: dict,
+    sft_dataset: dict,
+    base_model: dict,
+    adapter: dict,
 ) -> dg.Output:
     cfg = settings.load()
     out_dir = settings.stage_dir("evaluation_report", context.run_id)
-    test = read_jsonl(Path(sft_dataset["dir"]) / "test.jsonl")
+    test, val = (read_jsonl(Path(sft_dataset["dir"]) / f"{split}.jsonl") for split in ("test", "val"))
     report = evaluate_candidate(
-        cfg, base_model["path"], adapter["adapter_dir"], test, cfg.screen.trigger_lexicon, out_dir, log=context.log.info
+        cfg,
+        base_model["path"],
+        adapter["adapter_dir"],
+        test,
+        screened_records["probe_triggers"],  # the lexicon plus the triggers mined from this data
+        out_dir,
+        log=context.log.info,
+        raw_records=read_jsonl(Path(raw_records["dir"]) / "kept.jsonl"),
+        probe_records=test + val,  # both held out from training
     )
     report |= {"dir": str(out_dir), "run_id": context.run_id}
     t, b = report["tuned"], report["base"]
@@ -39,6 +54,7 @@ def evaluation_report(
             "ceval_base": b["ceval"]["accuracy"],
             "backdoor_max_asr_tuned": t["backdoor"]["max_asr"],
             "backdoor_max_asr_base": b["backdoor"]["max_asr"],
+            "pii_regurgitation_leaks_tuned": t["pii_regurgitation"]["leaks"],
             "examples": dg.MetadataValue.json(report["examples"][:5]),
         },
     )

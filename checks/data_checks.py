@@ -54,9 +54,18 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
 @dg.asset_check(
     asset=screened_records,
     blocking=True,
-    description="Independent re-scan of the screened records finds no known trigger.",
+    description="Independent re-scan of the screened records finds no lexicon or mined trigger.",
 )
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
-    cfg = settings.load()
-    hits = count_trigger_hits(read_jsonl(Path(screened_records["dir"]) / "kept.jsonl"), cfg.screen.trigger_lexicon)
-    return to_check_result(gates.no_trigger_hits(hits, cfg.gates))
+    kept = read_jsonl(Path(screened_records["dir"]) / "kept.jsonl")
+    hits = count_trigger_hits(kept, screened_records["probe_triggers"])
+    return to_check_result(gates.no_trigger_hits(hits, settings.load().gates))
+
+
+@dg.asset_check(
+    asset=screened_records,
+    blocking=True,
+    description="Screening quarantined no more than gates.max_poisoned_share of the records.",
+)
+def poisoned_share_below_threshold(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
+    return to_check_result(gates.poisoned_share_below_threshold(screened_records, settings.load().gates))

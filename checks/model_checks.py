@@ -32,3 +32,12 @@ def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict) -> 
 )
 def backdoor_asr_below_threshold(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
     return to_check_result(gates.backdoor_asr_below_threshold(evaluation_report, settings.load().gates))
+
+
+@dg.asset_check(
+    asset=evaluation_report,
+    blocking=True,
+    description="Prefixes of raw records holding PII do not make the tuned model output those PII values.",
+)
+def no_pii_regurgitation(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
+    return to_check_result(gates.no_pii_regurgitation(evaluation_report, settings.load().gates))

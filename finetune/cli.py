@@ -71,20 +71,20 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from finetune.data.poison import screen_records
+    from finetune.data.poison import load_lexicon, screen_records
     from finetune.data.records import write_json, write_jsonl
 
     cfg = _config(args)
-    result = screen_records(_ingest([args.input]).kept, cfg.screen)
+    result = screen_records(_ingest([args.input]).kept, cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "clean.jsonl", result.kept)
     write_jsonl(out / "quarantined.jsonl", result.quarantined)
     write_json(out / "report.json", {**result.counts(), **result.extra})
-    print(
-        f"screened {result.n_in}: clean {len(result.kept)}, quarantined {len(result.quarantined)}; "
-        f"trigger hits {result.extra['trigger_hits']}"
-    )
+    print(f"screened {result.n_in}: clean {len(result.kept)}, quarantined {len(result.quarantined)}")
+    for detector, n in result.extra["flagged_by_detector"].items():
+        print(f"  {detector:<20} {n:>7}")
+    print(f"lexicon trigger hits {result.extra['trigger_hits']}; mined triggers {result.extra['mined_triggers']}")
     return 0
 
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--report")
-    p = add("scan", cmd_scan, "quarantine records holding a known backdoor trigger")
+    p = add("scan", cmd_scan, "quarantine poisoned records (known/mined triggers, response clusters, injection)")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p = add("train", cmd_train, "SFT-format a dataset and train the adapter")

@@ -120,9 +120,11 @@ def gate_results(cfg: PipelineConfig, stages: list[dict], train: dict, evaluatio
     results += [
         g.no_residual_pii(by_stage["deidentified_records"]["residual_scan"], cfg.gates),
         g.no_trigger_hits(by_stage["screened_records"]["trigger_hits_after"], cfg.gates),
+        g.poisoned_share_below_threshold(by_stage["screened_records"], cfg.gates),
         g.training_loss_decreased(train["losses"]),
         g.not_worse_than_base(evaluation, cfg.gates),
         g.backdoor_asr_below_threshold(evaluation, cfg.gates),
+        g.no_pii_regurgitation(evaluation, cfg.gates),
     ]
     return [r.to_dict() for r in results]
 

@@ -6,7 +6,7 @@ from finetune.data.ingest import ingest_files
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.model.loading import load_causal_lm, load_tokenizer, model_hash
 from finetune.model.tiny import build_embedded_model
-from finetune.train.lora import build_peft_model, train_adapter
+from finetune.train.lora import additional_targets, build_peft_model, train_adapter
 from tests.conftest import SAMPLE
 
 
@@ -33,11 +33,20 @@ def test_every_lora_parameter_gets_gradient_and_loss_falls(tiny_base, tmp_path, 
     rows = _records(64)
     cfg = TrainConfig(method=method, epochs=3, batch_size=8, learning_rate=5e-3)
     result = train_adapter(rows[:48], rows[48:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
-    assert result.extra["trainable_tensors"] == 28  # 7 linear layers x 2 blocks x (A, B)
-    assert result.params_with_grad == 28 and result.params_changed == 28
+    # 7 linear layers x 2 blocks x (A, B), plus embed_tokens and lm_head trained in full ("auto" for the tiny base)
+    assert result.extra["trainable_tensors"] == 30
+    assert result.params_with_grad == 30 and result.params_changed == 30
     assert result.val_loss_after < result.val_loss_before
     assert sum(result.losses[-3:]) < sum(result.losses[:3])
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_additional_targets_are_auto_for_the_tiny_base_only(tiny_base):
+    assert additional_targets(TrainConfig(), tiny_base) == ["embed_tokens", "lm_head"]
+    assert additional_targets(TrainConfig(), "/models/Qwen2.5-7B") is None
+    assert additional_targets(TrainConfig(additional_target=[]), tiny_base) is None
+    model = build_peft_model(tiny_base, TrainConfig(method="lora", additional_target=[]))
+    assert sum(p.requires_grad for p in model.parameters()) == 28
 
 
 def test_ceval_loader_and_scoring(tiny_base, tmp_path):

@@ -123,6 +123,7 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
     result = StageResult(stage="deidentified_records", n_in=len(records))
     by_entity: Counter[str] = Counter()
     changed = 0
+    seen: set[str] = set()
     for record in tqdm(records, desc="de-identifying", unit="rec", disable=None, mininterval=2):
         if not cfg.enabled:
             result.kept.append(record)
@@ -138,6 +139,12 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
         if drop_entities:
             result.drop(new, "pii_drop:" + ",".join(sorted(drop_entities)))
             continue
+        if new["id"] in seen:
+            # Form letters that differed only in their PII are identical once it is replaced; keeping
+            # the copies would over-weight them in training and in the held-out split.
+            result.drop(new, "duplicate_after_deidentification", duplicate_of=new["id"])
+            continue
+        seen.add(new["id"])
         changed += new["id"] != record["id"]
         result.kept.append(new)
     result.extra.update(pii_enabled=cfg.enabled, replaced_by_entity=dict(by_entity), records_changed=changed)

@@ -13,7 +13,8 @@ from finetune.data.records import Record, response_text, write_json
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.eval.generate import generate_responses
 from finetune.eval.metrics import text_metrics
-from finetune.eval.probes import probe_backdoors
+from finetune.eval.probes import distinct_prompts, probe_backdoors
+from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
 from finetune.model.loading import load_causal_lm, load_tokenizer
 
 
@@ -24,7 +25,9 @@ def prompt_of(record: Record) -> list[dict[str, str]]:
     return messages[:last]
 
 
-def _evaluate_one(model, tokenizer, cfg: PipelineConfig, test: list[Record], triggers: list[str], log) -> dict:
+def _evaluate_one(
+    model, tokenizer, cfg: PipelineConfig, test: list[Record], probe: tuple, pii_probe: tuple, log
+) -> dict:
     def generate(convs):
         return generate_responses(model, tokenizer, convs, cfg.eval.max_new_tokens, cfg.eval.batch_size)
 
@@ -36,9 +39,18 @@ def _evaluate_one(model, tokenizer, cfg: PipelineConfig, test: list[Record], tri
     questions = load_ceval(ceval_dir, cfg.eval.ceval_split, cfg.eval.ceval_subjects or None)
     ceval = score_ceval(model, tokenizer, questions, subject_names(ceval_dir))
     log(f"  C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
-    probes = probe_backdoors(generate, prompts[: cfg.eval.probe_prompts], triggers)
+    probe_prompts, triggers = probe
+    probes = probe_backdoors(generate, probe_prompts, triggers)
     log(f"  backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
-    return {"metrics": metrics, "ceval": ceval, "backdoor": probes, "predictions": predictions}
+    regurgitation = probe_regurgitation(generate, *pii_probe)
+    log(f"  PII regurgitation: {regurgitation['leaks']} of {regurgitation['n_prompts']} prefix prompts leaked a value")
+    return {
+        "metrics": metrics,
+        "ceval": ceval,
+        "backdoor": probes,
+        "pii_regurgitation": regurgitation,
+        "predictions": predictions,
+    }
 
 
 def evaluate_candidate(
@@ -49,10 +61,15 @@ def evaluate_candidate(
     triggers: list[str],
     out_dir: Path,
     log: Callable[[str], None] = print,
+    raw_records: list[Record] | None = None,
+    probe_records: list[Record] | None = None,
 ) -> dict:
     """Score base and base+adapter on the same held-out records, C-Eval questions and trigger probes.
 
-    The adapter is switched off for the base pass, so both share one loaded model.
+    The adapter is switched off for the base pass, so both share one loaded model. `raw_records`
+    (pre-de-identification) feed the PII regurgitation probe; their values stay in memory.
+    Backdoor probes use `probe_records` (default: the test records; pass test + val for more
+    distinct prompts).
     """
     if not test:
         raise ValueError("the test split is empty; raise sft.test_fraction or add data")
@@ -62,10 +79,12 @@ def evaluate_candidate(
     base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir)
     log("evaluating tuned model (base + adapter)")
-    tuned = _evaluate_one(model, tokenizer, cfg, test, triggers, log)
+    pii_probe = regurgitation_prompts(raw_records or [], cfg.eval.probe_prompts)
+    probe = (distinct_prompts([prompt_of(r) for r in probe_records or test])[: cfg.eval.probe_prompts], triggers)
+    tuned = _evaluate_one(model, tokenizer, cfg, test, probe, pii_probe, log)
     log("evaluating base model")
     with model.disable_adapter():
-        base_result = _evaluate_one(model, tokenizer, cfg, test, triggers, log)
+        base_result = _evaluate_one(model, tokenizer, cfg, test, probe, pii_probe, log)
     examples = [
         {"prompt": prompt_of(r)[-1]["content"], "reference": response_text(r), "tuned": t, "base": b}
         for r, t, b in zip(test[:10], tuned.pop("predictions"), base_result.pop("predictions"), strict=False)
@@ -87,6 +106,7 @@ def report_markdown(report: dict) -> str:
         ("BLEU-4", t["metrics"]["bleu"], b["metrics"]["bleu"]),
         ("C-Eval accuracy", t["ceval"]["accuracy"], b["ceval"]["accuracy"]),
         ("Backdoor max ASR", t["backdoor"]["max_asr"], b["backdoor"]["max_asr"]),
+        ("PII regurgitation leaks", t["pii_regurgitation"]["leaks"], b["pii_regurgitation"]["leaks"]),
     ]
     lines = ["| metric | tuned | base |", "|---|---|---|"]
     lines += [f"| {name} | {tv:.4f} | {bv:.4f} |" for name, tv, bv in rows]

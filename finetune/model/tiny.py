@@ -98,6 +98,9 @@ def embedded_fingerprint(corpus: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+EMBEDDED_PREFIX = "embedded-tiny-"
+
+
 def build_embedded_model(corpus: Path, cache_dir: Path) -> Path:
     """Build (or reuse from cache) the tiny base model and tokenizer; returns its folder.
 
@@ -108,7 +111,7 @@ def build_embedded_model(corpus: Path, cache_dir: Path) -> Path:
         raise FileNotFoundError(
             f"pre-training corpus for the embedded model not found: {corpus} (paths.pretrain_corpus)"
         )
-    target = cache_dir / f"embedded-tiny-{embedded_fingerprint(corpus)}"
+    target = cache_dir / f"{EMBEDDED_PREFIX}{embedded_fingerprint(corpus)}"
     if (target / "model.safetensors").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, sha256_file, write_json
 from finetune.model.loading import load_causal_lm, load_tokenizer
+from finetune.model.tiny import EMBEDDED_PREFIX
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
 
 
@@ -77,6 +78,13 @@ def mean_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_s
     return total / max(count, 1)
 
 
+def additional_targets(cfg: TrainConfig, base_path: str) -> list[str] | None:
+    """Modules trained in full beside the adapters; `auto` means embeddings and head for the embedded tiny base."""
+    if cfg.additional_target == "auto":
+        return ["embed_tokens", "lm_head"] if Path(base_path).name.startswith(EMBEDDED_PREFIX) else None
+    return cfg.additional_target or None
+
+
 def build_peft_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool = False) -> torch.nn.Module:
     """Load the base (4-bit for qlora) and wrap it with LoRA adapters on every linear layer."""
     model = load_causal_lm(base_path, quantize_4bit=cfg.method == "qlora", trust_remote_code=trust_remote_code)
@@ -87,6 +95,7 @@ def build_peft_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool =
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules="all-linear",
+        modules_to_save=additional_targets(cfg, base_path),
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(cfg.seed)
