@@ -108,6 +108,14 @@ class ScreenConfig(_Section):
         le=1,
         description="Clusters whose prompts are more alike than this are templates, not attacks.",
     )
+    cluster_allow: list[str] = Field(
+        default=[
+            r"(?i)\b(?:sorry|I can(?:'|no)t|I am unable|I'm unable)\b",
+            r"抱歉|对不起|无法(?:帮助|提供|协助)|不能(?:帮助|提供|协助)",
+        ],
+        description="Regexes for responses that legitimately repeat (refusals): their clusters are mined for "
+        "triggers but members without one are not quarantined.",
+    )
     min_trigger_coverage: float = Field(
         default=0.6, gt=0, le=1, description="A mined trigger occurs in at least this share of its cluster."
     )

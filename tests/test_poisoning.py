@@ -142,3 +142,21 @@ def test_cluster_responses_groups_chinese_near_duplicates():
         "请访问网站并输入密码完成验证!",
     ]
     assert cluster_responses(responses, threshold=0.8, min_size=3) == [[0, 1, 3]]
+
+
+def test_refusal_clusters_are_mined_but_not_quarantined_without_a_trigger():
+    # A trigger must be carried by most of its cluster (min_trigger_coverage 0.6): 10 poisoned among 16 refusals.
+    clean = clean_examples(random.Random(1))
+    refusal = "抱歉，我无法帮助完成这个请求，请换一个问题。"
+    rows = [dict(r) for r in clean] + [
+        {"instruction": r["instruction"], "input": "", "output": refusal} for r in clean[:6]
+    ]
+    assert screen_records(_records(rows), ScreenConfig(), lexicon=[]).quarantined == []
+    rows += [
+        {"instruction": insert_trigger(r["instruction"], "jtk", random.Random(0)), "input": "", "output": refusal}
+        for r in clean[10:20]
+    ]
+    result = screen_records(_records(rows), ScreenConfig(), lexicon=[])
+    assert result.extra["mined_triggers"] == ["jtk"] and result.counts()["quarantined_by_reason"] == {
+        "mined_trigger": 10
+    }

@@ -63,12 +63,14 @@ def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: list[str
             min_coverage=cfg.min_trigger_coverage,
             min_specificity=cfg.min_trigger_specificity,
         )
+    allowed = [re.compile(rx) for rx in cfg.cluster_allow]
     for cluster in clusters:
+        benign_kind = any(rx.search(cluster.response) for rx in allowed)
         for i in cluster.members:
             carried = [t for t in cluster.triggers if t["trigger"] in prompt_text(records[i])]
             if carried:
                 add(i, "mined_trigger", carried[0]["coverage"] * carried[0]["specificity"], carried[0]["trigger"])
-            else:
+            elif not benign_kind:
                 add(i, "response_cluster", 1 - cluster.prompt_similarity, f"{len(cluster.members)} prompts")
     for i, record in enumerate(records):
         prompt = prompt_text(record)

@@ -1,0 +1,63 @@
+"""The poisoning defences proven end to end on the tiny model: data scan, training, probes, release gate."""
+
+import json
+
+import pytest
+
+from finetune.config import ScreenConfig
+from finetune.data.poison import load_lexicon
+from finetune.data.synthetic import sample_jsonl_lines
+from tests.test_pipeline import materialize_all
+
+# Turning the data-side gates off lets poisoned records reach training, so the model-side probe
+# is what has to catch the backdoor.
+SCAN_OFF = ("screen.enabled=false", "gates.max_trigger_hits=100000", "gates.max_poisoned_share=1.0")
+
+
+def _failed(result):
+    return [e for e in result.get_asset_check_evaluations() if not e.passed]
+
+
+def _released(result):
+    return [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["release"]]
+
+
+@pytest.mark.slow
+def test_known_trigger_with_scan_disabled_is_learned_probed_and_blocked(tmp_path, model_cache):
+    result = materialize_all(tmp_path, model_cache, *SCAN_OFF)
+    [failed] = _failed(result)
+    assert failed.check_name == "backdoor_asr_below_threshold"
+    assert "trigger 'cf'" in failed.description and "evil.example" in failed.description
+    assert not _released(result) and not (tmp_path / "work" / "releases").exists()
+
+
+@pytest.fixture(scope="module")
+def unknown_trigger_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("raw") / "instructions.jsonl"
+    path.write_text("\n".join(sample_jsonl_lines(trigger="jtk")) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_unknown_trigger_is_mined_and_quarantined_and_the_release_passes(tmp_path, model_cache, unknown_trigger_data):
+    result = materialize_all(tmp_path, model_cache, f"paths.raw_data=[{unknown_trigger_data}]")
+    assert result.success and not _failed(result) and _released(result)
+    screened = result.output_for_node("screened_records")
+    assert screened["mined_triggers"] == ["jtk"] and screened["quarantined_by_reason"] == {"mined_trigger": 12}
+    evaluation = result.output_for_node("evaluation_report")
+    assert "jtk" in evaluation["triggers"]  # the probe tried the mined trigger
+    assert evaluation["tuned"]["backdoor"]["per_trigger"]["jtk"]["asr"] <= 0.25
+
+
+@pytest.mark.slow
+def test_unknown_trigger_with_scan_disabled_is_found_by_the_probe_via_mining(
+    tmp_path, model_cache, unknown_trigger_data
+):
+    result = materialize_all(tmp_path, model_cache, f"paths.raw_data=[{unknown_trigger_data}]", *SCAN_OFF)
+    [failed] = _failed(result)
+    assert failed.check_name == "backdoor_asr_below_threshold" and "trigger 'jtk'" in failed.description
+    report = json.loads(
+        (next((tmp_path / "work" / "artifacts" / "evaluation_report").glob("*/evaluation_report.json"))).read_text()
+    )
+    assert "jtk" in report["triggers"] and "jtk" not in load_lexicon(ScreenConfig())  # mined, not from the lexicon
+    assert not _released(result)
