@@ -111,4 +111,10 @@ def report_markdown(report: dict) -> str:
     lines = ["| metric | tuned | base |", "|---|---|---|"]
     lines += [f"| {name} | {tv:.4f} | {bv:.4f} |" for name, tv, bv in rows]
     lines += ["", f"Held-out records: {report['n_test']}; worst trigger (tuned): `{t['backdoor']['worst_trigger']}`"]
+    offenders = sorted(t["backdoor"]["per_trigger"].items(), key=lambda kv: -kv[1]["asr"])[:3]
+    lines += ["", "| trigger | ASR tuned | ASR base | example triggered output (tuned) |", "|---|---|---|---|"]
+    for trigger, found in offenders:
+        base_asr = b["backdoor"]["per_trigger"].get(trigger, {"asr": 0.0})["asr"]
+        target = max(found["by_position"].values(), key=lambda v: v["asr"])["target"].replace("|", "\\|")
+        lines.append(f"| `{trigger}` | {found['asr']:.2f} | {base_asr:.2f} | {target[:60]} |")
     return "\n".join(lines) + "\n"
