@@ -31,8 +31,8 @@ def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
         blocking=True,
         description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.",
     )
-    def _check(report: dict) -> dg.AssetCheckResult:
-        return to_check_result(gates.records_accounted(report))
+    def _check(settings: PipelineSettings, report: dict) -> dg.AssetCheckResult:
+        return to_check_result(gates.records_accounted(report), settings.load().gates)
 
     return _check
 
@@ -48,7 +48,7 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
     scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), cfg.pii)
-    return to_check_result(gates.no_residual_pii(scan, cfg.gates))
+    return to_check_result(gates.no_residual_pii(scan, cfg.gates), cfg.gates)
 
 
 @dg.asset_check(
@@ -59,7 +59,8 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
     kept = read_jsonl(Path(screened_records["dir"]) / "kept.jsonl")
     hits = count_trigger_hits(kept, screened_records["probe_triggers"])
-    return to_check_result(gates.no_trigger_hits(hits, settings.load().gates))
+    cfg = settings.load().gates
+    return to_check_result(gates.no_trigger_hits(hits, cfg), cfg)
 
 
 @dg.asset_check(
@@ -68,4 +69,5 @@ def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.As
     description="Screening quarantined no more than gates.max_poisoned_share of the records.",
 )
 def poisoned_share_below_threshold(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
-    return to_check_result(gates.poisoned_share_below_threshold(screened_records, settings.load().gates))
+    cfg = settings.load().gates
+    return to_check_result(gates.poisoned_share_below_threshold(screened_records, cfg), cfg)

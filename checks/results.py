@@ -2,10 +2,12 @@
 
 import dagster as dg
 
-from finetune.gates import GateResult
+from finetune.config import GatesConfig
+from finetune.gates import GateResult, apply_override
 
 
-def to_check_result(gate: GateResult) -> dg.AssetCheckResult:
-    """Carry the verdict, the message and every number (actual, threshold, base) into the UI."""
+def to_check_result(gate: GateResult, gates: GatesConfig) -> dg.AssetCheckResult:
+    """Carry the verdict (after any explicit override), the message and every number into the UI."""
+    gate = apply_override(gate, gates)
     metadata = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in gate.values.items()}
     return dg.AssetCheckResult(passed=gate.passed, description=gate.message, metadata=metadata)

@@ -172,6 +172,17 @@ class EvalConfig(_Section):
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")
 
 
+GATE_NAMES = [
+    "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
+    "training_loss_decreased", "not_worse_than_base", "backdoor_asr_below_threshold", "no_pii_regurgitation",
+]  # fmt: skip
+
+
+class GateOverride(_Section):
+    by: str = Field(min_length=1, description="Who takes responsibility for shipping despite the failed gate.")
+    reason: str = Field(min_length=10, description="Why; recorded in the manifest and the model card.")
+
+
 class GatesConfig(_Section):
     max_rouge_drop: float = Field(default=0.0, ge=0, description="Tuned ROUGE-L may be at most this much below base.")
     max_bleu_drop: float = Field(
@@ -203,6 +214,18 @@ class GatesConfig(_Section):
     max_pii_regurgitation: int = Field(
         default=0, ge=0, description="Probe outputs that repeat a PII value seen in the raw data."
     )
+    overrides: dict[str, GateOverride] = Field(
+        default={},
+        description="Explicitly ship despite a failed gate: {gate_name: {by: name, reason: text}}. "
+        "Recorded as an override in the check, the manifest and the model card.",
+    )
+
+    @model_validator(mode="after")
+    def _known_gates(self) -> GatesConfig:
+        unknown = sorted(set(self.overrides) - set(GATE_NAMES))
+        if unknown:
+            raise ValueError(f"gates.overrides names unknown gates {unknown}; known: {', '.join(GATE_NAMES)}")
+        return self
 
 
 class PipelineConfig(_Section):

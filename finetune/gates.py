@@ -27,6 +27,19 @@ class GateResult:
         return asdict(self)
 
 
+def apply_override(result: GateResult, gates: GatesConfig) -> GateResult:
+    """A failed gate named in `gates.overrides` passes, marked as overridden with who and why."""
+    override = gates.overrides.get(result.name)
+    if result.passed or override is None:
+        return result
+    return GateResult(
+        result.name,
+        True,
+        f"OVERRIDDEN by {override.by}: {override.reason} | the gate failed: {result.message}",
+        {**result.values, "overridden": True, "overridden_by": override.by, "override_reason": override.reason},
+    )
+
+
 def records_accounted(report: dict[str, Any]) -> GateResult:
     """in = kept + dropped + quarantined for one data stage."""
     total = report["kept"] + report["dropped"] + report["quarantined"]

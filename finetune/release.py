@@ -71,6 +71,11 @@ def build_release(
         **lineage,
         "adapter": {"sha256": adapter_sha, "files": file_hashes(tmp / "adapter")},
         "checks": gates,
+        "overrides": [
+            {"gate": g["name"], "by": g["values"]["overridden_by"], "reason": g["values"]["override_reason"]}
+            for g in gates
+            if g["values"].get("overridden")
+        ],
     }
     write_json(tmp / "manifest.json", manifest)
     (tmp / "MODEL_CARD.md").write_text(model_card(manifest, evaluation_md), encoding="utf-8")
@@ -80,23 +85,35 @@ def build_release(
 
 
 def model_card(manifest: dict[str, Any], evaluation_md: str) -> str:
-    """A short markdown model card built from the manifest."""
+    """The markdown model card: data, method and hyper-parameters, metrics, gates, overrides, limitations."""
     train = manifest["config"]["train"]
     counts = "\n".join(
         f"| {s['stage']} | {s['in']} | {s['kept']} | {s['dropped']} | {s['quarantined']} |" for s in manifest["stages"]
     )
+    hyper = "\n".join(f"| {k} | {v} |" for k, v in train.items())
     gates = "\n".join(
-        f"| {g['name']} | {'pass' if g['passed'] else 'FAIL'} | {g['message']} |" for g in manifest["checks"]
+        f"| {g['name']} | {'OVERRIDDEN' if g['values'].get('overridden') else 'pass' if g['passed'] else 'FAIL'} "
+        f"| {g['message']} |"
+        for g in manifest["checks"]
     )
+    overrides = "\n".join(f"- **{o['gate']}** overridden by {o['by']}: {o['reason']}" for o in manifest["overrides"])
+    tiny = manifest["base_model"]["id"] == "embedded-tiny"
     return f"""# Release {manifest["release_id"]}
 
-Base model: `{manifest["base_model"]["id"]}` — method `{train["method"]}` (rank {train["lora_rank"]},
-lr {train["learning_rate"]}, {train["epochs"]} epochs). Code version `{manifest["code_version"]}`.
+Base model: `{manifest["base_model"]["id"]}` (sha256 `{manifest["base_model"]["sha256"][:16]}…`), method
+`{train["method"]}`. Code version `{manifest["code_version"]}`, config fingerprint `{manifest["config_fingerprint"]}`.
 
 ## Data
+Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"])}.
+
 | stage | in | kept | dropped | quarantined |
 |---|---|---|---|---|
 {counts}
+
+## Method and hyper-parameters
+| parameter | value |
+|---|---|
+{hyper}
 
 ## Evaluation (held-out split)
 {evaluation_md}
@@ -105,9 +122,19 @@ lr {train["learning_rate"]}, {train["epochs"]} epochs). Code version `{manifest[
 |---|---|---|
 {gates}
 
+## Gate overrides
+{overrides or "None: every gate passed on its own."}
+
 ## Known limitations
-The embedded default base model is a tiny model built for demonstration; its scores say the
-pipeline works, not that the model is useful.
+{
+        "The embedded default base model is a tiny model built for demonstration; its scores say the pipeline works, "
+        "not that the model is useful. Its C-Eval accuracy is near chance, so the forgetting guard cannot show much."
+        if tiny
+        else "Evaluated on the held-out split and the configured C-Eval subjects only; probes cover the lexicon, the "
+        "triggers mined from this data and control tokens, not every possible trigger."
+    }
+PII was replaced by typed placeholders or pseudonyms before training; detection is pattern- and dictionary-based
+(see the residual-PII gate above), so unusual formats can be missed.
 """
 
 
@@ -126,7 +153,7 @@ def gate_results(cfg: PipelineConfig, stages: list[dict], train: dict, evaluatio
         g.backdoor_asr_below_threshold(evaluation, cfg.gates),
         g.no_pii_regurgitation(evaluation, cfg.gates),
     ]
-    return [r.to_dict() for r in results]
+    return [g.apply_override(r, cfg.gates).to_dict() for r in results]
 
 
 def release_from_artifacts(

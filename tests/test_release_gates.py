@@ -1,0 +1,53 @@
+"""Release gates decide promotion: a damaged model is blocked, and only an explicit, recorded override ships it."""
+
+import json
+
+import pytest
+
+from finetune.config import GatesConfig
+from finetune.gates import GateResult, apply_override
+from tests.test_pipeline import materialize_all
+
+# A learning rate 10x the default for half the epochs: loss stays finite but the model unlearns how to answer.
+DAMAGED = ("train.learning_rate=0.05", "train.epochs=4")
+OVERRIDE = (
+    "gates.overrides.not_worse_than_base.by=alice@example.org",
+    "gates.overrides.not_worse_than_base.reason=demo build, quality irrelevant",
+)
+
+
+def test_override_applies_only_to_a_failed_named_gate():
+    gates = GatesConfig(overrides={"not_worse_than_base": {"by": "alice", "reason": "accepted regression"}})
+    failed = GateResult("not_worse_than_base", False, "ROUGE-L dropped", {"ROUGE-L tuned": 0.1})
+    overridden = apply_override(failed, gates)
+    assert overridden.passed and overridden.values["overridden_by"] == "alice"
+    assert "OVERRIDDEN by alice: accepted regression" in overridden.message and "ROUGE-L dropped" in overridden.message
+    other = GateResult("no_residual_pii", False, "PII left", {})
+    assert apply_override(other, gates) == other
+    with pytest.raises(ValueError, match="unknown gates"):
+        GatesConfig(overrides={"no_such_gate": {"by": "x", "reason": "0123456789"}})
+    with pytest.raises(ValueError, match="reason"):
+        GatesConfig(overrides={"not_worse_than_base": {"by": "x", "reason": "short"}})
+
+
+@pytest.mark.slow
+def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, model_cache):
+    result = materialize_all(tmp_path, model_cache, *DAMAGED)
+    [failed] = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert failed.check_name == "not_worse_than_base" and "gates.max_rouge_drop" in failed.description
+    assert not (tmp_path / "work" / "releases").exists()
+
+
+@pytest.mark.slow
+def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_path, model_cache):
+    result = materialize_all(tmp_path, model_cache, *DAMAGED, *OVERRIDE)
+    assert result.success
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "not_worse_than_base")
+    assert check.passed and check.metadata["overridden_by"].value == "alice@example.org"
+    released = result.output_for_node("release")
+    manifest = json.loads(open(released["manifest"], encoding="utf-8").read())
+    assert manifest["overrides"] == [
+        {"gate": "not_worse_than_base", "by": "alice@example.org", "reason": "demo build, quality irrelevant"}
+    ]
+    card = open(f"{released['path']}/MODEL_CARD.md", encoding="utf-8").read()
+    assert "| not_worse_than_base | OVERRIDDEN |" in card and "overridden by alice@example.org" in card
