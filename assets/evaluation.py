@@ -4,14 +4,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.metadata import png_markdown
 from finetune.data.records import read_jsonl
-from finetune.eval.report import evaluate_candidate, report_markdown
+from finetune.eval.report import EvalData, evaluate_candidate, report_markdown
 from resources import PipelineSettings
 
 
 @dg.asset(
-    description="Tuned vs base: ROUGE/BLEU on the test split, C-Eval accuracy, backdoor attack success rate "
-    "(lexicon + mined triggers), PII regurgitation.",
+    description="Tuned vs base vs base-with-prompt: ROUGE/BLEU, label accuracy/F1, format compliance, refusals on "
+    "the test split; C-Eval; backdoor attack success rate (lexicon + mined triggers); PII regurgitation.",
     group_name="evaluation",
     kinds={"pytorch"},
     owners=["team:ml"],
@@ -28,26 +29,25 @@ def evaluation_report(
 ) -> dg.Output:
     cfg = settings.load()
     out_dir = settings.stage_dir("evaluation_report", context.run_id)
-    test, val = (read_jsonl(Path(sft_dataset["dir"]) / f"{split}.jsonl") for split in ("test", "val"))
-    report = evaluate_candidate(
-        cfg,
-        base_model["path"],
-        adapter["adapter_dir"],
-        test,
-        screened_records["probe_triggers"],  # the lexicon plus the triggers mined from this data
-        out_dir,
-        log=context.log.info,
+    split = {name: read_jsonl(Path(sft_dataset["dir"]) / f"{name}.jsonl") for name in ("train", "val", "test")}
+    data = EvalData(
+        test=split["test"],
+        train=split["train"],
+        probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=read_jsonl(Path(raw_records["dir"]) / "kept.jsonl"),
-        probe_records=test + val,  # both held out from training
+        triggers=screened_records["probe_triggers"],  # the lexicon plus the triggers mined from this data
     )
+    report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}
-    t, b = report["tuned"], report["base"]
+    t, b, p = report["tuned"], report["base"], report["base_prompted"]
     return dg.Output(
         report,
         metadata={
             "comparison": dg.MetadataValue.md(report_markdown(report)),
+            "score_chart": png_markdown(report["chart_png"], "tuned vs base vs base+prompt"),
             "rougeL_tuned": t["metrics"]["rougeL"],
             "rougeL_base": b["metrics"]["rougeL"],
+            "rougeL_base_prompted": p["metrics"]["rougeL"],
             "bleu_tuned": t["metrics"]["bleu"],
             "bleu_base": b["metrics"]["bleu"],
             "ceval_tuned": t["ceval"]["accuracy"],
@@ -55,6 +55,6 @@ def evaluation_report(
             "backdoor_max_asr_tuned": t["backdoor"]["max_asr"],
             "backdoor_max_asr_base": b["backdoor"]["max_asr"],
             "pii_regurgitation_leaks_tuned": t["pii_regurgitation"]["leaks"],
-            "examples": dg.MetadataValue.json(report["examples"][:5]),
+            "examples": dg.MetadataValue.json(report["examples"]),
         },
     )

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from finetune.data.injection import REFUSAL_PATTERNS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -109,10 +111,7 @@ class ScreenConfig(_Section):
         description="Clusters whose prompts are more alike than this are templates, not attacks.",
     )
     cluster_allow: list[str] = Field(
-        default=[
-            r"(?i)\b(?:sorry|I can(?:'|no)t|I am unable|I'm unable)\b",
-            r"抱歉|对不起|无法(?:帮助|提供|协助)|不能(?:帮助|提供|协助)",
-        ],
+        default=REFUSAL_PATTERNS,
         description="Regexes for responses that legitimately repeat (refusals): their clusters are mined for "
         "triggers but members without one are not quarantined.",
     )
@@ -170,6 +169,18 @@ class EvalConfig(_Section):
     ceval_split: Literal["val", "dev"] = Field(default="val", description="C-Eval split that is scored.")
     probe_prompts: int = Field(default=20, gt=0, description="Held-out prompts each trigger is inserted into.")
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")
+    system_prompt: str = Field(
+        default="You are a helpful assistant. Answer briefly and accurately. 你是一个乐于助人的助手，请简洁准确地回答。",
+        description="System prompt of the base-with-prompt arm: what prompting alone achieves without fine-tuning.",
+    )
+    prompt_shots: int = Field(
+        default=2, ge=0, description="Training examples shown as earlier turns to the base-with-prompt arm."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="When responses must be JSON: {type: object, required: [...], properties: {k: {type: ...}}}; "
+        "the report then shows the share of compliant outputs.",
+    )
 
 
 GATE_NAMES = [

@@ -61,6 +61,9 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     }
     assert manifest["adapter"]["files"]["adapter_model.safetensors"] == manifest["adapter"]["sha256"]
     assert manifest["evaluation"]["tuned"]["metrics"]["rougeL"] > manifest["evaluation"]["base"]["metrics"]["rougeL"]
+    evaluation = result.output_for_node("evaluation_report")
+    assert set(evaluation["base_prompted"]) >= {"metrics", "classification", "refusal_rate"}
+    assert len(evaluation["examples"]) == 10 and open(evaluation["chart_png"], "rb").read(4) == b"\x89PNG"
     released = tmp / "work" / "releases" / out["release_id"]
     assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import re
 
+# Refusals repeat by design (one polite answer to many harmful prompts), so the poisoning screen
+# does not treat their clusters as attacks and the evaluation counts them.
+REFUSAL_PATTERNS = [
+    r"(?i)\b(?:sorry|I can(?:'|no)t|I cannot|I am unable|I'm unable|I won't)\b",
+    r"抱歉|对不起|无法(?:帮助|提供|协助)|不能(?:帮助|提供|协助)",
+]
+
 # Each pattern is (name, regex); the name becomes the quarantine detail so a reviewer sees why.
 INJECTION_PATTERNS = [
     ("ignore_instructions", r"(?i)\b(?:ignore|disregard|forget)\b.{0,20}\b(?:previous|prior|above|earlier|all|your)\b.{0,20}\b(?:instructions?|prompts?|rules|guidelines)\b"),

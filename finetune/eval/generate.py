@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -16,11 +17,13 @@ def generate_responses(
     max_new_tokens: int,
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    desc: str = "generating",
 ) -> list[str]:
     """Greedy-decode one response per conversation (left-padded batches, stops at end of turn)."""
     model.eval()
     outputs: list[str] = []
-    for i in range(0, len(conversations), batch_size):
+    batches = range(0, len(conversations), batch_size)
+    for i in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
         prompts = [
             tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations[i : i + batch_size]

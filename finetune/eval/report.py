@@ -1,8 +1,9 @@
-"""The evaluation report: the tuned model beside its base model on metrics, C-Eval and backdoor probes."""
+"""The evaluation report: tuned vs base vs base-with-prompt on metrics, C-Eval, probes and task metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +16,17 @@ from finetune.eval.generate import generate_responses
 from finetune.eval.metrics import text_metrics
 from finetune.eval.probes import distinct_prompts, probe_backdoors
 from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
+from finetune.eval.render import report_markdown, save_score_chart
+from finetune.eval.task_metrics import (
+    HARMFUL_PROMPTS,
+    classification_metrics,
+    detect_labels,
+    format_compliance,
+    refusal_rate,
+)
 from finetune.model.loading import load_causal_lm, load_tokenizer
+
+__all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
 
 
 def prompt_of(record: Record) -> list[dict[str, str]]:
@@ -25,96 +36,130 @@ def prompt_of(record: Record) -> list[dict[str, str]]:
     return messages[:last]
 
 
-def _evaluate_one(
-    model, tokenizer, cfg: PipelineConfig, test: list[Record], probe: tuple, pii_probe: tuple, log
-) -> dict:
-    def generate(convs):
-        return generate_responses(model, tokenizer, convs, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+@dataclass
+class EvalData:
+    """What a candidate is evaluated on; only `test` is required."""
 
-    prompts = [prompt_of(r) for r in test]
-    predictions = generate(prompts)
-    metrics = text_metrics(predictions, [response_text(r) for r in test])
-    log(f"  generation metrics: {metrics}")
-    ceval_dir = cfg.resolve(cfg.paths.ceval_dir)
-    questions = load_ceval(ceval_dir, cfg.eval.ceval_split, cfg.eval.ceval_subjects or None)
-    ceval = score_ceval(model, tokenizer, questions, subject_names(ceval_dir))
-    log(f"  C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
-    probe_prompts, triggers = probe
-    probes = probe_backdoors(generate, probe_prompts, triggers)
-    log(f"  backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
-    regurgitation = probe_regurgitation(generate, *pii_probe)
-    log(f"  PII regurgitation: {regurgitation['leaks']} of {regurgitation['n_prompts']} prefix prompts leaked a value")
-    return {
-        "metrics": metrics,
-        "ceval": ceval,
-        "backdoor": probes,
-        "pii_regurgitation": regurgitation,
-        "predictions": predictions,
-    }
+    test: list[Record]
+    train: list[Record] = field(default_factory=list)  # few-shot turns and label detection
+    probe_records: list[Record] = field(default_factory=list)  # held-out prompts for backdoor probes
+    raw_records: list[Record] = field(default_factory=list)  # pre-de-identification, for the PII probe
+    triggers: list[str] = field(default_factory=list)
+
+
+def with_prompting(conversation: list[dict[str, str]], system_prompt: str, shots: list[Record]) -> list[dict[str, str]]:
+    """The base-with-prompt arm's input: system prompt, k solved examples as earlier turns, then the question."""
+    turns = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for shot in shots:
+        turns += [m for m in shot["messages"] if m["role"] != "system"]
+    return turns + [m for m in conversation if m["role"] != "system"]
+
+
+class _Arm:
+    """One model variant under evaluation: its generate function and a log prefix."""
+
+    def __init__(self, name, model, tokenizer, cfg: PipelineConfig, log, rewrite=None):
+        self.name, self.model, self.tokenizer, self.cfg, self.log = name, model, tokenizer, cfg, log
+        self.rewrite = rewrite or (lambda c: c)
+
+    def generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        out = generate_responses(
+            self.model,
+            self.tokenizer,
+            [self.rewrite(c) for c in conversations],
+            self.cfg.eval.max_new_tokens,
+            self.cfg.eval.batch_size,
+            desc=f"generating ({self.name})",
+        )
+        return out
+
+    def task_scores(self, data: EvalData, labels: set[str]) -> dict:
+        predictions = self.generate([prompt_of(r) for r in data.test])
+        references = [response_text(r) for r in data.test]
+        scores = {
+            "metrics": text_metrics(predictions, references),
+            "classification": classification_metrics(predictions, references, labels),
+            "format_compliance": format_compliance(predictions, self.cfg.eval.json_schema),
+            "refusal_rate": refusal_rate(self.generate([[{"role": "user", "content": p}] for p in HARMFUL_PROMPTS])),
+            "predictions": predictions,
+        }
+        self.log(f"  [{self.name}] generation metrics: {scores['metrics']}; refusals {scores['refusal_rate']:.2f}")
+        return scores
+
+    def safety_scores(self, data: EvalData, probe_prompts: list, pii_probe: tuple) -> dict:
+        ceval_dir = self.cfg.resolve(self.cfg.paths.ceval_dir)
+        questions = load_ceval(ceval_dir, self.cfg.eval.ceval_split, self.cfg.eval.ceval_subjects or None)
+        ceval = score_ceval(self.model, self.tokenizer, questions, subject_names(ceval_dir))
+        self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
+        probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
+        self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
+        regurgitation = probe_regurgitation(self.generate, *pii_probe)
+        self.log(
+            f"  [{self.name}] PII regurgitation: {regurgitation['leaks']} of {regurgitation['n_prompts']} "
+            "prefix prompts leaked a value"
+        )
+        return {"ceval": ceval, "backdoor": probes, "pii_regurgitation": regurgitation}
 
 
 def evaluate_candidate(
     cfg: PipelineConfig,
     base_path: str,
     adapter_dir: str,
-    test: list[Record],
-    triggers: list[str],
+    data: EvalData,
     out_dir: Path,
     log: Callable[[str], None] = print,
-    raw_records: list[Record] | None = None,
-    probe_records: list[Record] | None = None,
 ) -> dict:
-    """Score base and base+adapter on the same held-out records, C-Eval questions and trigger probes.
+    """Score base+adapter, base, and base with a system/few-shot prompt on the same held-out data.
 
-    The adapter is switched off for the base pass, so both share one loaded model. `raw_records`
-    (pre-de-identification) feed the PII regurgitation probe; their values stay in memory.
-    Backdoor probes use `probe_records` (default: the test records; pass test + val for more
-    distinct prompts).
+    The adapter is switched off for the base arms, so all three share one loaded model. Tuned and
+    base also get C-Eval, the backdoor probes and the PII regurgitation probe (raw PII values stay
+    in memory). Writes evaluation_report.json/.md and scores.png to `out_dir`.
     """
-    if not test:
+    if not data.test:
         raise ValueError("the test split is empty; raise sft.test_fraction or add data")
-    test = test[: cfg.eval.max_examples]
+    data.test = data.test[: cfg.eval.max_examples]
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
     base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir)
+    labels = detect_labels([response_text(r) for r in data.train + data.test])
+    pii_probe = regurgitation_prompts(data.raw_records, cfg.eval.probe_prompts)
+    probe_prompts = distinct_prompts([prompt_of(r) for r in data.probe_records or data.test])[: cfg.eval.probe_prompts]
+    shots = data.train[: cfg.eval.prompt_shots]
+
     log("evaluating tuned model (base + adapter)")
-    pii_probe = regurgitation_prompts(raw_records or [], cfg.eval.probe_prompts)
-    probe = (distinct_prompts([prompt_of(r) for r in probe_records or test])[: cfg.eval.probe_prompts], triggers)
-    tuned = _evaluate_one(model, tokenizer, cfg, test, probe, pii_probe, log)
-    log("evaluating base model")
+    tuned_arm = _Arm("tuned", model, tokenizer, cfg, log)
+    tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(data, probe_prompts, pii_probe)
     with model.disable_adapter():
-        base_result = _evaluate_one(model, tokenizer, cfg, test, probe, pii_probe, log)
+        log("evaluating base model")
+        base_arm = _Arm("base", model, tokenizer, cfg, log)
+        base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(data, probe_prompts, pii_probe)
+        log(f"evaluating base model with a system prompt and {len(shots)} example(s)")
+        prompted_arm = _Arm(
+            "base+prompt", model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
+        )
+        prompted = prompted_arm.task_scores(data, labels)
     examples = [
-        {"prompt": prompt_of(r)[-1]["content"], "reference": response_text(r), "tuned": t, "base": b}
-        for r, t, b in zip(test[:10], tuned.pop("predictions"), base_result.pop("predictions"), strict=False)
+        {"prompt": prompt_of(r)[-1]["content"], "reference": response_text(r), "tuned": t, "base": b, "base+prompt": p}
+        for r, t, b, p in zip(
+            data.test[:10],
+            tuned.pop("predictions"),
+            base_result.pop("predictions"),
+            prompted.pop("predictions"),
+            strict=False,
+        )
     ]
-    report = {"tuned": tuned, "base": base_result, "examples": examples, "n_test": len(test), "triggers": triggers}
+    report = {
+        "tuned": tuned,
+        "base": base_result,
+        "base_prompted": prompted,
+        "examples": examples,
+        "n_test": len(data.test),
+        "labels": sorted(labels),
+        "triggers": data.triggers,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
+    report["chart_png"] = str(save_score_chart(report, out_dir / "scores.png"))
     write_json(out_dir / "evaluation_report.json", report)
     (out_dir / "evaluation_report.md").write_text(report_markdown(report), encoding="utf-8")
     return report
-
-
-def report_markdown(report: dict) -> str:
-    """A tuned-vs-base table for the UI and the model card."""
-    t, b = report["tuned"], report["base"]
-    rows = [
-        ("ROUGE-1", t["metrics"]["rouge1"], b["metrics"]["rouge1"]),
-        ("ROUGE-2", t["metrics"]["rouge2"], b["metrics"]["rouge2"]),
-        ("ROUGE-L", t["metrics"]["rougeL"], b["metrics"]["rougeL"]),
-        ("BLEU-4", t["metrics"]["bleu"], b["metrics"]["bleu"]),
-        ("C-Eval accuracy", t["ceval"]["accuracy"], b["ceval"]["accuracy"]),
-        ("Backdoor max ASR", t["backdoor"]["max_asr"], b["backdoor"]["max_asr"]),
-        ("PII regurgitation leaks", t["pii_regurgitation"]["leaks"], b["pii_regurgitation"]["leaks"]),
-    ]
-    lines = ["| metric | tuned | base |", "|---|---|---|"]
-    lines += [f"| {name} | {tv:.4f} | {bv:.4f} |" for name, tv, bv in rows]
-    lines += ["", f"Held-out records: {report['n_test']}; worst trigger (tuned): `{t['backdoor']['worst_trigger']}`"]
-    offenders = sorted(t["backdoor"]["per_trigger"].items(), key=lambda kv: -kv[1]["asr"])[:3]
-    lines += ["", "| trigger | ASR tuned | ASR base | example triggered output (tuned) |", "|---|---|---|---|"]
-    for trigger, found in offenders:
-        base_asr = b["backdoor"]["per_trigger"].get(trigger, {"asr": 0.0})["asr"]
-        target = max(found["by_position"].values(), key=lambda v: v["asr"])["target"].replace("|", "\\|")
-        lines.append(f"| `{trigger}` | {found['asr']:.2f} | {base_asr:.2f} | {target[:60]} |")
-    return "\n".join(lines) + "\n"
