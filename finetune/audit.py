@@ -30,16 +30,19 @@ def find_release(cfg: PipelineConfig, ref: str) -> Path:
 
 
 def verify_release(folder: Path) -> list[str]:
-    """Mismatches between the manifest's adapter hashes and the files on disk (empty list = verified)."""
+    """Mismatches between the manifest's adapter (and merged model) hashes and the files on disk (empty = verified)."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    expected = manifest["adapter"]["files"]
-    actual = file_hashes(folder / "adapter")
-    problems = [
-        f"{name}: expected {sha[:12]}…, found {actual.get(name, 'missing')[:12]}…"
-        for name, sha in expected.items()
-        if actual.get(name) != sha
-    ]
-    problems += [f"{name}: not in the manifest" for name in actual if name not in expected]
+    problems = []
+    for part in ("adapter", "merged"):
+        if part not in manifest:
+            continue
+        expected, actual = manifest[part]["files"], file_hashes(folder / part)
+        problems += [
+            f"{name}: expected {sha[:12]}…, found {actual.get(name, 'missing')[:12]}…"
+            for name, sha in expected.items()
+            if actual.get(name) != sha
+        ]
+        problems += [f"{name}: not in the manifest" for name in actual if name not in expected]
     return problems
 
 

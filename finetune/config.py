@@ -183,6 +183,14 @@ class EvalConfig(_Section):
     )
 
 
+class ReleaseConfig(_Section):
+    merge_model: bool = Field(
+        default=False,
+        description="Also ship the adapter merged into a full-precision base (safetensors), after checking its "
+        "logits equal base+adapter.",
+    )
+
+
 GATE_NAMES = [
     "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
     "training_loss_decreased", "not_worse_than_base", "backdoor_asr_below_threshold", "no_pii_regurgitation",
@@ -245,6 +253,7 @@ class PipelineConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     screen: ScreenConfig = Field(default_factory=ScreenConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -62,6 +62,12 @@ def build_release(
     final = root / release_id
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(adapter_dir, tmp / "adapter")
+    merged = {}
+    if cfg.release.merge_model:
+        from finetune.train.merge import merge_adapter
+
+        check = merge_adapter(lineage["base_model"]["path"], adapter_dir, tmp / "merged")
+        merged = {"merged": {"files": file_hashes(tmp / "merged"), **check}}
     manifest = {
         "release_id": release_id,
         "created_at": created.isoformat(),
@@ -70,6 +76,7 @@ def build_release(
         "config": cfg.model_dump(exclude={"base_dir"}),
         **lineage,
         "adapter": {"sha256": adapter_sha, "files": file_hashes(tmp / "adapter")},
+        **merged,
         "checks": gates,
         "overrides": [
             {"gate": g["name"], "by": g["values"]["overridden_by"], "reason": g["values"]["override_reason"]}

@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import bitsandbytes as bnb
 import pytest
+from transformers import AutoModelForCausalLM
 
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.ingest import ingest_files
@@ -7,6 +10,7 @@ from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.model.loading import load_causal_lm, load_tokenizer, model_hash
 from finetune.model.tiny import build_embedded_model
 from finetune.train.lora import additional_targets, build_peft_model, train_adapter
+from finetune.train.merge import MergeError, merge_adapter
 from tests.conftest import SAMPLE
 
 
@@ -67,3 +71,20 @@ def test_ceval_loader_and_scoring(tiny_base, tmp_path):
     (bad / "x_val.csv").write_text("id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n")
     with pytest.raises(ValueError, match=r"x_val.csv:2: field 'answer'"):
         load_ceval(tmp_path, "val")
+
+
+def test_merged_model_reproduces_base_plus_adapter_and_loads_plainly(tiny_base, tmp_path):
+    rows = _records(32)
+    cfg = TrainConfig(method="lora", epochs=1, batch_size=8, learning_rate=5e-3)
+    result = train_adapter(rows[:24], rows[24:], tiny_base, cfg, SftConfig(), tmp_path / "t", log=lambda _: None)
+    check = merge_adapter(tiny_base, Path(result.adapter_dir), tmp_path / "merged")
+    assert check["max_logit_diff_vs_adapter"] < 1e-4 < check["max_logit_change_vs_base"]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").is_file() and merged.config.model_type == "llama"
+
+
+def test_merge_refuses_an_adapter_that_changes_nothing(tiny_base, tmp_path):
+    model = build_peft_model(tiny_base, TrainConfig(method="lora", additional_target=[]))  # B = 0: a no-op adapter
+    model.save_pretrained(tmp_path / "noop", safe_serialization=True)
+    with pytest.raises(MergeError, match="does not change"):
+        merge_adapter(tiny_base, tmp_path / "noop", tmp_path / "merged")

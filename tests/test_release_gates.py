@@ -1,9 +1,11 @@
 """Release gates decide promotion: a damaged model is blocked, and only an explicit, recorded override ships it."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from finetune.audit import verify_release
 from finetune.config import GatesConfig
 from finetune.gates import GateResult, apply_override
 from tests.test_pipeline import materialize_all
@@ -40,7 +42,7 @@ def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, 
 
 @pytest.mark.slow
 def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_path, model_cache):
-    result = materialize_all(tmp_path, model_cache, *DAMAGED, *OVERRIDE)
+    result = materialize_all(tmp_path, model_cache, *DAMAGED, *OVERRIDE, "release.merge_model=true")
     assert result.success
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "not_worse_than_base")
     assert check.passed and check.metadata["overridden_by"].value == "alice@example.org"
@@ -51,3 +53,6 @@ def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_
     ]
     card = open(f"{released['path']}/MODEL_CARD.md", encoding="utf-8").read()
     assert "| not_worse_than_base | OVERRIDDEN |" in card and "overridden by alice@example.org" in card
+    # The merged model ships beside the adapter, hashed in the manifest and verified like it.
+    assert manifest["merged"]["files"]["model.safetensors"] and manifest["merged"]["max_logit_diff_vs_adapter"] < 1e-4
+    assert verify_release(Path(released["path"])) == []
