@@ -142,9 +142,8 @@ def cmd_eval_ceval(args: argparse.Namespace) -> int:
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
     dev = load_ceval(data_dir, "dev", subjects) if args.shots else None
-    result = score_ceval(
-        model, tokenizer, load_ceval(data_dir, args.split, subjects), subject_names(data_dir), dev, args.shots
-    )
+    questions = load_ceval(data_dir, args.split, subjects)
+    result = score_ceval(model, tokenizer, questions, subject_names(data_dir), dev, args.shots, args.by)
     print(json.dumps(result, ensure_ascii=False, indent=None if args.json else 2))
     return 0
 
@@ -208,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", help="comma-separated; default all")
     p.add_argument("--model", default="base", help="'base', a model folder, or a release folder")
     p.add_argument("--shots", type=int, default=0)
+    p.add_argument(
+        "--by", choices=["logit", "generation"], default="logit", help="answer by letter logit or generation"
+    )
     p.add_argument("--split", default="val")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_ceval)

@@ -167,6 +167,12 @@ class EvalConfig(_Section):
     max_examples: int = Field(default=40, gt=0, description="Held-out records scored for ROUGE/BLEU.")
     ceval_subjects: list[str] = Field(default=[], description="C-Eval subjects to score; empty = all found.")
     ceval_split: Literal["val", "dev"] = Field(default="val", description="C-Eval split that is scored.")
+    ceval_shots: int = Field(
+        default=0, ge=0, le=5, description="Few-shot examples per subject from C-Eval's dev split."
+    )
+    ceval_by: Literal["logit", "generation"] = Field(
+        default="logit", description="Answer by the option letter's logit, or by greedy generation."
+    )
     probe_prompts: int = Field(default=20, gt=0, description="Held-out prompts each trigger is inserted into.")
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")
     system_prompt: str = Field(

@@ -127,7 +127,7 @@ def not_worse_than_base(report: dict[str, Any], gates: GatesConfig) -> GateResul
     ]
     values = {}
     for name, tuned, base, margin, key in checks:
-        values[f"{name} tuned"], values[f"{name} base"] = tuned, base
+        values[f"{name} tuned"], values[f"{name} base"], values[f"{name} allowed drop"] = tuned, base, margin
         if tuned < base - margin:
             failures.append(f"{name} {tuned:.3f} < base {base:.3f} - {margin} ({key})")
     msg = "; ".join(failures) if failures else "tuned model within margins of base on ROUGE-L, BLEU and C-Eval"

@@ -102,6 +102,17 @@ def test_audit_prints_lineage_and_verify_catches_tampering(full_run, capsys, mod
 
 
 @pytest.mark.slow
+def test_ceval_cli_scores_a_release_folder(full_run, capsys):
+    tmp, result = full_run
+    release_dir = result.output_for_node("release")["path"]
+    args = ["eval", "ceval", "--model", release_dir, "--subjects", "elementary_mathematics", "--json"]
+    assert cli_main([*args, "--by", "generation", "--shots", "1", "--set", f"paths.work_dir={tmp / 'work'}"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["n_questions"] == 20 and scored["scored_by"] == "generation" and scored["shots"] == 1
+    assert list(scored["per_subject"]) == ["elementary_mathematics"] and 0 <= scored["accuracy"] <= 1
+
+
+@pytest.mark.slow
 def test_disabled_pii_blocks_everything_downstream_and_no_release(tmp_path, model_cache):
     result = materialize_all(tmp_path, model_cache, "pii.enabled=false")
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]

@@ -80,8 +80,16 @@ def score_ceval(
     names: dict[str, list[str]] | None = None,
     dev: dict[str, list[Question]] | None = None,
     shots: int = 0,
+    by: str = "logit",
 ) -> dict:
-    """Accuracy per subject, per category and on average; the answer is the letter with the highest logit."""
+    """Accuracy per subject, per category and on average.
+
+    by="logit": the answer is the option letter with the highest next-token logit (C-Eval's
+    recommended way for base models); by="generation": greedy-decode a few tokens and take the
+    first A-D letter (no letter counts as wrong).
+    """
+    if by not in ("logit", "generation"):
+        raise ValueError(f"C-Eval scoring must be 'logit' or 'generation', not {by!r}")
     names = names or {}
     letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][-1] for letter in LETTERS]
     per_subject: dict[str, float] = {}
@@ -94,8 +102,13 @@ def score_ceval(
         hits = []
         for q in qs:
             enc = tokenizer(build_prompt(q, zh, examples), return_tensors="pt", add_special_tokens=False)
-            logits = model(**enc).logits[0, -1, letter_ids]
-            hits.append(int(LETTERS[int(logits.argmax())] == q.answer))
+            if by == "logit":
+                choice = LETTERS[int(model(**enc).logits[0, -1, letter_ids].argmax())]
+            else:
+                out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                text = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                choice = next((ch for ch in text if ch in LETTERS), "")
+            hits.append(int(choice == q.answer))
         per_subject[subject] = sum(hits) / max(len(hits), 1)
         per_category.setdefault(category, []).extend(hits)
         all_hits += hits
@@ -105,4 +118,5 @@ def score_ceval(
         "per_subject": per_subject,
         "per_category": {c: sum(h) / len(h) for c, h in per_category.items()},
         "shots": shots,
+        "scored_by": by,
     }

@@ -88,8 +88,12 @@ class _Arm:
 
     def safety_scores(self, data: EvalData, probe_prompts: list, pii_probe: tuple) -> dict:
         ceval_dir = self.cfg.resolve(self.cfg.paths.ceval_dir)
-        questions = load_ceval(ceval_dir, self.cfg.eval.ceval_split, self.cfg.eval.ceval_subjects or None)
-        ceval = score_ceval(self.model, self.tokenizer, questions, subject_names(ceval_dir))
+        ev = self.cfg.eval
+        questions = load_ceval(ceval_dir, ev.ceval_split, ev.ceval_subjects or None)
+        dev = load_ceval(ceval_dir, "dev", ev.ceval_subjects or None) if ev.ceval_shots else None
+        ceval = score_ceval(
+            self.model, self.tokenizer, questions, subject_names(ceval_dir), dev, ev.ceval_shots, ev.ceval_by
+        )
         self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
         probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
         self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
