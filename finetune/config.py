@@ -141,7 +141,13 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["qlora", "lora"] = Field(default="qlora", description="qlora = 4-bit nf4 base + LoRA.")
+    method: Literal["qlora", "lora", "dora", "ia3", "prompt_tuning", "full", "freeze", "bitfit"] = Field(
+        default="qlora",
+        description="qlora = 4-bit nf4 base + LoRA; lora/dora/ia3/prompt_tuning = peft adapters on a full-precision "
+        "base; full = every weight; freeze = the last freeze_trainable_layers layers; bitfit = biases only.",
+    )
+    freeze_trainable_layers: int = Field(default=1, gt=0, description="freeze: how many final layers train.")
+    num_virtual_tokens: int = Field(default=16, gt=0, description="prompt_tuning: length of the learned prompt.")
     lora_rank: int = Field(default=16, gt=0, description="LoRA rank r; higher = more capacity and memory.")
     lora_alpha: int = Field(default=32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -193,7 +199,7 @@ class ReleaseConfig(_Section):
     merge_model: bool = Field(
         default=False,
         description="Also ship the adapter merged into a full-precision base (safetensors), after checking its "
-        "logits equal base+adapter.",
+        "logits equal base+adapter (LoRA/DoRA/IA3; full/freeze/bitfit already ship whole models).",
     )
 
 

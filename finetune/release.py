@@ -51,9 +51,12 @@ def build_release(
     failed = [g["name"] for g in gates if not g["passed"]]
     if failed:
         raise ReleaseError(f"refusing to release: gates failed: {failed}")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ReleaseError(f"adapter weights not found: {weights}")
+    from finetune.train.methods import is_adapter, weights_file
+
+    try:
+        weights = weights_file(adapter_dir)
+    except FileNotFoundError as err:
+        raise ReleaseError(f"trained weights not found: {err}") from err
     adapter_sha = sha256_file(weights)
     created = dt.datetime.now(dt.UTC)
     release_id = f"{created:%Y%m%dT%H%M%SZ}-{adapter_sha[:8]}"
@@ -63,7 +66,7 @@ def build_release(
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(adapter_dir, tmp / "adapter")
     merged = {}
-    if cfg.release.merge_model:
+    if cfg.release.merge_model and is_adapter(adapter_dir) and cfg.train.method != "prompt_tuning":
         from finetune.train.merge import merge_adapter
 
         check = merge_adapter(lineage["base_model"]["path"], adapter_dir, tmp / "merged")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 
 from finetune.config import PipelineConfig
 from finetune.data.records import Record, response_text, write_json
@@ -25,6 +25,7 @@ from finetune.eval.task_metrics import (
     refusal_rate,
 )
 from finetune.model.loading import load_causal_lm, load_tokenizer
+from finetune.train.methods import is_adapter, load_tuned
 
 __all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
 
@@ -115,7 +116,8 @@ def evaluate_candidate(
 ) -> dict:
     """Score base+adapter, base, and base with a system/few-shot prompt on the same held-out data.
 
-    The adapter is switched off for the base arms, so all three share one loaded model. Tuned and
+    For adapter methods the adapter is switched off for the base arms, so all three share one
+    loaded model; full/freeze/bitfit outputs are whole models and the base is loaded beside them. Tuned and
     base also get C-Eval, the backdoor probes and the PII regurgitation probe (raw PII values stay
     in memory). Writes evaluation_report.json/.md and scores.png to `out_dir`.
     """
@@ -124,23 +126,27 @@ def evaluate_candidate(
     data.test = data.test[: cfg.eval.max_examples]
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
-    base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
-    model = PeftModel.from_pretrained(base, adapter_dir)
+    tuned_model = load_tuned(base_path, Path(adapter_dir), cfg.model.trust_remote_code)
+    if is_adapter(Path(adapter_dir)):  # one loaded model: the base arms switch the adapter off
+        base_model, base_context = tuned_model, tuned_model.disable_adapter
+    else:  # full/freeze/bitfit saved whole models: the base is loaded beside it
+        base_model = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
+        base_context = contextlib.nullcontext
     labels = detect_labels([response_text(r) for r in data.train + data.test])
     pii_probe = regurgitation_prompts(data.raw_records, cfg.eval.probe_prompts)
     probe_prompts = distinct_prompts([prompt_of(r) for r in data.probe_records or data.test])[: cfg.eval.probe_prompts]
     shots = data.train[: cfg.eval.prompt_shots]
 
     log("evaluating tuned model (base + adapter)")
-    tuned_arm = _Arm("tuned", model, tokenizer, cfg, log)
+    tuned_arm = _Arm("tuned", tuned_model, tokenizer, cfg, log)
     tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(data, probe_prompts, pii_probe)
-    with model.disable_adapter():
+    with base_context():
         log("evaluating base model")
-        base_arm = _Arm("base", model, tokenizer, cfg, log)
+        base_arm = _Arm("base", base_model, tokenizer, cfg, log)
         base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(data, probe_prompts, pii_probe)
         log(f"evaluating base model with a system prompt and {len(shots)} example(s)")
         prompted_arm = _Arm(
-            "base+prompt", model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
+            "base+prompt", base_model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
         )
         prompted = prompted_arm.task_scores(data, labels)
     examples = [

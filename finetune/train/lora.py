@@ -11,14 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, sha256_file, write_json
-from finetune.model.loading import load_causal_lm, load_tokenizer
-from finetune.model.tiny import EMBEDDED_PREFIX
+from finetune.model.loading import load_tokenizer
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
+from finetune.train.methods import build_trainable_model, weights_file
 
 
 class TrainingError(RuntimeError):
@@ -78,30 +77,6 @@ def mean_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_s
     return total / max(count, 1)
 
 
-def additional_targets(cfg: TrainConfig, base_path: str) -> list[str] | None:
-    """Modules trained in full beside the adapters; `auto` means embeddings and head for the embedded tiny base."""
-    if cfg.additional_target == "auto":
-        return ["embed_tokens", "lm_head"] if Path(base_path).name.startswith(EMBEDDED_PREFIX) else None
-    return cfg.additional_target or None
-
-
-def build_peft_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load the base (4-bit for qlora) and wrap it with LoRA adapters on every linear layer."""
-    model = load_causal_lm(base_path, quantize_4bit=cfg.method == "qlora", trust_remote_code=trust_remote_code)
-    if cfg.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",
-        modules_to_save=additional_targets(cfg, base_path),
-        task_type="CAUSAL_LM",
-    )
-    torch.manual_seed(cfg.seed)
-    return get_peft_model(model, lora)
-
-
 def save_loss_curve(losses: list[float], path: Path, val: tuple[float, float] | None = None) -> None:
     """Plot the per-step training loss (and val loss before/after) to a PNG."""
     import matplotlib
@@ -140,7 +115,7 @@ def train_adapter(
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(base_path, trust_remote_code)
     train_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in train]
     val_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in val]
-    model = build_peft_model(base_path, cfg, trust_remote_code)
+    model = build_trainable_model(base_path, cfg, trust_remote_code)
     pad_id = tokenizer.pad_token_id
 
     # Evaluating before training is deliberate: it is what triggers bitsandbytes' CPU
@@ -194,14 +169,14 @@ def train_adapter(
     val_after = mean_loss(model, val_ex, pad_id)
     seconds = time.perf_counter() - started
 
-    adapter_dir = out_dir / "adapter"
+    adapter_dir = out_dir / "adapter"  # adapter files, or the full model for full/freeze/bitfit
     model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)
     curve = out_dir / "loss_curve.png"
     save_loss_curve(losses, curve, (val_before, val_after))
     result = TrainResult(
         adapter_dir=str(adapter_dir),
-        adapter_sha256=sha256_file(adapter_dir / "adapter_model.safetensors"),
+        adapter_sha256=sha256_file(weights_file(adapter_dir)),
         method=cfg.method,
         steps=step,
         losses=losses,

@@ -1,0 +1,111 @@
+"""The fine-tuning methods of the seeds: which parameters train, and how the result is saved and reloaded.
+
+Adapter methods (peft): qlora (4-bit nf4 base + LoRA), lora, dora, ia3, prompt_tuning.
+Weight methods (plain torch): full, freeze (only the last N decoder layers), bitfit (biases only;
+LLaMA-style models have no biases, so their RMSNorm gains are trained instead and the log says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftModel,
+    PromptTuningConfig,
+    PromptTuningInit,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
+
+from finetune.config import TrainConfig
+from finetune.model.loading import load_causal_lm
+from finetune.model.tiny import EMBEDDED_PREFIX
+
+ADAPTER_METHODS = ("qlora", "lora", "dora", "ia3", "prompt_tuning")
+WEIGHT_METHODS = ("full", "freeze", "bitfit")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+log = logging.getLogger(__name__)
+
+
+def additional_targets(cfg: TrainConfig, base_path: str) -> list[str] | None:
+    """Modules trained in full beside the adapters; `auto` means embeddings and head for the embedded tiny base."""
+    if cfg.additional_target == "auto":
+        return ["embed_tokens", "lm_head"] if Path(base_path).name.startswith(EMBEDDED_PREFIX) else None
+    return cfg.additional_target or None
+
+
+def peft_config(cfg: TrainConfig, base_path: str):
+    """The peft config for an adapter method."""
+    if cfg.method in ("qlora", "lora", "dora"):
+        return LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear",
+            use_dora=cfg.method == "dora",
+            modules_to_save=additional_targets(cfg, base_path),
+            task_type="CAUSAL_LM",
+        )
+    if cfg.method == "ia3":
+        # IA3 rescales keys, values and the feed-forward input (Liu et al. 2022), on LLaMA module names.
+        return IA3Config(
+            target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM"
+        )
+    return PromptTuningConfig(
+        num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init=PromptTuningInit.RANDOM, task_type="CAUSAL_LM"
+    )
+
+
+def _select_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    names = [n for n, _ in model.named_parameters()]
+    if cfg.method == "full":
+        chosen = set(names)
+    elif cfg.method == "freeze":
+        layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.search(n))})
+        last = set(layers[-cfg.freeze_trainable_layers :])
+        chosen = {n for n in names if (m := _LAYER.search(n)) and int(m.group(1)) in last}
+    else:
+        chosen = {n for n in names if n.endswith(".bias")}
+        if not chosen:
+            log.warning("bitfit: the model has no bias parameters (LLaMA-style); training its norm gains instead")
+            chosen = {n for n in names if "norm" in n}
+    for name, param in model.named_parameters():
+        param.requires_grad = name in chosen
+
+
+def build_trainable_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool = False) -> torch.nn.Module:
+    """Load the base (4-bit for qlora) and make exactly the method's parameters trainable."""
+    model = load_causal_lm(base_path, quantize_4bit=cfg.method == "qlora", trust_remote_code=trust_remote_code)
+    if cfg.method in WEIGHT_METHODS:
+        _select_weights(model, cfg)
+        return model
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(cfg.seed)
+    return get_peft_model(model, peft_config(cfg, base_path))
+
+
+def weights_file(folder: Path) -> Path:
+    """The safetensors file of a training output (adapter weights or a full model)."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no {' or '.join(WEIGHT_FILES)} in {folder}")
+
+
+def is_adapter(folder: Path) -> bool:
+    """True if a training output is a peft adapter (loaded on top of its base)."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def load_tuned(base_path: str, folder: Path, trust_remote_code: bool = False) -> torch.nn.Module:
+    """Reload a training output in full precision: base + adapter, or the saved full model."""
+    if is_adapter(folder):
+        return PeftModel.from_pretrained(load_causal_lm(base_path, trust_remote_code=trust_remote_code), str(folder))
+    return load_causal_lm(str(folder), trust_remote_code=trust_remote_code)
