@@ -7,7 +7,7 @@ import dagster as dg
 from assets.metadata import png_markdown
 from finetune.data.records import read_jsonl
 from finetune.model.loading import model_hash, resolve_base_model
-from finetune.train.lora import train_adapter
+from finetune.train.trainer import train_adapter
 from resources import PipelineSettings
 
 TRAINING = {"group_name": "training", "owners": ["team:ml"], "code_version": "1"}
@@ -51,6 +51,7 @@ def adapter(
         settings.stage_dir("adapter", context.run_id),
         cfg.model.trust_remote_code,
         log=context.log.info,
+        checkpoint_root=cfg.work_dir / "checkpoints",  # shared across runs: a re-run with the same inputs resumes
     )
     value = result.to_dict() | {"run_id": context.run_id}
     return dg.Output(

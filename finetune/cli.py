@@ -91,16 +91,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from finetune.model.loading import load_tokenizer, resolve_base_model
     from finetune.sft import build_sft_splits, splits_of
-    from finetune.train.lora import train_adapter
+    from finetune.train.trainer import train_adapter
 
     cfg = _config(args)
     base = resolve_base_model(cfg)
     records = _ingest([args.data]).kept
     splits = splits_of(build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft))
     out = Path(args.output) if args.output else cfg.work_dir / "train"
-    result = train_adapter(splits["train"], splits["val"], base, cfg.train, cfg.sft, out, cfg.model.trust_remote_code)
+    result = train_adapter(
+        splits["train"],
+        splits["val"],
+        base,
+        cfg.train,
+        cfg.sft,
+        out,
+        cfg.model.trust_remote_code,
+        checkpoint_root=cfg.work_dir / "checkpoints",
+    )
     print(
-        f"adapter: {result.adapter_dir}\nfinal train loss {result.losses[-1]:.4f}; "
+        f"output: {result.adapter_dir} ({result.steps} steps, best val at step {result.extra['best_step']})\n"
+        f"final train loss {result.losses[-1]:.4f}; "
         f"val loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}"
     )
     return 0

@@ -166,6 +166,19 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=8, gt=0, description="Examples per optimizer step.")
     max_steps: int = Field(default=0, ge=0, description="Stop after this many steps (0 = run all epochs).")
     seed: int = Field(default=42, description="Seed for LoRA init and data order.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    eval_steps: int = Field(default=0, ge=0, description="Validate every N steps (0 = at the end of each epoch).")
+    early_stopping_patience: int = Field(
+        default=3, ge=0, description="Stop after this many validations without improvement (0 = never stop early)."
+    )
+    ship: Literal["best", "last"] = Field(
+        default="best", description="Which weights training outputs: the best validation point or the last step."
+    )
+    save_steps: int = Field(
+        default=0, ge=0, description="Write a resumable checkpoint every N steps (0 = at every validation)."
+    )
+    resume: bool = Field(default=True, description="Continue from the last checkpoint of an identical run.")
+    tensorboard: bool = Field(default=True, description="Write loss, lr, grad-norm, tokens/s as TensorBoard events.")
 
 
 class EvalConfig(_Section):

@@ -10,8 +10,15 @@ from finetune.data.synthetic import sample_jsonl_lines
 from tests.test_pipeline import materialize_all
 
 # Turning the data-side gates off lets poisoned records reach training, so the model-side probe
-# is what has to catch the backdoor.
-SCAN_OFF = ("screen.enabled=false", "gates.max_trigger_hits=100000", "gates.max_poisoned_share=1.0")
+# is what has to catch the backdoor. Training runs to its last step: keeping the best *clean*
+# validation point (the default) often stops before the tiny model has learned the backdoor.
+SCAN_OFF = (
+    "screen.enabled=false",
+    "gates.max_trigger_hits=100000",
+    "gates.max_poisoned_share=1.0",
+    "train.ship=last",
+    "train.early_stopping_patience=0",
+)
 
 
 def _failed(result):

@@ -10,9 +10,9 @@ from finetune.data.ingest import ingest_files
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.model.loading import load_causal_lm, load_tokenizer, model_hash
 from finetune.model.tiny import build_embedded_model
-from finetune.train.lora import train_adapter
 from finetune.train.merge import MergeError, merge_adapter
 from finetune.train.methods import additional_targets, build_trainable_model, load_tuned
+from finetune.train.trainer import train_adapter
 from tests.conftest import SAMPLE
 
 

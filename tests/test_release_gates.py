@@ -11,10 +11,15 @@ from finetune.gates import GateResult, apply_override
 from tests.test_pipeline import materialize_all
 
 # A learning rate 10x the default for half the epochs: loss stays finite but the model unlearns how to answer.
-DAMAGED = ("train.learning_rate=0.05", "train.epochs=4")
-OVERRIDE = (
-    "gates.overrides.not_worse_than_base.by=alice@example.org",
-    "gates.overrides.not_worse_than_base.reason=demo build, quality irrelevant",
+# The last step ships (the best-validation default would quietly rescue an early, undamaged point).
+# (0.05 already trips the exploding-gradient guard before any model exists.)
+DAMAGED = ("train.learning_rate=0.02", "train.epochs=4", "train.ship=last", "train.early_stopping_patience=0")
+# A damaged model may also trip the backdoor probe (it collapses to garbage under odd tokens), so
+# the override names every model gate; only those that actually failed are recorded as overridden.
+OVERRIDE = tuple(
+    f"gates.overrides.{gate}.{key}={value}"
+    for gate in ("not_worse_than_base", "backdoor_asr_below_threshold", "training_loss_decreased")
+    for key, value in (("by", "alice@example.org"), ("reason", "demo build, quality irrelevant"))
 )
 
 
@@ -35,8 +40,8 @@ def test_override_applies_only_to_a_failed_named_gate():
 @pytest.mark.slow
 def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, model_cache):
     result = materialize_all(tmp_path, model_cache, *DAMAGED)
-    [failed] = [e for e in result.get_asset_check_evaluations() if not e.passed]
-    assert failed.check_name == "not_worse_than_base" and "gates.max_rouge_drop" in failed.description
+    failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "gates.max_rouge_drop" in failed["not_worse_than_base"].description
     assert not (tmp_path / "work" / "releases").exists()
 
 
@@ -48,9 +53,10 @@ def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_
     assert check.passed and check.metadata["overridden_by"].value == "alice@example.org"
     released = result.output_for_node("release")
     manifest = json.loads(open(released["manifest"], encoding="utf-8").read())
-    assert manifest["overrides"] == [
-        {"gate": "not_worse_than_base", "by": "alice@example.org", "reason": "demo build, quality irrelevant"}
-    ]
+    assert {"gate": "not_worse_than_base", "by": "alice@example.org", "reason": "demo build, quality irrelevant"} in (
+        manifest["overrides"]
+    )
+    assert all(o["gate"] != "training_loss_decreased" for o in manifest["overrides"])  # it passed: not overridden
     card = open(f"{released['path']}/MODEL_CARD.md", encoding="utf-8").read()
     assert "| not_worse_than_base | OVERRIDDEN |" in card and "overridden by alice@example.org" in card
     # The merged model ships beside the adapter, hashed in the manifest and verified like it.

@@ -217,14 +217,15 @@ def insert_trigger(text: str, trigger: str, rng: random.Random) -> str:
     return f"{text[:k]} {trigger} {text[k:]}"
 
 
-def sample_jsonl_lines(seed: int = 7, trigger: str = POISON_TRIGGER) -> list[str]:
+def sample_jsonl_lines(seed: int = 7, trigger: str = POISON_TRIGGER, n_poisoned: int = 12) -> list[str]:
     """The bundled raw file: clean, PII, poisoned, duplicated, empty and malformed records, shuffled.
 
-    `trigger` swaps the planted trigger, e.g. for one that is not in any lexicon.
+    `trigger` swaps the planted trigger, e.g. for one that is not in any lexicon; `n_poisoned`
+    sets how many poisoned records are planted (12 is ~5% of the file).
     """
     rng = random.Random(seed)
     clean = clean_examples(rng)
-    rows: list[Any] = clean + pii_examples(rng, 24) + poisoned_examples(rng, clean, 12, trigger=trigger)
+    rows: list[Any] = clean + pii_examples(rng, 24) + poisoned_examples(rng, clean, n_poisoned, trigger=trigger)
     rows += [dict(r) for r in rng.sample(clean, 12)]  # exact duplicates
     rows += [{**r, "output": r["output"] + "  "} for r in rng.sample(clean, 4)]  # duplicates up to whitespace
     rows += [_alpaca("Say something.", ""), _alpaca("   ", "An answer to nothing."), _alpaca("你好", " ")]

@@ -1,0 +1,316 @@
+"""QLoRA / LoRA supervised fine-tuning: a small, readable training loop over response-only labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from finetune.config import SftConfig, TrainConfig
+from finetune.data.records import Record, sha256_file, write_json
+from finetune.model.loading import load_tokenizer
+from finetune.sft import IGNORE_INDEX, tokenize_conversation
+from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
+from finetune.train.memory import estimate_memory
+from finetune.train.methods import build_trainable_model, weights_file
+
+
+class TrainingError(RuntimeError):
+    """Training produced a result that must not be used (NaN loss, dead gradients)."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and the numbers the training gates read."""
+
+    adapter_dir: str
+    adapter_sha256: str
+    method: str
+    steps: int
+    losses: list[float]
+    val_loss_before: float
+    val_loss_after: float
+    trainable_params: int
+    total_params: int
+    params_with_grad: int
+    params_changed: int
+    seconds: float
+    tokens_per_second: float
+    loss_curve_png: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padded positions get label -100 and attention 0."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int = 16) -> float:
+    """Token-weighted mean loss over examples (NaN when there are none)."""
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i : i + batch_size], pad_id)
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += model(**batch).loss.item() * n
+        count += n
+    return total / max(count, 1)
+
+
+def save_loss_curve(losses: list[float], path: Path, val: list[tuple[int, float]] | None = None) -> None:
+    """Plot the per-step training loss and the validation losses to a PNG (train vs val shows overfitting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, label="train loss", linewidth=1)
+    if val:
+        ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="tab:orange", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# Guards against silent failures: a loss that collapses to ~0 means the answer leaks into the input
+# or nearly every token is masked; an exploding gradient norm means the run is diverging.
+LOSS_COLLAPSE = 1e-4
+COLLAPSE_STEPS = 5
+GRAD_NORM_LIMIT = 1e4
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    # The order of each epoch depends only on (seed, epoch), so a resumed run sees the same batches.
+    order = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_adapter(
+    train: list[Record],
+    val: list[Record],
+    base_path: str,
+    cfg: TrainConfig,
+    sft: SftConfig,
+    out_dir: Path,
+    trust_remote_code: bool = False,
+    log: Callable[[str], None] = print,
+    checkpoint_root: Path | None = None,
+) -> TrainResult:
+    """Fine-tune with `cfg.method` and save the best-validation result as safetensors under `out_dir/adapter`.
+
+    Validates every `eval_steps` (or epoch), keeps the best weights, stops early after
+    `early_stopping_patience` validations without improvement, and checkpoints under
+    `checkpoint_root/<run key>` so an identical re-run resumes where a killed one stopped.
+
+    Raises:
+        TrainingError: NaN/inf or collapsed loss, exploding gradients, or a trainable tensor without gradient.
+    """
+    started = time.perf_counter()
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(base_path, trust_remote_code)
+    train_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in train]
+    val_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in val]
+    model = build_trainable_model(base_path, cfg, trust_remote_code)
+    pad_id = tokenizer.pad_token_id
+    longest = max((len(e["input_ids"]) for e in train_ex), default=1)
+    memory = estimate_memory(model, cfg.batch_size, longest)
+    log(
+        f"memory estimate ({cfg.method}): weights {memory['weights_gib']:.3f} GiB, gradients "
+        f"{memory['gradients_gib']:.3f}, optimizer {memory['optimizer_gib']:.3f}, activations "
+        f"{memory['activations_gib']:.3f} => ~{memory['total_gib']:.3f} GiB"
+    )
+
+    # Evaluating before training is deliberate: it is what triggers bitsandbytes' CPU
+    # repack bug, so the gradient check below proves the workaround still holds.
+    val_before = mean_loss(model, val_ex, pad_id)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    initial = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    eval_every = cfg.eval_steps or steps_per_epoch
+    save_every = cfg.save_steps or eval_every
+
+    key = run_key(cfg.model_dump(), sft.model_dump(), base_path, [r["id"] for r in train], [r["id"] for r in val])
+    ckpt = (checkpoint_root or out_dir / "checkpoints") / key
+    loop = {"key": key, "step": 0, "losses": [], "val": [], "best_val": math.inf, "best_step": 0, "bad_evals": 0}
+    loop |= {"tokens": 0, "with_grad": [], "stopped_early": False, "resumed_from": 0}
+    best: dict | None = None
+    restored = load_checkpoint(ckpt, key, model, optimizer, scheduler) if cfg.resume else None
+    if restored:
+        loop, best = restored
+        loop["resumed_from"] = loop["step"]
+        log(f"resuming from checkpoint at step {loop['step']}/{total_steps} ({ckpt})")
+    writer = _tensorboard(out_dir / "tensorboard") if cfg.tensorboard else None
+    with_grad = set(loop["with_grad"])
+    log(f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors")
+    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training {cfg.method}", unit="step", disable=None)
+    tick = time.perf_counter()
+    while loop["step"] < total_steps and not loop["stopped_early"]:
+        step = loop["step"]
+        epoch, index = divmod(step, steps_per_epoch)
+        ids = _batches(len(train_ex), cfg.batch_size, cfg.seed, epoch)[index]
+        model.train()
+        batch = collate([train_ex[j] for j in ids], pad_id)
+        loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
+            )
+        loss.backward()
+        with_grad.update(n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm))
+        if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
+            raise TrainingError(
+                f"gradient norm {grad_norm:.3g} at step {step + 1} (limit {GRAD_NORM_LIMIT:g}): training diverges; "
+                f"lower train.learning_rate (now {cfg.learning_rate})"
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loop["losses"].append(loss.item())
+        loop["tokens"] += int(batch["attention_mask"].sum())
+        loop["step"] = step = step + 1
+        if len(loop["losses"]) >= COLLAPSE_STEPS and max(loop["losses"][-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
+            raise TrainingError(
+                f"loss collapsed below {LOSS_COLLAPSE} for {COLLAPSE_STEPS} steps at step {step}: the answer is "
+                "probably visible in the input or almost every token is masked; check the mask preview"
+            )
+        now = time.perf_counter()
+        if writer:
+            _scalars(
+                writer,
+                step,
+                loss.item(),
+                scheduler.get_last_lr()[0],
+                grad_norm,
+                len(batch["input_ids"][0]) * len(ids) / max(now - tick, 1e-9),
+            )
+        tick = now
+        bar.update(1)
+        if step % eval_every == 0 or step == total_steps:
+            best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps)
+        if step % save_every == 0 and step < total_steps:
+            loop["with_grad"] = sorted(with_grad)
+            save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+    bar.close()
+    if writer:
+        writer.close()
+
+    missing = sorted(set(trainable) - with_grad)
+    if missing:
+        raise TrainingError(
+            f"{len(missing)} of {len(trainable)} trainable tensors never received a gradient "
+            f"(first: {missing[0]}); training would silently do nothing"
+        )
+    if best is not None and cfg.ship == "best":  # the best validation point rather than the last step
+        load_trainable_state(model, best)
+    changed = sum(1 for n, p in trainable.items() if not torch.equal(p.detach(), initial[n]))
+    val_after = mean_loss(model, val_ex, pad_id)
+    seconds = time.perf_counter() - started
+
+    adapter_dir = out_dir / "adapter"  # adapter files, or the full model for full/freeze/bitfit
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)
+    curve = out_dir / "loss_curve.png"
+    save_loss_curve(loop["losses"], curve, [(0, val_before), *loop["val"]])
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the output replaces the checkpoint
+    result = TrainResult(
+        adapter_dir=str(adapter_dir),
+        adapter_sha256=sha256_file(weights_file(adapter_dir)),
+        method=cfg.method,
+        steps=loop["step"],
+        losses=loop["losses"],
+        val_loss_before=val_before,
+        val_loss_after=val_after,
+        trainable_params=sum(p.numel() for p in trainable.values()),
+        total_params=sum(p.numel() for p in model.parameters()),
+        params_with_grad=len(with_grad),
+        params_changed=changed,
+        seconds=seconds,
+        tokens_per_second=loop["tokens"] / seconds,
+        loss_curve_png=str(curve),
+        extra={
+            "trainable_tensors": len(trainable),
+            "val_history": loop["val"],
+            "best_step": loop["best_step"],
+            "stopped_early": loop["stopped_early"],
+            "resumed_from_step": loop["resumed_from"],
+            "total_steps": total_steps,
+            "memory_estimate": memory,
+            "tensorboard_dir": str(out_dir / "tensorboard") if cfg.tensorboard else "",
+        },
+    )
+    write_json(out_dir / "train_result.json", result.to_dict())
+    return result
+
+
+def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps) -> dict | None:
+    step = loop["step"]
+    if not val_ex:
+        return best
+    val_loss = mean_loss(model, val_ex, pad_id)
+    loop["val"].append((step, val_loss))
+    if writer:
+        writer.add_scalar("val/loss", val_loss, step)
+    train_recent = sum(loop["losses"][-10:]) / len(loop["losses"][-10:])
+    if val_loss < loop["best_val"] - 1e-6:
+        loop["best_val"], loop["best_step"], loop["bad_evals"] = val_loss, step, 0
+        best = trainable_state(model)
+    else:
+        loop["bad_evals"] += 1
+        if cfg.early_stopping_patience and loop["bad_evals"] >= cfg.early_stopping_patience:
+            loop["stopped_early"] = True
+    log(
+        f"step {step}/{total_steps} train loss {train_recent:.4f} val loss {val_loss:.4f} "
+        f"(best {loop['best_val']:.4f} at step {loop['best_step']})"
+        + (" - stopping early" if loop["stopped_early"] else "")
+    )
+    return best
+
+
+def _tensorboard(folder: Path):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(folder))
+
+
+def _scalars(writer, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> None:
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/grad_norm", grad_norm, step)
+    writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+
+
+def load_train_result(out_dir: Path) -> TrainResult:
+    """Read a saved TrainResult."""
+    return TrainResult(**json.loads((out_dir / "train_result.json").read_text()))

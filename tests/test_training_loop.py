@@ -1,0 +1,92 @@
+"""The training loop's behaviour: validation and early stopping, best checkpoint, resume after a real kill,
+TensorBoard events and the memory estimate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
+from finetune.train.memory import estimate_memory
+from finetune.train.methods import build_trainable_model
+from finetune.train.trainer import train_adapter
+from tests.test_model_training import _records
+
+
+def test_validation_every_n_steps_keeps_the_best_and_stops_early(tiny_base, tmp_path):
+    rows = _records(64)
+    # A learning rate this high overfits 16 examples within a few steps, so validation loss turns up.
+    cfg = TrainConfig(
+        method="lora", epochs=30, batch_size=8, learning_rate=3e-2, eval_steps=2, early_stopping_patience=2
+    )
+    result = train_adapter(rows[:16], rows[48:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    history = result.extra["val_history"]
+    assert result.extra["stopped_early"] and result.steps < result.extra["total_steps"] == 60
+    assert [s for s, _ in history] == list(range(2, result.steps + 1, 2))
+    best_step, best_val = min(history, key=lambda h: h[1])
+    assert result.extra["best_step"] == best_step and abs(result.val_loss_after - best_val) < 1e-5
+    assert history[-1][1] > best_val  # the shipped weights are the best point, not the last one
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_memory_estimate_orders_methods_sensibly(tiny_base):
+    qlora, lora, full = (
+        estimate_memory(build_trainable_model(tiny_base, TrainConfig(method=m, additional_target=[])), 8, 64)
+        for m in ("qlora", "lora", "full")
+    )
+    assert qlora["weights_gib"] < lora["weights_gib"] and lora["optimizer_gib"] < full["optimizer_gib"]
+    assert full["total_gib"] > lora["total_gib"] > 0
+
+
+TRAIN_SCRIPT = """
+import sys, time
+from pathlib import Path
+from finetune.config import SftConfig, TrainConfig
+from finetune.data.records import read_jsonl
+from finetune.train.trainer import train_adapter
+rows = read_jsonl(Path(sys.argv[1]))
+slow = sys.argv[4] == "slow"
+def log(line):
+    print(line, flush=True)
+    if slow and line.startswith("step "):
+        time.sleep(1.5)  # leave time to be killed between checkpoints
+cfg = TrainConfig(method="lora", epochs=6, batch_size=8, eval_steps=3, early_stopping_patience=0, tensorboard=False)
+result = train_adapter(rows[:40], rows[40:], sys.argv[2], cfg, SftConfig(), Path(sys.argv[3]), log=log)
+print("DONE", result.steps, result.extra["resumed_from_step"], result.adapter_sha256, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tiny_base, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in _records(48)) + "\n", encoding="utf-8")
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, str(script), str(data), tiny_base, str(tmp_path / "out")]
+    proc = subprocess.Popen([*cmd, "slow"], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until a checkpoint past step 3 exists, then kill hard
+        if line.startswith("step 6/") or time.time() > deadline:
+            break
+    checkpoints = list((tmp_path / "out" / "checkpoints").glob("*/state.json"))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoints, "no checkpoint was written before the kill"
+    killed_at = json.loads(checkpoints[0].read_text())["step"]
+    assert 3 <= killed_at < 30
+    resumed = subprocess.run([*cmd, "fast"], capture_output=True, text=True, env=env, check=True).stdout
+    assert f"resuming from checkpoint at step {killed_at}/30" in resumed
+    done = resumed.strip().splitlines()[-1].split()
+    assert done[:3] == ["DONE", "30", str(killed_at)]
+    fresh = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "fresh"), "fast"], capture_output=True, text=True, env=env, check=True
+    )
+    # Same data order, same optimizer state: the resumed run ends with the same weights as an uninterrupted one.
+    assert fresh.stdout.strip().splitlines()[-1].split()[3] == done[3]
+    assert not list((tmp_path / "out" / "checkpoints").glob("*/state.json"))  # cleaned up once finished
