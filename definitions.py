@@ -14,5 +14,7 @@ defs = dg.Definitions(
     jobs=[full_pipeline_job],
     schedules=[weekly_retrain],
     sensors=[raw_data_sensor],
-    resources={"settings": PipelineSettings()},
+    # The training asset launches its trainer through this client; swap in dagster-k8s'
+    # PipesK8sClient (same interface) to train in a pod on a GPU node.
+    resources={"settings": PipelineSettings(), "pipes_client": dg.PipesSubprocessClient()},
 )

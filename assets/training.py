@@ -1,13 +1,12 @@
 """Model assets: the base model and the fine-tuned adapter."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from assets.metadata import png_markdown
-from finetune.data.records import read_jsonl
+from finetune.config import PROJECT_ROOT
 from finetune.model.loading import model_hash, resolve_base_model
-from finetune.train.trainer import train_adapter
+from finetune.train.job import launch_command, run_training_job, training_spec
+from finetune.train.trainer import load_train_result
 from resources import PipelineSettings
 
 TRAINING = {"group_name": "training", "owners": ["team:ml"], "code_version": "1"}
@@ -33,26 +32,26 @@ def base_model(settings: PipelineSettings) -> dg.Output:
 
 
 @dg.asset(
-    description="LoRA/QLoRA adapter trained on the SFT train split (safetensors).",
+    description="The fine-tuned adapter (or model, for full/freeze/bitfit) trained on the SFT train split, in a "
+    "separate process launched through Dagster Pipes (safetensors).",
     kinds={"pytorch", "safetensors"},
     **TRAINING,
 )
 def adapter(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, sft_dataset: dict, base_model: dict
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    pipes_client: dg.PipesSubprocessClient,
+    sft_dataset: dict,
+    base_model: dict,
 ) -> dg.Output:
     cfg = settings.load()
-    split_dir = Path(sft_dataset["dir"])
-    result = train_adapter(
-        read_jsonl(split_dir / "train.jsonl"),
-        read_jsonl(split_dir / "val.jsonl"),
-        base_model["path"],
-        cfg.train,
-        cfg.sft,
-        settings.stage_dir("adapter", context.run_id),
-        cfg.model.trust_remote_code,
-        log=context.log.info,
-        checkpoint_root=cfg.work_dir / "checkpoints",  # shared across runs: a re-run with the same inputs resumes
-    )
+    out_dir = settings.stage_dir("adapter", context.run_id)
+    spec = training_spec(settings.config_path, settings.overrides, sft_dataset["dir"], base_model["path"], str(out_dir))
+    if cfg.train.launcher == "in_process":
+        result = run_training_job(spec, log=context.log.info)
+    else:  # a separate process streaming its log through Pipes: the same seam a GPU node or k8s pod uses
+        pipes_client.run(command=launch_command(cfg.train), context=context, extras=spec, cwd=str(PROJECT_ROOT))
+        result = load_train_result(out_dir)
     value = result.to_dict() | {"run_id": context.run_id}
     return dg.Output(
         value,

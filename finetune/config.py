@@ -179,6 +179,16 @@ class TrainConfig(_Section):
     )
     resume: bool = Field(default=True, description="Continue from the last checkpoint of an identical run.")
     tensorboard: bool = Field(default=True, description="Write loss, lr, grad-norm, tokens/s as TensorBoard events.")
+    launcher: Literal["subprocess", "in_process"] = Field(
+        default="subprocess",
+        description="subprocess = the asset starts the trainer through Dagster Pipes (the seam for GPU nodes); "
+        "in_process = train inside the asset's process.",
+    )
+    launch_prefix: list[str] = Field(
+        default=[],
+        description="Command before '-m train_process', e.g. [torchrun, --nproc-per-node=1] or [accelerate, launch]; "
+        "empty = the current Python.",
+    )
 
 
 class EvalConfig(_Section):

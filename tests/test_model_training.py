@@ -11,7 +11,7 @@ from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.model.loading import load_causal_lm, load_tokenizer, model_hash
 from finetune.model.tiny import build_embedded_model
 from finetune.train.merge import MergeError, merge_adapter
-from finetune.train.methods import additional_targets, build_trainable_model, load_tuned
+from finetune.train.methods import additional_targets, build_trainable_model, load_adapters, load_tuned
 from finetune.train.trainer import train_adapter
 from tests.conftest import SAMPLE
 
@@ -129,3 +129,23 @@ def test_each_method_learns_only_its_parameters_and_reloads_identically(tiny_bas
     again = load_tuned(tiny_base, Path(result.adapter_dir))
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_several_adapters_share_one_base_and_switch_without_reloading(tiny_base, tmp_path):
+    rows = _records(64)
+    outputs = {}
+    for task, part in (("a", rows[:24]), ("b", rows[24:48])):
+        cfg = TrainConfig(method="lora", epochs=1, batch_size=8, learning_rate=1e-2, additional_target=[])
+        outputs[task] = train_adapter(part, rows[48:], tiny_base, cfg, SftConfig(), tmp_path / task, log=lambda _: None)
+    model = load_adapters(tiny_base, {t: Path(r.adapter_dir) for t, r in outputs.items()})
+    base_weight = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    seen = {}
+    with torch.no_grad():
+        for task in ("a", "b"):
+            model.set_adapter(task)
+            seen[task] = model(input_ids=ids).logits
+            alone = load_tuned(tiny_base, Path(outputs[task].adapter_dir))(input_ids=ids).logits
+            assert torch.allclose(seen[task], alone, atol=1e-5)
+    assert not torch.allclose(seen["a"], seen["b"])
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight is base_weight  # never reloaded

@@ -28,7 +28,10 @@ def materialize_all(tmp_path, model_cache, *overrides):
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home), overrides={"telemetry": {"enabled": False}}) as instance:
         result = dg.materialize(
-            [*ASSETS, *CHECKS], resources={"settings": settings}, instance=instance, raise_on_error=False
+            [*ASSETS, *CHECKS],
+            resources={"settings": settings, "pipes_client": dg.PipesSubprocessClient()},
+            instance=instance,
+            raise_on_error=False,
         )
         # Everything the UI would show for this run: log lines, asset metadata, check results.
         events = "\n".join(serialize_value(entry) for entry in instance.all_logs(result.run_id))
@@ -76,6 +79,7 @@ def test_no_raw_pii_in_run_logs_metadata_or_release(full_run):
     assert len(values) > 40
     events = (tmp / "event_log.json").read_text(encoding="utf-8")
     assert "deidentified_records" in events and "replaced_by_entity" in events
+    assert "memory estimate (qlora)" in events  # the trainer ran in its own process; Pipes streamed its log
     released = "".join(
         p.read_text(encoding="utf-8") for p in Path(result.output_for_node("release")["path"]).rglob("*.md")
     )

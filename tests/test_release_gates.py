@@ -13,7 +13,13 @@ from tests.test_pipeline import materialize_all
 # A learning rate 10x the default for half the epochs: loss stays finite but the model unlearns how to answer.
 # The last step ships (the best-validation default would quietly rescue an early, undamaged point).
 # (0.05 already trips the exploding-gradient guard before any model exists.)
-DAMAGED = ("train.learning_rate=0.02", "train.epochs=4", "train.ship=last", "train.early_stopping_patience=0")
+DAMAGED = (
+    "train.learning_rate=0.02",
+    "train.epochs=4",
+    "train.ship=last",
+    "train.early_stopping_patience=0",
+    "train.launcher=in_process",  # the in-process mode is covered here, the Pipes subprocess elsewhere
+)
 # A damaged model may also trip the backdoor probe (it collapses to garbage under odd tokens), so
 # the override names every model gate; only those that actually failed are recorded as overridden.
 OVERRIDE = tuple(

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
+from finetune.train.job import launch_command, run_training_job, training_spec
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model
 from finetune.train.trainer import train_adapter
@@ -90,3 +91,16 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tiny_b
     # Same data order, same optimizer state: the resumed run ends with the same weights as an uninterrupted one.
     assert fresh.stdout.strip().splitlines()[-1].split()[3] == done[3]
     assert not list((tmp_path / "out" / "checkpoints").glob("*/state.json"))  # cleaned up once finished
+
+
+def test_launch_command_wires_plain_python_torchrun_and_accelerate():
+    assert launch_command(TrainConfig()) == [sys.executable, "-m", "train_process"]
+    torchrun = TrainConfig(launch_prefix=["torchrun", "--nproc-per-node=1"])
+    assert launch_command(torchrun) == ["torchrun", "--nproc-per-node=1", "-m", "train_process"]
+    assert launch_command(TrainConfig(launch_prefix=["accelerate", "launch"]))[:3] == ["accelerate", "launch", "-m"]
+
+
+def test_training_job_refuses_to_multiply_work_across_ranks(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="distributed data-parallel training is not implemented"):
+        run_training_job(training_spec("finetune.yaml", [], "x", "y", "z"))

@@ -109,3 +109,18 @@ def load_tuned(base_path: str, folder: Path, trust_remote_code: bool = False) ->
     if is_adapter(folder):
         return PeftModel.from_pretrained(load_causal_lm(base_path, trust_remote_code=trust_remote_code), str(folder))
     return load_causal_lm(str(folder), trust_remote_code=trust_remote_code)
+
+
+def load_adapters(base_path: str, adapters: dict[str, Path], trust_remote_code: bool = False) -> PeftModel:
+    """One base with several named adapters (one per task); switch with `model.set_adapter(name)`.
+
+    The base weights are loaded once; each adapter adds only its own tensors.
+    """
+    names = list(adapters)
+    if not names:
+        raise ValueError("load_adapters needs at least one adapter")
+    base = load_causal_lm(base_path, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapters[name]), adapter_name=name)
+    return model

@@ -1,0 +1,55 @@
+"""One training job described by a JSON-able spec: what the training asset hands to its (sub)process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from finetune.config import TrainConfig, load_config
+from finetune.data.records import read_jsonl
+from finetune.train.trainer import TrainResult, train_adapter
+
+ENTRY_MODULE = "train_process"
+
+
+def training_spec(config_path: str, overrides: list[str], split_dir: str, base_path: str, out_dir: str) -> dict:
+    """Everything the training process needs, as plain strings (it travels as Dagster Pipes extras)."""
+    return {
+        "config_path": config_path,
+        "overrides": list(overrides),
+        "split_dir": split_dir,
+        "base_path": base_path,
+        "out_dir": out_dir,
+    }
+
+
+def run_training_job(spec: dict[str, Any], log: Callable[[str], None] = print) -> TrainResult:
+    """Load the config and splits named by `spec` and train; the same call in-process and in a subprocess."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would train its own copy on all the data: refuse rather than waste the GPUs silently.
+        raise RuntimeError(
+            "WORLD_SIZE > 1: distributed data-parallel training is not implemented yet; launch one process"
+        )
+    cfg = load_config(Path(spec["config_path"]), spec["overrides"])
+    split_dir = Path(spec["split_dir"])
+    return train_adapter(
+        read_jsonl(split_dir / "train.jsonl"),
+        read_jsonl(split_dir / "val.jsonl"),
+        spec["base_path"],
+        cfg.train,
+        cfg.sft,
+        Path(spec["out_dir"]),
+        cfg.model.trust_remote_code,
+        log=log,
+        checkpoint_root=cfg.work_dir / "checkpoints",  # shared across runs: a re-run with the same inputs resumes
+    )
+
+
+def launch_command(cfg: TrainConfig) -> list[str]:
+    """The command that starts the training process: plain Python, or behind torchrun / accelerate launch."""
+    if cfg.launch_prefix:
+        return [*cfg.launch_prefix, "-m", ENTRY_MODULE]
+    return [sys.executable, "-m", ENTRY_MODULE]
