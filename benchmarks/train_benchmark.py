@@ -142,9 +142,9 @@ def run_llamafactory(cli: Path, model: Path, method: str, steps: int, data: Path
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed"}
     text = proc.stdout + proc.stderr
-    runtime = float(re.findall(r"train_runtime\D+([\d.]+)", text)[-1])
-    losses = [float(x) for x in re.findall(r"'loss': ([\d.]+)", text)]
     result = json.loads((WORK / f"lf-out-{method}" / "train_results.json").read_text())
+    runtime = float(result["train_runtime"])  # the training loop alone, like ours
+    losses = [float(x) for x in re.findall(r"'loss': '?([\d.]+)", text)]
     n_tokens = _tokens(model, data, steps)
     return {
         "tokens_per_s": n_tokens / runtime,

@@ -163,7 +163,7 @@ def train_adapter(
     key = run_key(cfg.model_dump(), sft.model_dump(), base_path, [r["id"] for r in train], [r["id"] for r in val])
     ckpt = (checkpoint_root or out_dir / "checkpoints") / key
     loop = {"key": key, "step": 0, "losses": [], "val": [], "best_val": math.inf, "best_step": 0, "bad_evals": 0}
-    loop |= {"tokens": 0, "with_grad": [], "stopped_early": False, "resumed_from": 0}
+    loop |= {"tokens": 0, "with_grad": [], "stopped_early": False, "resumed_from": 0, "train_seconds": 0.0}
     best: dict | None = None
     restored = load_checkpoint(ckpt, key, model, optimizer, scheduler) if cfg.resume else None
     if restored:
@@ -174,8 +174,8 @@ def train_adapter(
     with_grad = set(loop["with_grad"])
     log(f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors")
     bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training {cfg.method}", unit="step", disable=None)
-    tick = time.perf_counter()
     while loop["step"] < total_steps and not loop["stopped_early"]:
+        tick = time.perf_counter()
         step = loop["step"]
         epoch, index = divmod(step, steps_per_epoch)
         ids = _batches(len(train_ex), cfg.batch_size, cfg.seed, epoch)[index]
@@ -206,6 +206,7 @@ def train_adapter(
                 "probably visible in the input or almost every token is masked; check the mask preview"
             )
         now = time.perf_counter()
+        loop["train_seconds"] += now - tick
         if writer:
             _scalars(
                 writer,
@@ -215,7 +216,6 @@ def train_adapter(
                 grad_norm,
                 len(batch["input_ids"][0]) * len(ids) / max(now - tick, 1e-9),
             )
-        tick = now
         bar.update(1)
         if step % eval_every == 0 or step == total_steps:
             best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps)
@@ -257,7 +257,8 @@ def train_adapter(
         params_with_grad=len(with_grad),
         params_changed=changed,
         seconds=seconds,
-        tokens_per_second=loop["tokens"] / seconds,
+        # Optimisation steps only (no loading, tokenising or validation), as HF Trainer's train_runtime.
+        tokens_per_second=loop["tokens"] / max(loop["train_seconds"], 1e-9),
         loss_curve_png=str(curve),
         extra={
             "trainable_tensors": len(trainable),
