@@ -162,6 +162,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from finetune.audit import audit_release
 
     cfg = _config(args)
+    if args.record:
+        from finetune.record_trace import trace_record, trace_text
+
+        try:
+            trace = trace_record(cfg, args.record)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(trace, ensure_ascii=False, indent=2) if args.json else trace_text(trace))
+        return 0
     return audit_release(cfg, args.release, as_json=args.json, verify=args.verify)
 
 
@@ -227,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release", nargs="?", default="latest")
     p.add_argument("--json", action="store_true")
     p.add_argument("--verify", action="store_true", help="recompute released file hashes and fail on mismatch")
+    p.add_argument("--record", metavar="ID", help="where did this raw record go, and which releases trained on it")
     return parser
 
 

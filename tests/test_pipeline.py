@@ -13,6 +13,7 @@ from assets import data, evaluation, release, training
 from checks import data_checks, model_checks
 from finetune.cli import main as cli_main
 from finetune.config import PROJECT_ROOT
+from finetune.data.records import read_jsonl
 from resources import PipelineSettings
 
 ASSETS = dg.load_assets_from_modules([data, training, evaluation, release])
@@ -103,6 +104,23 @@ def test_audit_prints_lineage_and_verify_catches_tampering(full_run, capsys, mod
     (copy / "adapter" / "adapter_model.safetensors").write_bytes(b"not the weights")
     assert cli_main(["audit", str(copy), "--verify", "--set", work]) == 1
     assert "MISMATCH adapter_model.safetensors" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_audit_record_answers_where_a_raw_record_went(full_run, capsys):
+    tmp, result = full_run
+    work = ["--set", f"paths.work_dir={tmp / 'work'}"]
+    raw = read_jsonl(Path(result.output_for_node("raw_records")["dir"]) / "kept.jsonl")
+    poisoned = next(r for r in raw if "evil.example" in json.dumps(r))
+    assert cli_main(["audit", "--record", poisoned["id"][:12], *work]) == 0
+    text = capsys.readouterr().out
+    assert "screened_records: quarantined (trigger_lexicon)" in text and "releases trained on it: none" in text
+    train = read_jsonl(Path(result.output_for_node("sft_dataset")["dir"]) / "train.jsonl")
+    assert cli_main(["audit", "--record", train[0]["raw_id"], "--json", *work]) == 0
+    trace = json.loads(capsys.readouterr().out)
+    assert trace["runs"][0]["path"][-1] == {"stage": "sft_dataset", "outcome": "kept", "split": "train"}
+    assert trace["releases_trained_on_it"] == [result.output_for_node("release")["release_id"]]
+    assert cli_main(["audit", "--record", "0000000000", *work]) == 2
 
 
 @pytest.mark.slow
