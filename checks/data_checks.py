@@ -12,7 +12,7 @@ from assets.data import (
     screened_records,
     sft_dataset,
 )
-from checks.results import to_check_result
+from checks.results import report_gate_check, to_check_result
 from finetune import gates
 from finetune.data.pii import scan_residual_pii
 from finetune.data.poison import count_trigger_hits
@@ -63,11 +63,8 @@ def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.As
     return to_check_result(gates.no_trigger_hits(hits, cfg), cfg)
 
 
-@dg.asset_check(
-    asset=screened_records,
-    blocking=True,
-    description="Screening quarantined no more than gates.max_poisoned_share of the records.",
+poisoned_share_below_threshold = report_gate_check(
+    screened_records,
+    gates.poisoned_share_below_threshold,
+    "Screening quarantined no more than gates.max_poisoned_share of the records.",
 )
-def poisoned_share_below_threshold(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
-    cfg = settings.load().gates
-    return to_check_result(gates.poisoned_share_below_threshold(screened_records, cfg), cfg)

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.evaluation import evaluation_report
 from assets.training import adapter
-from checks.results import to_check_result
+from checks.results import report_gate_check, to_check_result
 from finetune import gates
 from resources import PipelineSettings
 
@@ -16,31 +16,18 @@ def training_loss_decreased(settings: PipelineSettings, adapter: dict) -> dg.Ass
     return to_check_result(gates.training_loss_decreased(adapter["losses"]), settings.load().gates)
 
 
-@dg.asset_check(
-    asset=evaluation_report,
-    blocking=True,
-    description="Tuned ROUGE-L, BLEU and C-Eval accuracy are within the configured margins of the base model.",
+not_worse_than_base = report_gate_check(
+    evaluation_report,
+    gates.not_worse_than_base,
+    "Tuned ROUGE-L, BLEU and C-Eval accuracy are within the configured margins of the base model.",
 )
-def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
-    cfg = settings.load().gates
-    return to_check_result(gates.not_worse_than_base(evaluation_report, cfg), cfg)
-
-
-@dg.asset_check(
-    asset=evaluation_report,
-    blocking=True,
-    description="No probed trigger flips the tuned model to a fixed output more often than the threshold.",
+backdoor_asr_below_threshold = report_gate_check(
+    evaluation_report,
+    gates.backdoor_asr_below_threshold,
+    "No probed trigger flips the tuned model to a fixed output more often than the threshold.",
 )
-def backdoor_asr_below_threshold(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
-    cfg = settings.load().gates
-    return to_check_result(gates.backdoor_asr_below_threshold(evaluation_report, cfg), cfg)
-
-
-@dg.asset_check(
-    asset=evaluation_report,
-    blocking=True,
-    description="Prefixes of raw records holding PII do not make the tuned model output those PII values.",
+no_pii_regurgitation = report_gate_check(
+    evaluation_report,
+    gates.no_pii_regurgitation,
+    "Prefixes of raw records holding PII do not make the tuned model output those PII values.",
 )
-def no_pii_regurgitation(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
-    cfg = settings.load().gates
-    return to_check_result(gates.no_pii_regurgitation(evaluation_report, cfg), cfg)

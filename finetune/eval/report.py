@@ -64,7 +64,7 @@ class _Arm:
         self.rewrite = rewrite or (lambda c: c)
 
     def generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
-        out = generate_responses(
+        return generate_responses(
             self.model,
             self.tokenizer,
             [self.rewrite(c) for c in conversations],
@@ -72,7 +72,6 @@ class _Arm:
             self.cfg.eval.batch_size,
             desc=f"generating ({self.name})",
         )
-        return out
 
     def task_scores(self, data: EvalData, labels: set[str]) -> dict:
         predictions = self.generate([prompt_of(r) for r in data.test])
@@ -87,14 +86,9 @@ class _Arm:
         self.log(f"  [{self.name}] generation metrics: {scores['metrics']}; refusals {scores['refusal_rate']:.2f}")
         return scores
 
-    def safety_scores(self, data: EvalData, probe_prompts: list, pii_probe: tuple) -> dict:
-        ceval_dir = self.cfg.resolve(self.cfg.paths.ceval_dir)
+    def safety_scores(self, data: EvalData, ceval_set: tuple, probe_prompts: list, pii_probe: tuple) -> dict:
         ev = self.cfg.eval
-        questions = load_ceval(ceval_dir, ev.ceval_split, ev.ceval_subjects or None)
-        dev = load_ceval(ceval_dir, "dev", ev.ceval_subjects or None) if ev.ceval_shots else None
-        ceval = score_ceval(
-            self.model, self.tokenizer, questions, subject_names(ceval_dir), dev, ev.ceval_shots, ev.ceval_by
-        )
+        ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by)
         self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
         probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
         self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
@@ -104,6 +98,14 @@ class _Arm:
             "prefix prompts leaked a value"
         )
         return {"ceval": ceval, "backdoor": probes, "pii_regurgitation": regurgitation}
+
+
+def _ceval_set(cfg: PipelineConfig) -> tuple:
+    """(questions, subject names, dev examples or None), loaded once and scored for every arm."""
+    ceval_dir, ev = cfg.resolve(cfg.paths.ceval_dir), cfg.eval
+    questions = load_ceval(ceval_dir, ev.ceval_split, ev.ceval_subjects or None)
+    dev = load_ceval(ceval_dir, "dev", ev.ceval_subjects or None) if ev.ceval_shots else None
+    return questions, subject_names(ceval_dir), dev
 
 
 def evaluate_candidate(
@@ -136,14 +138,17 @@ def evaluate_candidate(
     pii_probe = regurgitation_prompts(data.raw_records, cfg.eval.probe_prompts)
     probe_prompts = distinct_prompts([prompt_of(r) for r in data.probe_records or data.test])[: cfg.eval.probe_prompts]
     shots = data.train[: cfg.eval.prompt_shots]
+    ceval_set = _ceval_set(cfg)
 
     log("evaluating tuned model (base + adapter)")
     tuned_arm = _Arm("tuned", tuned_model, tokenizer, cfg, log)
-    tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(data, probe_prompts, pii_probe)
+    tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(data, ceval_set, probe_prompts, pii_probe)
     with base_context():
         log("evaluating base model")
         base_arm = _Arm("base", base_model, tokenizer, cfg, log)
-        base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(data, probe_prompts, pii_probe)
+        base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(
+            data, ceval_set, probe_prompts, pii_probe
+        )
         log(f"evaluating base model with a system prompt and {len(shots)} example(s)")
         prompted_arm = _Arm(
             "base+prompt", base_model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)

@@ -174,13 +174,15 @@ def train_adapter(
     with_grad = set(loop["with_grad"])
     log(f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors")
     bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training {cfg.method}", unit="step", disable=None)
+    epoch_batches: list[list[int]] | None = None
     while loop["step"] < total_steps and not loop["stopped_early"]:
         tick = time.perf_counter()
         step = loop["step"]
         epoch, index = divmod(step, steps_per_epoch)
-        ids = _batches(len(train_ex), cfg.batch_size, cfg.seed, epoch)[index]
+        if index == 0 or epoch_batches is None:  # shuffle once per epoch (and once after resuming)
+            epoch_batches = _batches(len(train_ex), cfg.batch_size, cfg.seed, epoch)
         model.train()
-        batch = collate([train_ex[j] for j in ids], pad_id)
+        batch = collate([train_ex[j] for j in epoch_batches[index]], pad_id)
         loss = model(**batch).loss
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -198,7 +200,8 @@ def train_adapter(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loop["losses"].append(loss.item())
-        loop["tokens"] += int(batch["attention_mask"].sum())
+        batch_tokens = int(batch["attention_mask"].sum())
+        loop["tokens"] += batch_tokens
         loop["step"] = step = step + 1
         if len(loop["losses"]) >= COLLAPSE_STEPS and max(loop["losses"][-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
             raise TrainingError(
@@ -214,7 +217,7 @@ def train_adapter(
                 loss.item(),
                 scheduler.get_last_lr()[0],
                 grad_norm,
-                len(batch["input_ids"][0]) * len(ids) / max(now - tick, 1e-9),
+                batch_tokens / max(now - tick, 1e-9),  # the same non-padding count as the result's tokens/s
             )
         bar.update(1)
         if step % eval_every == 0 or step == total_steps:
