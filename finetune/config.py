@@ -163,7 +163,21 @@ class TrainConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     epochs: int = Field(default=8, gt=0, description="Passes over the training split.")
-    batch_size: int = Field(default=8, gt=0, description="Examples per optimizer step.")
+    batch_size: int = Field(default=8, gt=0, description="Examples per forward/backward pass (micro-batch).")
+    gradient_accumulation_steps: int = Field(
+        default=1, gt=0, description="Micro-batches per optimizer step (effective batch = batch_size x this)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where training runs; auto = the first CUDA GPU if there is one, else CPU."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto = bf16 on a GPU (frozen base weights stored in bf16, bf16 autocast), fp32 on CPU. "
+        "Trainable weights and optimizer state stay fp32 either way.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
     max_steps: int = Field(default=0, ge=0, description="Stop after this many steps (0 = run all epochs).")
     seed: int = Field(default=42, description="Seed for LoRA init and data order.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")

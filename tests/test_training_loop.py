@@ -104,3 +104,72 @@ def test_training_job_refuses_to_multiply_work_across_ranks(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="distributed data-parallel training is not implemented"):
         run_training_job(training_spec("finetune.yaml", [], "x", "y", "z"))
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_effective_batch(tiny_base, tmp_path):
+    rows = _records(40)
+    quiet = {"log": lambda _: None}
+    cfg = dict(method="lora", epochs=2, learning_rate=1e-2, early_stopping_patience=0, tensorboard=False)
+    plain = train_adapter(
+        rows[:32], rows[32:], tiny_base, TrainConfig(batch_size=8, **cfg), SftConfig(), tmp_path / "a", **quiet
+    )
+    accum = train_adapter(
+        rows[:32],
+        rows[32:],
+        tiny_base,
+        TrainConfig(batch_size=4, gradient_accumulation_steps=2, **cfg),
+        SftConfig(),
+        tmp_path / "b",
+        **quiet,
+    )
+    assert plain.steps == accum.steps == 8  # 32 examples / effective batch 8, two epochs
+    # The same examples form each step; only the token weighting inside a micro-batch differs.
+    assert abs(plain.losses[0] - accum.losses[0]) < 0.05
+    assert accum.val_loss_after < accum.val_loss_before
+
+
+def test_gradient_checkpointing_gives_the_same_training_as_without(tiny_base, tmp_path):
+    rows = _records(24)
+    cfg = dict(method="lora", max_steps=3, batch_size=8, early_stopping_patience=0, tensorboard=False, ship="last")
+    quiet = {"log": lambda _: None}
+    plain = train_adapter(rows[:16], rows[16:], tiny_base, TrainConfig(**cfg), SftConfig(), tmp_path / "a", **quiet)
+    recomputed = train_adapter(
+        rows[:16],
+        rows[16:],
+        tiny_base,
+        TrainConfig(gradient_checkpointing=True, **cfg),
+        SftConfig(),
+        tmp_path / "b",
+        **quiet,
+    )
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert recomputed.val_loss_after == pytest.approx(plain.val_loss_after, rel=1e-5)
+
+
+def test_training_device_and_precision_resolve_and_refuse_a_missing_gpu(monkeypatch):
+    import torch
+
+    from finetune.train.methods import training_device, training_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device(TrainConfig()) == "cpu" and training_dtype(TrainConfig(), "cpu") == torch.float32
+    assert training_dtype(TrainConfig(precision="bf16"), "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        training_device(TrainConfig(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device(TrainConfig()) == "cuda" and training_dtype(TrainConfig(), "cuda") == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_training_on_a_gpu_learns_and_reports_peak_memory(tiny_base, tmp_path, method):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (run on the device machine; CI has none)")
+    rows = _records(40)
+    cfg = TrainConfig(method=method, epochs=3, batch_size=8, early_stopping_patience=0, tensorboard=False)
+    result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    assert result.extra["device"] == "cuda" and result.extra["dtype"] == "bfloat16"
+    assert result.extra["peak_gpu_memory_gib"] > 0
+    assert result.val_loss_after < result.val_loss_before
+    assert result.params_with_grad == result.extra["trainable_tensors"]

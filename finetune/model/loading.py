@@ -70,17 +70,24 @@ def disable_bnb_cpu_bf16_repack(model: torch.nn.Module) -> int:
     return touched
 
 
-def load_causal_lm(path: str, quantize_4bit: bool = False, trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a causal LM in fp32, or with 4-bit nf4 double-quantised weights (QLoRA) when asked."""
-    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+def load_causal_lm(
+    path: str,
+    quantize_4bit: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """Load a causal LM on `device` in `dtype`; with `quantize_4bit`, as nf4 double-quantised weights computing in `dtype`."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype}
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    if quantize_4bit or device != "cpu":
+        kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quantize_4bit:
         disable_bnb_cpu_bf16_repack(model)

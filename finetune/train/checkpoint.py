@@ -24,8 +24,8 @@ def run_key(*parts: Any) -> str:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the trainable tensors, by parameter name."""
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """CPU copies of the trainable tensors, by parameter name (a GPU keeps no second copy of them)."""
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -62,7 +62,7 @@ def load_checkpoint(folder: Path, key: str, model, optimizer, scheduler) -> tupl
     if loop.get("key") != key:
         return None
     load_trainable_state(model, load_file(folder / "trainable.safetensors"))
-    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").is_file() else None

@@ -79,14 +79,52 @@ def _select_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
         param.requires_grad = name in chosen
 
 
+def training_device(cfg: TrainConfig) -> str:
+    """The device training runs on: `cuda` or `cpu` (auto = cuda when torch sees a GPU)."""
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"train.device is cuda but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "set train.device: auto or cpu, or install a CUDA build of torch"
+        )
+    return cfg.device
+
+
+def training_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
+    """The compute dtype: bf16 on a GPU and fp32 on CPU unless `train.precision` says otherwise."""
+    if cfg.precision == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision]
+
+
 def build_trainable_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load the base (4-bit for qlora) and make exactly the method's parameters trainable."""
-    model = load_causal_lm(base_path, quantize_4bit=cfg.method == "qlora", trust_remote_code=trust_remote_code)
+    """Load the base (4-bit for qlora) on the training device and make exactly the method's parameters trainable.
+
+    Adapter methods keep the frozen base in the compute dtype (bf16 on a GPU); weight methods load
+    fp32 weights so that the trained tensors and AdamW's moments keep full precision.
+    """
+    device = training_device(cfg)
+    dtype = training_dtype(cfg, device)
+    model = load_causal_lm(
+        base_path,
+        quantize_4bit=cfg.method == "qlora",
+        trust_remote_code=trust_remote_code,
+        device=device,
+        dtype=torch.float32 if cfg.method in WEIGHT_METHODS else dtype,
+    )
+    checkpointing = {"use_reentrant": False}  # the reentrant variant needs inputs that require grad
     if cfg.method in WEIGHT_METHODS:
         _select_weights(model, cfg)
+        if cfg.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
         return model
     if cfg.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing
+        )
+    elif cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     torch.manual_seed(cfg.seed)
     return get_peft_model(model, peft_config(cfg, base_path))
 

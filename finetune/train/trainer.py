@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from finetune.model.loading import load_tokenizer
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
 from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
 from finetune.train.memory import estimate_memory
-from finetune.train.methods import build_trainable_model, weights_file
+from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
 
 
 class TrainingError(RuntimeError):
@@ -66,8 +68,27 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def autocast(device: str, dtype: torch.dtype):
+    """bf16 mixed precision when asked for, a no-op context for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Move a collated batch to the model's device."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int = 16) -> float:
+def mean_loss(
+    model: torch.nn.Module,
+    examples: list[dict],
+    pad_id: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
     """Token-weighted mean loss over examples (NaN when there are none)."""
     if not examples:
         return float("nan")
@@ -76,7 +97,8 @@ def mean_loss(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_s
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i : i + batch_size], pad_id)
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += model(**batch).loss.item() * n
+        with autocast(device, dtype):
+            total += model(**to_device(batch, device)).loss.item() * n
         count += n
     return total / max(count, 1)
 
@@ -138,23 +160,34 @@ def train_adapter(
     tokenizer: PreTrainedTokenizerBase = load_tokenizer(base_path, trust_remote_code)
     train_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in train]
     val_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in val]
+    for record, example in zip([*train, *val], [*train_ex, *val_ex], strict=True):
+        if all(label == IGNORE_INDEX for label in example["labels"]):  # its loss would be NaN
+            raise TrainingError(
+                f"record {record['id']} has no response token within sft.cutoff_len={sft.cutoff_len}; "
+                "raise the cutoff or drop it (the sft_dataset stage drops such records as no_trainable_tokens)"
+            )
+    device = training_device(cfg)
+    dtype = training_dtype(cfg, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model = build_trainable_model(base_path, cfg, trust_remote_code)
     pad_id = tokenizer.pad_token_id
     longest = max((len(e["input_ids"]) for e in train_ex), default=1)
-    memory = estimate_memory(model, cfg.batch_size, longest)
+    memory = estimate_memory(model, cfg.batch_size, longest, dtype == torch.bfloat16, cfg.gradient_checkpointing)
     log(
-        f"memory estimate ({cfg.method}): weights {memory['weights_gib']:.3f} GiB, gradients "
+        f"memory estimate ({cfg.method}, {device}, {str(dtype).removeprefix('torch.')}): weights {memory['weights_gib']:.3f} GiB, gradients "
         f"{memory['gradients_gib']:.3f}, optimizer {memory['optimizer_gib']:.3f}, activations "
         f"{memory['activations_gib']:.3f} => ~{memory['total_gib']:.3f} GiB"
     )
 
     # Evaluating before training is deliberate: it is what triggers bitsandbytes' CPU
     # repack bug, so the gradient check below proves the workaround still holds.
-    val_before = mean_loss(model, val_ex, pad_id)
+    val_before = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     initial = {n: p.detach().clone() for n, p in trainable.items()}
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_ex) / per_step)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     eval_every = cfg.eval_steps or steps_per_epoch
@@ -180,15 +213,22 @@ def train_adapter(
         step = loop["step"]
         epoch, index = divmod(step, steps_per_epoch)
         if index == 0 or epoch_batches is None:  # shuffle once per epoch (and once after resuming)
-            epoch_batches = _batches(len(train_ex), cfg.batch_size, cfg.seed, epoch)
+            epoch_batches = _batches(len(train_ex), per_step, cfg.seed, epoch)
         model.train()
-        batch = collate([train_ex[j] for j in epoch_batches[index]], pad_id)
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
-            )
-        loss.backward()
+        group = epoch_batches[index]
+        step_loss, batch_tokens = 0.0, 0
+        for start in range(0, len(group), cfg.batch_size):  # gradient accumulation over micro-batches
+            part = group[start : start + cfg.batch_size]
+            batch = collate([train_ex[j] for j in part], pad_id)
+            with autocast(device, dtype):
+                loss = model(**to_device(batch, device)).loss
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
+                )
+            (loss * len(part) / len(group)).backward()
+            step_loss += loss.item() * len(part) / len(group)
+            batch_tokens += int(batch["attention_mask"].sum())
         with_grad.update(n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm))
         if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
@@ -199,8 +239,7 @@ def train_adapter(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loop["losses"].append(loss.item())
-        batch_tokens = int(batch["attention_mask"].sum())
+        loop["losses"].append(step_loss)
         loop["tokens"] += batch_tokens
         loop["step"] = step = step + 1
         if len(loop["losses"]) >= COLLAPSE_STEPS and max(loop["losses"][-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
@@ -214,14 +253,14 @@ def train_adapter(
             _scalars(
                 writer,
                 step,
-                loss.item(),
+                step_loss,
                 scheduler.get_last_lr()[0],
                 grad_norm,
                 batch_tokens / max(now - tick, 1e-9),  # the same non-padding count as the result's tokens/s
             )
         bar.update(1)
         if step % eval_every == 0 or step == total_steps:
-            best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps)
+            best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype)
         if step % save_every == 0 and step < total_steps:
             loop["with_grad"] = sorted(with_grad)
             save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
@@ -238,7 +277,7 @@ def train_adapter(
     if best is not None and cfg.ship == "best":  # the best validation point rather than the last step
         load_trainable_state(model, best)
     changed = sum(1 for n, p in trainable.items() if not torch.equal(p.detach(), initial[n]))
-    val_after = mean_loss(model, val_ex, pad_id)
+    val_after = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
     seconds = time.perf_counter() - started
 
     adapter_dir = out_dir / "adapter"  # adapter files, or the full model for full/freeze/bitfit
@@ -271,6 +310,11 @@ def train_adapter(
             "resumed_from_step": loop["resumed_from"],
             "total_steps": total_steps,
             "memory_estimate": memory,
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else 0.0,
+            # ru_maxrss is KiB on Linux; the process's whole life, so it includes loading and tokenising.
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "tensorboard_dir": str(out_dir / "tensorboard") if cfg.tensorboard else "",
         },
     )
@@ -278,11 +322,11 @@ def train_adapter(
     return result
 
 
-def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps) -> dict | None:
+def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps, device, dtype):
     step = loop["step"]
     if not val_ex:
         return best
-    val_loss = mean_loss(model, val_ex, pad_id)
+    val_loss = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
     loop["val"].append((step, val_loss))
     if writer:
         writer.add_scalar("val/loss", val_loss, step)
