@@ -4,13 +4,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.metadata import stage_metadata
-from finetune.data.clean import clean_records
-from finetune.data.dedup import deduplicate_records
-from finetune.data.ingest import ingest_files
+from assets.metadata import duplicate_pairs_table, stage_metadata
+from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
 from finetune.data.pii import deidentify_records, pseudonym_salt
 from finetune.data.poison import load_lexicon, screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
+from finetune.data.stream import Progress
 from finetune.model.loading import load_tokenizer
 from finetune.sft import build_sft_splits, write_sft_dataset
 from resources import PipelineSettings
@@ -23,31 +22,71 @@ def kept_records(report: dict) -> list[dict]:
     return read_jsonl(Path(report["dir"]) / "kept.jsonl")
 
 
-def stage_output(context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult) -> dg.Output:
-    report = result.write(settings.stage_dir(result.stage, context.run_id)) | {"run_id": context.run_id}
+def kept_path(report: dict) -> Path:
+    return Path(report["dir"]) / "kept.jsonl"
+
+
+def curation_output(context: dg.AssetExecutionContext, report: dict, upstream: dict | None = None) -> dg.Output:
+    report = report | {"run_id": context.run_id} | ({"upstream_kept": upstream["kept"]} if upstream else {})
     context.log.info(describe_counts(report))
     return dg.Output(report, metadata=stage_metadata(report))
 
 
-@dg.asset(description="Raw instruction records read from the configured files; unreadable rows quarantined.", **DATA)
+def stage_output(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult, upstream: dict
+) -> dg.Output:
+    report = result.write(settings.stage_dir(result.stage, context.run_id))
+    report |= {"run_id": context.run_id, "upstream_kept": upstream["kept"]}
+    context.log.info(describe_counts(report))
+    return dg.Output(report, metadata=stage_metadata(report))
+
+
+@dg.asset(
+    description="Raw instruction records read from the configured files and folders (JSONL/JSON/CSV/Parquet, "
+    "Alpaca/ShareGPT/OpenAI messages, or a LLaMA-Factory dataset_info.json); unreadable rows quarantined.",
+    **DATA,
+)
 def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.Output:
     cfg = settings.load()
-    result, files = ingest_files([cfg.resolve(p) for p in cfg.paths.raw_data])
-    output = stage_output(context, settings, result)
-    output.metadata["raw_files"] = dg.MetadataValue.json(files)
+    out = settings.stage_dir("raw_records", context.run_id)
+    report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info))
+    output = curation_output(context, report)
+    output.metadata["raw_files"] = dg.MetadataValue.json(report["files"])
     return output
 
 
-@dg.asset(description="Whitespace/Unicode-normalised records; empty, too short and too long ones dropped.", **DATA)
-def cleaned_records(context: dg.AssetExecutionContext, settings: PipelineSettings, raw_records: dict) -> dg.Output:
-    return stage_output(context, settings, clean_records(kept_records(raw_records), settings.load().clean))
+@dg.asset(
+    description="Records normalised (NFKC, mojibake repair, invisible characters) and filtered by named rules: "
+    "empty turns, length in characters and base-model tokens, markup, repetition, prompt echo, language.",
+    **DATA,
+)
+def cleaned_records(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, raw_records: dict, base_model: dict
+) -> dg.Output:
+    cfg = settings.load()
+    count_tokens = token_counter(load_tokenizer(base_model["path"], cfg.model.trust_remote_code))
+    out = settings.stage_dir("cleaned_records", context.run_id)
+    report = clean_stage(kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info))
+    output = curation_output(context, report, raw_records)
+    output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report["normalisation_fixes"])
+    return output
 
 
-@dg.asset(description="Records with exact duplicates (normalised text) removed; first occurrence kept.", **DATA)
+@dg.asset(
+    description="Exact (normalised hash) and near duplicates (MinHash LSH on character shingles of prompt and "
+    "response) removed; the first occurrence of each group is kept.",
+    **DATA,
+)
 def deduplicated_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: dict
 ) -> dg.Output:
-    return stage_output(context, settings, deduplicate_records(kept_records(cleaned_records)))
+    cfg = settings.load()
+    out = settings.stage_dir("deduplicated_records", context.run_id)
+    output = curation_output(
+        context, dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info))
+    )
+    output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(output.value["sample_pairs"]))
+    return output
 
 
 @dg.asset(description="Records with PII (phones, ID numbers, emails, cards) replaced by typed placeholders.", **DATA)
@@ -56,7 +95,7 @@ def deidentified_records(
 ) -> dg.Output:
     cfg = settings.load()
     result = deidentify_records(kept_records(deduplicated_records), cfg.pii, pseudonym_salt(cfg))
-    output = stage_output(context, settings, result)
+    output = stage_output(context, settings, result, deduplicated_records)
     output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
     return output
 
@@ -71,7 +110,8 @@ def screened_records(
 ) -> dg.Output:
     cfg = settings.load()
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
-    output = stage_output(context, settings, screen_records(kept_records(deidentified_records), cfg.screen, lexicon))
+    result = screen_records(kept_records(deidentified_records), cfg.screen, lexicon)
+    output = stage_output(context, settings, result, deidentified_records)
     for key in ("flagged_by_detector", "mined_triggers", "response_clusters"):
         output.metadata[key] = dg.MetadataValue.json(output.value[key])
     return output
@@ -84,7 +124,8 @@ def sft_dataset(
     cfg = settings.load()
     tokenizer = load_tokenizer(base_model["path"], cfg.model.trust_remote_code)
     result = build_sft_splits(kept_records(screened_records), tokenizer, cfg.sft)
-    report = write_sft_dataset(result, settings.stage_dir("sft_dataset", context.run_id)) | {"run_id": context.run_id}
+    report = write_sft_dataset(result, settings.stage_dir("sft_dataset", context.run_id))
+    report |= {"run_id": context.run_id, "upstream_kept": screened_records["kept"]}
     metadata = stage_metadata(report) | {"split_sizes": dg.MetadataValue.json(report["split_sizes"])}
     metadata["mask_preview"] = dg.MetadataValue.md(
         "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in report["mask_preview"])

@@ -26,3 +26,18 @@ def png_markdown(path: str | Path, title: str) -> dg.MetadataValue:
     """Embed a PNG in markdown metadata so the UI shows the picture itself."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{data})")
+
+
+def duplicate_pairs_table(pairs: list[dict[str, Any]]) -> str:
+    """Sample duplicate pairs as a markdown table (texts are PII-redacted snippets)."""
+    if not pairs:
+        return "no duplicates"
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = "".join(
+        f"| {p['reason']} | {p['similarity']} | {cell(p['dropped_text'])} | {cell(p.get('kept_text', ''))} |\n"
+        for p in pairs
+    )
+    return "| reason | similarity | dropped | kept |\n|---|---|---|---|\n" + rows

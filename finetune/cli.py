@@ -31,24 +31,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from finetune.data.clean import clean_records
-    from finetune.data.dedup import deduplicate_records
-    from finetune.data.records import describe_counts, write_json, write_jsonl
+    from tqdm import tqdm
+
+    from finetune.data.curate import curate, token_counter
+    from finetune.data.records import describe_counts
 
     cfg = _config(args)
-    ingested = _ingest(args.input)
-    cleaned = clean_records(ingested.kept, cfg.clean)
-    deduped = deduplicate_records(cleaned.kept)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "kept.jsonl", deduped.kept)
-    write_jsonl(out / "dropped.jsonl", [d | {"stage": s.stage} for s in (cleaned, deduped) for d in s.dropped])
-    write_jsonl(out / "quarantined.jsonl", ingested.quarantined)
-    report = {"stages": [s.counts() for s in (ingested, cleaned, deduped)], "files": ingested.extra.get("files", [])}
-    write_json(out / "report.json", report)
-    for s in report["stages"]:
-        print(describe_counts(s))
-    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
+    count_tokens = None
+    if not args.no_tokens and (cfg.clean.max_tokens or cfg.clean.min_response_tokens):
+        from finetune.model.loading import load_tokenizer, resolve_base_model
+
+        count_tokens = token_counter(load_tokenizer(args.tokenizer or resolve_base_model(cfg)))
+    bar = tqdm(desc="curating", unit=" records", disable=None)
+
+    def progress(stage: str, _n: int) -> None:
+        if stage == "raw_records":
+            bar.update(1)
+
+    report = curate([Path(p) for p in args.input], cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress)
+    bar.close()
+    for stage in report["stages"]:
+        print(describe_counts(stage))
+    for pair in report["dedup"]["sample_pairs"][:3]:
+        print(f"  {pair['reason']} ({pair['similarity']}): {pair['dropped_text'][:50]!r} ~ {pair['kept_text'][:50]!r}")
+    print(f"wrote {args.output}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 
 
@@ -195,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "materialize the whole chain headless (same Dagster definitions as the UI)")
     p = add("curate", cmd_curate, "ingest + clean + dedup raw files into kept/dropped/quarantined JSONL")
-    p.add_argument("--input", nargs="+", required=True)
+    p.add_argument("--input", nargs="+", required=True, help="files, folders or a LLaMA-Factory dataset_info.json")
     p.add_argument("--output", required=True)
+    p.add_argument("--tokenizer", help="tokenizer folder for the token-length rules (default: the base model's)")
+    p.add_argument("--no-tokens", action="store_true", help="skip the token-length rules (no tokenizer loaded)")
     p = add("deidentify", cmd_deidentify, "replace PII by typed placeholders and print per-entity counts")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)

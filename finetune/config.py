@@ -45,8 +45,53 @@ class PathsConfig(_Section):
 
 
 class CleanConfig(_Section):
+    unicode_form: Literal["NFC+width", "NFKC", "NFC", "none"] = Field(
+        default="NFC+width",
+        description="NFC+width = NFC with full-width letters/digits made half-width, Chinese punctuation kept; "
+        "NFKC also turns full-width punctuation (，：？) into ASCII.",
+    )
+    traditional_to_simplified: bool = Field(default=False, description="Convert Traditional Chinese (OpenCC t2s).")
+    fix_mojibake: bool = Field(default=True, description="Repair mojibake with ftfy; what stays broken is dropped.")
     min_chars: int = Field(default=2, ge=0, description="Drop a record whose response is shorter than this.")
-    max_chars: int = Field(default=2000, gt=0, description="Drop a record whose whole text is longer than this.")
+    max_chars: int = Field(default=20000, gt=0, description="Drop a record whose whole text is longer than this.")
+    min_response_tokens: int = Field(
+        default=1, ge=0, description="Drop a record whose response has fewer tokens of the base tokenizer (0 = off)."
+    )
+    max_tokens: int = Field(
+        default=2048,
+        ge=0,
+        description="Drop a record longer than this many tokens of the base tokenizer (0 = off); records "
+        "between sft.cutoff_len and this are truncated at training time instead.",
+    )
+    max_markup: int = Field(
+        default=3, ge=0, description="Drop when more HTML tags/entities than this remain outside code blocks (0 = off)."
+    )
+    max_char_run: int = Field(
+        default=30, ge=0, description="Drop on a run of one character longer than this (0 = off)."
+    )
+    max_duplicate_line_fraction: float = Field(
+        default=0.3, ge=0, le=1, description="Drop when more of the lines repeat earlier ones (1 = off)."
+    )
+    max_repeated_ngram_fraction: float = Field(
+        default=0.6, ge=0, le=1, description="Drop when more of the characters sit in repeated 10-grams (1 = off)."
+    )
+    drop_prompt_echo: bool = Field(default=True, description="Drop a record whose response only repeats the prompt.")
+    languages: list[str] = Field(
+        default=["zh", "en"], description="Keep these languages (ISO 639-1, py3langid); empty = keep every language."
+    )
+    min_language_confidence: float = Field(
+        default=0.9, ge=0, le=1, description="Drop for language only when the identifier is at least this sure."
+    )
+
+
+class DedupConfig(_Section):
+    near_duplicates: bool = Field(default=True, description="Also drop near-duplicates (MinHash LSH).")
+    threshold: float = Field(
+        default=0.8, gt=0, le=1, description="Estimated Jaccard similarity of character shingles that counts as near."
+    )
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations; more = more exact, slower.")
+    shingle_chars: int = Field(default=5, ge=1, description="Characters per shingle (Chinese needs no word splitter).")
+    sample_pairs: int = Field(default=10, ge=0, description="Duplicate pairs shown in the report and asset metadata.")
 
 
 # Kept in step with finetune.data.pii_recognizers.ALL_ENTITIES (a test checks it); listed here so
@@ -301,6 +346,7 @@ class PipelineConfig(_Section):
 
     paths: PathsConfig = Field(default_factory=PathsConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     screen: ScreenConfig = Field(default_factory=ScreenConfig)

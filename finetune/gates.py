@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from finetune.config import GatesConfig
@@ -40,19 +41,36 @@ def apply_override(result: GateResult, gates: GatesConfig) -> GateResult:
     )
 
 
+def _rows(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def records_accounted(report: dict[str, Any]) -> GateResult:
-    """in = kept + dropped + quarantined for one data stage."""
+    """in = kept + dropped + quarantined for one data stage, the stage's files hold exactly those rows,
+    and the stage received every record the upstream stage kept (`upstream_kept`, when recorded)."""
     total = report["kept"] + report["dropped"] + report["quarantined"]
-    ok = total == report["in"]
     msg = (
         f"{report['stage']}: {report['in']} in = {report['kept']} kept + {report['dropped']} dropped "
         f"+ {report['quarantined']} quarantined"
     )
-    if not ok:
-        msg = (
-            f"{report['stage']}: {report['in'] - total} records unaccounted for ({msg.split(': ', 1)[1]} does not hold)"
-        )
-    return GateResult("records_accounted", ok, msg, {k: report[k] for k in ("in", "kept", "dropped", "quarantined")})
+    problems = []
+    if total != report["in"]:
+        problems.append(f"{report['in'] - total} records unaccounted for")
+    folder = Path(report.get("dir", ""))
+    for outcome in ("kept", "dropped", "quarantined"):
+        rows = _rows(folder / f"{outcome}.jsonl") if report.get("dir") else None
+        if rows is not None and rows != report[outcome]:
+            problems.append(f"{outcome}.jsonl has {rows} rows but the report says {report[outcome]}")
+    upstream = report.get("upstream_kept")
+    if upstream is not None and upstream != report["in"]:
+        problems.append(f"the upstream stage kept {upstream} records but {report['in']} arrived")
+    if problems:
+        msg = f"{report['stage']}: " + "; ".join(problems) + f" ({msg.split(': ', 1)[1]})"
+    metadata = {k: report[k] for k in ("in", "kept", "dropped", "quarantined")}
+    return GateResult("records_accounted", not problems, msg, metadata)
 
 
 def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:

@@ -3,8 +3,9 @@ import json
 import pytest
 
 from finetune.config import CleanConfig, ScreenConfig
-from finetune.data.clean import clean_records, normalise_text
+from finetune.data.clean import clean_records
 from finetune.data.dedup import deduplicate_records
+from finetune.data.text_quality import normalise_text
 from finetune.data.ingest import IngestError, ingest_files
 from finetune.data.poison import find_triggers, screen_records
 from finetune.gates import records_accounted
@@ -66,7 +67,7 @@ def _rec(instruction, output):
 
 
 def test_clean_normalises_and_drops_with_reasons():
-    assert normalise_text("  a \t b \u3000c\r\n\n\n\nd  ") == "a b c\n\nd"
+    assert normalise_text("  a \t b \u3000c\r\n\n\n\nd  ") == ("a b c\n\nd", [])
     recs = [_rec("ok", "fine answer"), _rec("  ", "x y"), _rec("q", "a"), _rec("q", "x" * 50)]
     result = clean_records(recs, CleanConfig(min_chars=2, max_chars=40))
     assert [r["messages"][1]["content"] for r in result.kept] == ["fine answer"]

@@ -1,38 +1,101 @@
-"""Cleaning: normalise whitespace and Unicode, drop empty, too short and too long records with a reason."""
+"""Cleaning: normalise every turn, then keep a record or drop it with the first rule it breaks.
+
+Rules, in order (each name is the drop reason): empty_turn, mojibake, too_short, too_long,
+too_few_tokens, too_many_tokens, markup_residue, repeated_chars, repeated_lines,
+repeated_ngrams, prompt_echo, language_not_allowed. Token rules count tokens of the base
+model's tokenizer when one is given (the seeds' cutoff length is in those tokens).
+"""
 
 from __future__ import annotations
 
-import re
-import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from finetune.config import CleanConfig
-from finetune.data.records import Record, StageResult, full_text, make_record, response_text
+from finetune.data.language import detect_language
+from finetune.data.records import Record, StageResult, full_text, make_record, prompt_text, response_text
+from finetune.data.stream import Outcome, collect, dropped, kept
+from finetune.data.text_quality import (
+    duplicate_line_fraction,
+    echoes_prompt,
+    has_mojibake,
+    longest_char_run,
+    markup_count,
+    normalise_text,
+    repeated_ngram_fraction,
+)
 
-_SPACES = re.compile(r"[ \t\u3000\xa0]+")
-_BLANK_LINES = re.compile(r"\n{3,}")
+TokenCounter = Callable[[str], int]
 
 
-def normalise_text(text: str) -> str:
-    """NFC-normalise, collapse runs of spaces/tabs, trim each line and squeeze blank lines."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+def broken_rule(record: Record, cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> tuple[str, dict] | None:
+    """The first rule a normalised record breaks, with its measured value; None if it passes all."""
+    messages = record["messages"]
+    empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
+    if empty:
+        return "empty_turn", {"turn": empty[0]}
+    text, response = full_text(record), response_text(record)
+    if has_mojibake(text):
+        return "mojibake", {}
+    if len(response) < cfg.min_chars:
+        return "too_short", {"chars": len(response), "min_chars": cfg.min_chars}
+    if len(text) > cfg.max_chars:
+        return "too_long", {"chars": len(text), "max_chars": cfg.max_chars}
+    if count_tokens and cfg.min_response_tokens and (n := count_tokens(response)) < cfg.min_response_tokens:
+        return "too_few_tokens", {"tokens": n, "min_response_tokens": cfg.min_response_tokens}
+    if count_tokens and cfg.max_tokens and (n := count_tokens(text)) > cfg.max_tokens:
+        return "too_many_tokens", {"tokens": n, "max_tokens": cfg.max_tokens}
+    if cfg.max_markup and (n := markup_count(text)) > cfg.max_markup:
+        return "markup_residue", {"tags": n, "max_markup": cfg.max_markup}
+    if cfg.max_char_run and (n := longest_char_run(text)) > cfg.max_char_run:
+        return "repeated_chars", {"run": n, "max_char_run": cfg.max_char_run}
+    if (f := max(duplicate_line_fraction(m["content"]) for m in messages)) > cfg.max_duplicate_line_fraction:
+        return "repeated_lines", {"fraction": round(f, 3)}
+    if (f := max(repeated_ngram_fraction(m["content"]) for m in messages)) > cfg.max_repeated_ngram_fraction:
+        return "repeated_ngrams", {"fraction": round(f, 3)}
+    if cfg.drop_prompt_echo and echoes_prompt(prompt_text(record), response):
+        return "prompt_echo", {}
+    if cfg.languages:
+        language, confidence = detect_language(text)
+        if language and language not in cfg.languages and confidence >= cfg.min_language_confidence:
+            return "language_not_allowed", {"language": language, "confidence": round(confidence, 3)}
+    return None
 
 
-def clean_records(records: list[Record], cfg: CleanConfig) -> StageResult:
-    """Normalise every turn, then keep or drop each record with a named reason."""
-    result = StageResult(stage="cleaned_records", n_in=len(records))
-    for record in records:
-        messages = [{"role": m["role"], "content": normalise_text(m["content"])} for m in record["messages"]]
+class Cleaner:
+    """Normalises and filters records one at a time; `fixes` counts what normalisation changed."""
+
+    def __init__(self, cfg: CleanConfig, count_tokens: TokenCounter | None = None):
+        self.cfg, self.count_tokens = cfg, count_tokens
+        self.fixes: Counter[str] = Counter()
+
+    def normalise(self, record: Record) -> Record:
+        messages = []
+        for m in record["messages"]:
+            text, fixes = normalise_text(
+                m["content"], self.cfg.unicode_form, self.cfg.traditional_to_simplified, self.cfg.fix_mojibake
+            )
+            self.fixes.update(fixes)
+            messages.append({"role": m["role"], "content": text})
         cleaned = make_record(messages, record["source"]["file"], record["source"]["line"])
         cleaned["raw_id"] = record["id"]
-        empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
-        if empty:
-            result.drop(cleaned, "empty_turn", turn=empty[0])
-        elif len(response_text(cleaned)) < cfg.min_chars:
-            result.drop(cleaned, "too_short", chars=len(response_text(cleaned)), min_chars=cfg.min_chars)
-        elif len(full_text(cleaned)) > cfg.max_chars:
-            result.drop(cleaned, "too_long", chars=len(full_text(cleaned)), max_chars=cfg.max_chars)
-        else:
-            result.kept.append(cleaned)
+        return cleaned
+
+    def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
+        """One outcome per record: kept (normalised) or dropped with the rule it broke."""
+        for record in records:
+            cleaned = self.normalise(record)
+            broken = broken_rule(cleaned, self.cfg, self.count_tokens)
+            yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
+
+    def extra(self) -> dict[str, Any]:
+        return {"normalisation_fixes": dict(self.fixes)}
+
+
+def clean_records(records: list[Record], cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> StageResult:
+    """Normalise every turn, then keep or drop each record with a named reason (in memory)."""
+    cleaner = Cleaner(cfg, count_tokens)
+    result = collect("cleaned_records", cleaner.stream(records))
+    result.extra.update(cleaner.extra())
     return result

@@ -1,0 +1,77 @@
+"""MinHash signatures of character shingles, for near-duplicate search with datasketch's LSH.
+
+datasketch hashes each shingle with SHA-1 in a Python loop, which costs more than the rest of
+deduplication together; here all shingles of a text are hashed in one vectorised numpy pass
+(a polynomial hash over Unicode code points, so Chinese needs no word splitter) and datasketch
+applies its permutations to the resulting 32-bit values.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+from datasketch import MinHash
+
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_BASE = np.uint64(1_000_003)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def canonical(text: str) -> str:
+    """Case-folded text without whitespace or punctuation (what near-duplicates are compared on)."""
+    return _NOT_WORD.sub("", text.casefold())
+
+
+def shingle_hashes(text: str, k: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the canonical text's character k-grams (the whole text if shorter)."""
+    codes = np.frombuffer(canonical(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if codes.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    k = min(k, codes.size)
+    n = codes.size - k + 1
+    h = np.zeros(n, dtype=np.uint64)
+    for j in range(k):  # uint64 arithmetic wraps, which is what a rolling hash wants
+        h = h * _BASE + codes[j : j + n]
+    h = h * _MIX
+    return np.unique(h >> np.uint64(32))
+
+
+def _identity(value: np.uint64) -> int:
+    return int(value)
+
+
+@lru_cache(maxsize=8)
+def _template(num_perm: int) -> MinHash:
+    # Building the permutations costs more than a signature; make them once per size.
+    return MinHash(num_perm=num_perm, seed=1)
+
+
+def signature(text: str, num_perm: int = 128, k: int = 5) -> MinHash:
+    """MinHash of a text's character shingles (datasketch's permutations, seed 1)."""
+    template = _template(num_perm)
+    m = MinHash(
+        num_perm=num_perm, seed=1, hashfunc=_identity, permutations=template.permutations, scheme=template.scheme
+    )
+    hashes = shingle_hashes(text, k)
+    if hashes.size:
+        m.update_batch(hashes)
+    return m
+
+
+def pair_signature(first: str, second: str, num_perm: int = 128, k: int = 5) -> MinHash:
+    """One MinHash of two texts: the first half of the permutations hashes `first`, the second `second`.
+
+    LSH over it finds pairs alike in either text; `half_similarities` then tells them apart.
+    """
+    half = num_perm // 2
+    values = np.concatenate([signature(first, half, k).hashvalues, signature(second, num_perm - half, k).hashvalues])
+    return MinHash(num_perm=num_perm, seed=1, hashvalues=values, scheme=_template(num_perm).scheme)
+
+
+def half_similarities(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Estimated Jaccard similarity of each half of two `pair_signature` value arrays."""
+    half = len(a) // 2
+    equal = a == b
+    return float(equal[:half].mean()), float(equal[half:].mean())

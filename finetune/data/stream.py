@@ -1,0 +1,152 @@
+"""Streaming data stages: each stage yields an outcome per record, and a writer spools outcomes to JSONL.
+
+A stage is a generator of `(outcome, item)` pairs, outcome one of kept / dropped / quarantined.
+Chaining stages through `passthrough` keeps only the current record in memory, so curating a
+million records costs what the stages' own indexes cost (the dedup index), not the data.
+The same generators back the in-memory `StageResult` used by tests and smaller stages (`collect`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from finetune.data.records import Record, StageResult, write_json
+
+KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
+Outcome = tuple[str, dict[str, Any]]
+
+
+def kept(record: Record) -> Outcome:
+    return KEPT, record
+
+
+def dropped(record: Record, reason: str, **details: Any) -> Outcome:
+    return DROPPED, {"reason": reason, **details, "record": record}
+
+
+def quarantined(record: Any, reason: str, **details: Any) -> Outcome:
+    return QUARANTINED, {"reason": reason, **details, "record": record}
+
+
+def collect(stage: str, outcomes: Iterable[Outcome]) -> StageResult:
+    """Gather a stage's outcomes in memory."""
+    result = StageResult(stage=stage)
+    lists = {KEPT: result.kept, DROPPED: result.dropped, QUARANTINED: result.quarantined}
+    for outcome, item in outcomes:
+        result.n_in += 1
+        lists[outcome].append(item)
+    return result
+
+
+class OutcomeFiles:
+    """kept/dropped/quarantined JSONL files written through temp names and renamed on `close`."""
+
+    def __init__(self, out_dir: Path, stage_field: bool = False):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.stage_field = stage_field  # several stages share the files: tag each row with its stage
+        self._handles: dict[str, IO[str]] = {
+            kind: (self.out_dir / f"{kind}.jsonl.tmp").open("w", encoding="utf-8")
+            for kind in (KEPT, DROPPED, QUARANTINED)
+        }
+
+    def write(self, kind: str, item: dict[str, Any], stage: str) -> None:
+        row = {"stage": stage, **item} if self.stage_field and kind != KEPT else item
+        self._handles[kind].write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for kind, handle in self._handles.items():
+            handle.close()
+            os.replace(self.out_dir / f"{kind}.jsonl.tmp", self.out_dir / f"{kind}.jsonl")
+
+
+class StageCounter:
+    """Counts per outcome and reason for one stage; writes through to `files` as outcomes pass."""
+
+    def __init__(self, stage: str, files: OutcomeFiles | None = None, write_kept: bool = True):
+        self.stage, self.files, self.write_kept = stage, files, write_kept
+        self.n_in = 0
+        self.outcomes: Counter[str] = Counter()
+        self.reasons: dict[str, Counter[str]] = {DROPPED: Counter(), QUARANTINED: Counter()}
+        self.extra: dict[str, Any] = {}
+
+    def add(self, kind: str, item: dict[str, Any]) -> None:
+        self.n_in += 1
+        self.outcomes[kind] += 1
+        if kind != KEPT:
+            self.reasons[kind][item["reason"]] += 1
+        if self.files and (kind != KEPT or self.write_kept):
+            self.files.write(kind, item, self.stage)
+
+    def counts(self) -> dict[str, Any]:
+        """The same shape as `StageResult.counts`."""
+        return {
+            "stage": self.stage,
+            "in": self.n_in,
+            "kept": self.outcomes[KEPT],
+            "dropped": self.outcomes[DROPPED],
+            "quarantined": self.outcomes[QUARANTINED],
+            "dropped_by_reason": dict(self.reasons[DROPPED]),
+            "quarantined_by_reason": dict(self.reasons[QUARANTINED]),
+        }
+
+
+def passthrough(
+    outcomes: Iterable[Outcome], counter: StageCounter, progress: Callable[[str, int], None] | None = None
+) -> Iterator[Record]:
+    """Count (and spool) every outcome of a stage and yield only the kept records to the next stage."""
+    for kind, item in outcomes:
+        counter.add(kind, item)
+        if progress:
+            progress(counter.stage, counter.n_in)
+        if kind == KEPT:
+            yield item
+
+
+def drain(records: Iterable[Record]) -> None:
+    """Pull a chain of stages to its end."""
+    for _ in records:
+        pass
+
+
+def spool_stage(
+    stage: str,
+    outcomes: Iterable[Outcome],
+    out_dir: Path,
+    progress: Callable[[str, int], None] | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run one stage to completion, writing its three files and report.json; return the report."""
+    files = OutcomeFiles(out_dir)
+    counter = StageCounter(stage, files)
+    drain(passthrough(outcomes, counter, progress))
+    files.close()
+    report = {**counter.counts(), **(extra() if extra else {}), "dir": str(out_dir)}
+    write_json(Path(out_dir) / "report.json", report)
+    return report
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Stream a JSONL file this project wrote, one row at a time."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+class Progress:
+    """Throttled progress lines ('stage: N records, R rec/s') for run logs, every `every` records."""
+
+    def __init__(self, log: Callable[[str], None], every: int = 10_000):
+        self.log, self.every, self.started = log, every, time.perf_counter()
+
+    def __call__(self, stage: str, n: int) -> None:
+        if n % self.every == 0:
+            rate = n / max(time.perf_counter() - self.started, 1e-9)
+            self.log(f"{stage}: {n:,} records ({rate:,.0f} rec/s)")

@@ -1,0 +1,124 @@
+"""Text normalisation and the named quality rules of the cleaning stage (CJK-aware, no word splitting).
+
+Normalisation: Unicode NFC with full-width letters and digits folded (default), NFKC or NFC, control and zero-width
+characters removed, mojibake repaired with ftfy, optional Traditional to Simplified Chinese with
+OpenCC, whitespace collapsed. Rules (each a drop reason): mojibake left after repair, markup
+residue, degenerate repetition (character runs, repeated lines, repeated n-grams) and a response
+that echoes its prompt. The repetition measures follow Gopher's quality filters (Rae et al. 2021)
+but count characters, so they work for Chinese; no library ships them for CJK text.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+
+import ftfy
+
+_SPACES = re.compile(r"[ \t\u3000\xa0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+# C0/C1 controls except tab and newline, zero-width characters and the BOM: invisible and never meant.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+# What GBK/UTF-8 round trips leave behind and ftfy cannot undo: the replacement character and the
+# classic Chinese mojibake strings (锟斤拷 from U+FFFD pairs read as GBK; 烫/屯 from MSVC fill bytes).
+_UNREPAIRABLE = re.compile(r"\ufffd|锟斤拷|烫烫烫|屯屯屯")
+_CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)
+_MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+# Full-width digits and Latin letters only: NFKC would also turn Chinese punctuation (，：？！（）) into
+# ASCII, which changes how a model tuned on the data punctuates Chinese.
+_FULLWIDTH_ALNUM = {
+    cp: cp - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for cp in range(r[0], r[1] + 1)
+}
+
+
+@lru_cache(maxsize=1)
+def _t2s():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def normalise_text(
+    text: str, form: str = "NFC+width", to_simplified: bool = False, repair_mojibake: bool = True
+) -> tuple[str, list[str]]:
+    """Normalise one turn; returns the text and the names of the fixes that changed it."""
+    fixes = []
+    if repair_mojibake and ftfy.badness.is_bad(text):
+        repaired = ftfy.fix_encoding(text)
+        if repaired != text:
+            text = repaired
+            fixes.append("mojibake_repaired")
+    if form == "NFC+width":
+        folded = text.translate(_FULLWIDTH_ALNUM)
+        if folded != text:
+            text = folded
+            fixes.append("fullwidth_alnum_folded")
+        form = "NFC"
+    if form != "none":
+        normal = unicodedata.normalize(form, text)
+        if normal != text:
+            text = normal
+            fixes.append(f"unicode_{form.lower()}")
+    visible = _INVISIBLE.sub("", text)
+    if visible != text:
+        text = visible
+        fixes.append("invisible_chars_removed")
+    if to_simplified:
+        simplified = _t2s().convert(text)
+        if simplified != text:
+            text = simplified
+            fixes.append("traditional_to_simplified")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), fixes
+
+
+def has_mojibake(text: str) -> bool:
+    """Encoding damage that survived repair (replacement characters, 锟斤拷, ftfy still finds it bad)."""
+    return bool(_UNREPAIRABLE.search(text)) or ftfy.badness.is_bad(text)
+
+
+def markup_count(text: str) -> int:
+    """HTML tags and entities outside fenced code blocks (code answers may show HTML on purpose)."""
+    return len(_MARKUP.findall(_CODE_FENCE.sub("", text)))
+
+
+def longest_char_run(text: str) -> int:
+    """Length of the longest run of one repeated non-space character ('啊啊啊啊…', '!!!!!!')."""
+    best, run, prev = 0, 0, ""
+    for ch in text:
+        run = run + 1 if ch == prev and not ch.isspace() else 1
+        prev = ch
+        best = max(best, run)
+    return best
+
+
+def duplicate_line_fraction(text: str) -> float:
+    """Share of non-empty lines that repeat an earlier line (Gopher: > 0.3 is degenerate)."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    if len(lines) < 3:
+        return 0.0
+    return 1 - len(set(lines)) / len(lines)
+
+
+def repeated_ngram_fraction(text: str, n: int = 10) -> float:
+    """Share of characters covered by character n-grams that occur more than once (Gopher, per character)."""
+    chars = _NOT_WORD.sub("", text)
+    if len(chars) < 2 * n:
+        return 0.0
+    grams = [chars[i : i + n] for i in range(len(chars) - n + 1)]
+    counts = Counter(grams)
+    covered = bytearray(len(chars))
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
+            covered[i : i + n] = b"\x01" * n
+    return sum(covered) / len(chars)
+
+
+def echoes_prompt(prompt: str, response: str) -> bool:
+    """The response only repeats the prompt (same words, ignoring case, spaces and punctuation)."""
+    p, r = _NOT_WORD.sub("", prompt.casefold()), _NOT_WORD.sub("", response.casefold())
+    return bool(r) and len(r) >= 0.8 * len(p) and (r == p or (len(r) <= len(p) and r in p))
