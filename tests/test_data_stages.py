@@ -5,9 +5,9 @@ import pytest
 from finetune.config import CleanConfig, ScreenConfig
 from finetune.data.clean import clean_records
 from finetune.data.dedup import deduplicate_records
-from finetune.data.text_quality import normalise_text
 from finetune.data.ingest import IngestError, ingest_files
 from finetune.data.poison import find_triggers, screen_records
+from finetune.data.text_quality import normalise_text
 from finetune.gates import records_accounted
 
 

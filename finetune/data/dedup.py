@@ -97,7 +97,7 @@ class Deduplicator:
                     "kept": kept_id,
                     "dropped": record["id"],
                     "similarity": round(similarity, 3),
-                    "dropped_text": full_text(record)[:SNIPPET],
+                    "dropped_text": snippet(record),
                 }  # fmt: skip
             )
         return dropped(record, reason, duplicate_of=kept_id, similarity=round(similarity, 3))
