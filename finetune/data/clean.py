@@ -17,10 +17,11 @@ from finetune.data.language import detect_language
 from finetune.data.records import Record, StageResult, full_text, make_record, prompt_text, response_text
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import (
+    MOJIBAKE_LEFT,
     duplicate_line_fraction,
     echoes_prompt,
+    has_char_run,
     has_mojibake,
-    longest_char_run,
     markup_count,
     normalise_text,
     repeated_ngram_fraction,
@@ -29,14 +30,19 @@ from finetune.data.text_quality import (
 TokenCounter = Callable[[str], int]
 
 
-def broken_rule(record: Record, cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> tuple[str, dict] | None:
-    """The first rule a normalised record breaks, with its measured value; None if it passes all."""
+def broken_rule(
+    record: Record, cfg: CleanConfig, count_tokens: TokenCounter | None = None, mojibake_left: bool = False
+) -> tuple[str, dict] | None:
+    """The first rule a normalised record breaks, with its measured value; None if it passes all.
+
+    `mojibake_left`: normalisation found encoding damage it could not repair.
+    """
     messages = record["messages"]
     empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
     if empty:
         return "empty_turn", {"turn": empty[0]}
     text, response = full_text(record), response_text(record)
-    if has_mojibake(text):
+    if mojibake_left or has_mojibake(text):
         return "mojibake", {}
     if len(response) < cfg.min_chars:
         return "too_short", {"chars": len(response), "min_chars": cfg.min_chars}
@@ -48,7 +54,7 @@ def broken_rule(record: Record, cfg: CleanConfig, count_tokens: TokenCounter | N
         return "too_many_tokens", {"tokens": n, "max_tokens": cfg.max_tokens}
     if cfg.max_markup and (n := markup_count(text)) > cfg.max_markup:
         return "markup_residue", {"tags": n, "max_markup": cfg.max_markup}
-    if cfg.max_char_run and (n := longest_char_run(text)) > cfg.max_char_run:
+    if cfg.max_char_run and (n := has_char_run(text, cfg.max_char_run)):
         return "repeated_chars", {"run": n, "max_char_run": cfg.max_char_run}
     if (f := max(duplicate_line_fraction(m["content"]) for m in messages)) > cfg.max_duplicate_line_fraction:
         return "repeated_lines", {"fraction": round(f, 3)}
@@ -70,23 +76,25 @@ class Cleaner:
         self.cfg, self.count_tokens = cfg, count_tokens
         self.fixes: Counter[str] = Counter()
 
-    def normalise(self, record: Record) -> Record:
-        messages = []
+    def normalise(self, record: Record) -> tuple[Record, bool]:
+        """The record with every turn normalised, and whether encoding damage is left in it."""
+        messages, left = [], False
         for m in record["messages"]:
             text, fixes = normalise_text(
                 m["content"], self.cfg.unicode_form, self.cfg.traditional_to_simplified, self.cfg.fix_mojibake
             )
-            self.fixes.update(fixes)
+            left = left or MOJIBAKE_LEFT in fixes
+            self.fixes.update(f for f in fixes if f != MOJIBAKE_LEFT)
             messages.append({"role": m["role"], "content": text})
         cleaned = make_record(messages, record["source"]["file"], record["source"]["line"])
         cleaned["raw_id"] = record["id"]
-        return cleaned
+        return cleaned, left
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept (normalised) or dropped with the rule it broke."""
         for record in records:
-            cleaned = self.normalise(record)
-            broken = broken_rule(cleaned, self.cfg, self.count_tokens)
+            cleaned, mojibake_left = self.normalise(record)
+            broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left)
             yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
 
     def extra(self) -> dict[str, Any]:

@@ -97,17 +97,21 @@ class Deduplicator:
                     "kept": kept_id,
                     "dropped": record["id"],
                     "similarity": round(similarity, 3),
-                    "dropped_text": snippet(record),
+                    "dropped_record": record,  # redacted in extra(): Presidio loads once, after the stream
                 }  # fmt: skip
             )
         return dropped(record, reason, duplicate_of=kept_id, similarity=round(similarity, 3))
 
     def extra(self) -> dict[str, Any]:
-        """Cluster statistics and sample pairs for the report and the asset metadata."""
+        """Cluster statistics and sample pairs (PII-redacted snippets) for the report and the asset metadata."""
+        pairs = [
+            {k: v for k, v in p.items() if k != "dropped_record"} | {"dropped_text": snippet(p["dropped_record"])}
+            for p in self.pairs
+        ]
         return {
             "duplicate_groups": len(self.groups),
             "largest_groups": [{"kept": k, "duplicates": n} for k, n in self.groups.most_common(5)],
-            "sample_pairs": self.pairs,
+            "sample_pairs": pairs,
             "keep_policy": "first occurrence in input order",
         }
 

@@ -38,10 +38,6 @@ def shingle_hashes(text: str, k: int) -> np.ndarray:
     return np.unique(h >> np.uint64(32))
 
 
-def _identity(value: np.uint64) -> int:
-    return int(value)
-
-
 @lru_cache(maxsize=8)
 def _template(num_perm: int) -> MinHash:
     # Building the permutations costs more than a signature; make them once per size.
@@ -51,12 +47,11 @@ def _template(num_perm: int) -> MinHash:
 def signature(text: str, num_perm: int = 128, k: int = 5) -> MinHash:
     """MinHash of a text's character shingles (datasketch's permutations, seed 1)."""
     template = _template(num_perm)
-    m = MinHash(
-        num_perm=num_perm, seed=1, hashfunc=_identity, permutations=template.permutations, scheme=template.scheme
-    )
+    # hashfunc=int: the values are hashes already, and C-level int() keeps datasketch's per-item loop cheap.
+    m = MinHash(num_perm=num_perm, seed=1, hashfunc=int, permutations=template.permutations, scheme=template.scheme)
     hashes = shingle_hashes(text, k)
     if hashes.size:
-        m.update_batch(hashes)
+        m.update_batch(hashes.tolist())
     return m
 
 
@@ -67,7 +62,10 @@ def pair_signature(first: str, second: str, num_perm: int = 128, k: int = 5) -> 
     """
     half = num_perm // 2
     values = np.concatenate([signature(first, half, k).hashvalues, signature(second, num_perm - half, k).hashvalues])
-    return MinHash(num_perm=num_perm, seed=1, hashvalues=values, scheme=_template(num_perm).scheme)
+    template = _template(num_perm)
+    return MinHash(
+        num_perm=num_perm, seed=1, hashvalues=values, permutations=template.permutations, scheme=template.scheme
+    )
 
 
 def half_similarities(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -27,6 +27,7 @@ _UNREPAIRABLE = re.compile(r"\ufffd|锟斤拷|烫烫烫|屯屯屯")
 _CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+MOJIBAKE_LEFT = "mojibake_left"
 # Full-width digits and Latin letters only: NFKC would also turn Chinese punctuation (，：？！（）) into
 # ASCII, which changes how a model tuned on the data punctuates Chinese.
 _FULLWIDTH_ALNUM = {
@@ -46,11 +47,14 @@ def normalise_text(
 ) -> tuple[str, list[str]]:
     """Normalise one turn; returns the text and the names of the fixes that changed it."""
     fixes = []
-    if repair_mojibake and ftfy.badness.is_bad(text):
-        repaired = ftfy.fix_encoding(text)
-        if repaired != text:
-            text = repaired
-            fixes.append("mojibake_repaired")
+    if ftfy.badness.is_bad(text):
+        if repair_mojibake:
+            repaired = ftfy.fix_encoding(text)
+            if repaired != text:
+                text = repaired
+                fixes.append("mojibake_repaired")
+        if not repair_mojibake or ftfy.badness.is_bad(text):
+            fixes.append(MOJIBAKE_LEFT)  # not a fix: tells the mojibake rule without a second scan
     if form == "NFC+width":
         folded = text.translate(_FULLWIDTH_ALNUM)
         if folded != text:
@@ -77,8 +81,11 @@ def normalise_text(
 
 
 def has_mojibake(text: str) -> bool:
-    """Encoding damage that survived repair (replacement characters, 锟斤拷, ftfy still finds it bad)."""
-    return bool(_UNREPAIRABLE.search(text)) or ftfy.badness.is_bad(text)
+    """Encoding damage ftfy cannot repair: replacement characters, 锟斤拷 and the like.
+
+    What ftfy itself still finds bad after repair is reported by `normalise_text` as MOJIBAKE_LEFT.
+    """
+    return bool(_UNREPAIRABLE.search(text))
 
 
 def markup_count(text: str) -> int:
@@ -86,14 +93,15 @@ def markup_count(text: str) -> int:
     return len(_MARKUP.findall(_CODE_FENCE.sub("", text)))
 
 
-def longest_char_run(text: str) -> int:
-    """Length of the longest run of one repeated non-space character ('啊啊啊啊…', '!!!!!!')."""
-    best, run, prev = 0, 0, ""
-    for ch in text:
-        run = run + 1 if ch == prev and not ch.isspace() else 1
-        prev = ch
-        best = max(best, run)
-    return best
+def has_char_run(text: str, longest: int) -> int:
+    """Length of the first run of one non-space character longer than `longest` ('啊啊啊…', '!!!!'); 0 if none."""
+    match = _char_run(longest).search(text)
+    return len(match.group(0)) if match else 0
+
+
+@lru_cache(maxsize=8)
+def _char_run(longest: int) -> re.Pattern:
+    return re.compile(r"(\S)\1{" + str(longest) + ",}")
 
 
 def duplicate_line_fraction(text: str) -> float:
@@ -110,6 +118,8 @@ def repeated_ngram_fraction(text: str, n: int = 10) -> float:
     if len(chars) < 2 * n:
         return 0.0
     grams = [chars[i : i + n] for i in range(len(chars) - n + 1)]
+    if len(set(grams)) == len(grams):  # the common case: nothing repeats
+        return 0.0
     counts = Counter(grams)
     covered = bytearray(len(chars))
     for i, gram in enumerate(grams):
