@@ -1,20 +1,20 @@
 """Retraining triggers: a weekly schedule and a sensor on the raw-data files."""
 
-import hashlib
-import json
-
 import dagster as dg
 
-from finetune.data.ingest import IngestError, snapshot_raw_files
+from finetune.data.dataset_info import DatasetInfoError
+from finetune.data.ingest import IngestError, snapshot_digest, snapshot_raw_files
 from jobs import full_pipeline_job
 from resources import PipelineSettings
+
+_schedule = PipelineSettings().load().schedule  # read when definitions load: cron lives in finetune.yaml
 
 weekly_retrain = dg.ScheduleDefinition(
     name="weekly_retrain",
     job=full_pipeline_job,
-    cron_schedule="0 3 * * 1",  # Mondays 03:00
-    execution_timezone="UTC",
-    description="Re-run the whole gated chain every week.",
+    cron_schedule=_schedule.cron,
+    execution_timezone=_schedule.timezone,
+    description=f"Re-run the whole gated chain on schedule ({_schedule.cron} {_schedule.timezone}, schedule.cron).",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
@@ -29,9 +29,9 @@ def raw_data_sensor(context: dg.SensorEvaluationContext, settings: PipelineSetti
     cfg = settings.load()
     try:
         snapshot = snapshot_raw_files([cfg.resolve(p) for p in cfg.paths.raw_data])
-    except IngestError as exc:
+    except (IngestError, DatasetInfoError) as exc:
         return dg.SkipReason(str(exc))
-    digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
+    digest = snapshot_digest(snapshot)
     if digest == context.cursor:
         return dg.SkipReason(f"raw data unchanged (snapshot {digest})")
     context.update_cursor(digest)

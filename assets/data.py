@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.metadata import duplicate_pairs_table, stage_metadata
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
+from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_records, pseudonym_salt
 from finetune.data.poison import load_lexicon, screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
@@ -50,9 +51,13 @@ def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -
     cfg = settings.load()
     out = settings.stage_dir("raw_records", context.run_id)
     report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info))
-    output = curation_output(context, report)
+    # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
+    # every downstream asset was computed from.
+    version = snapshot_digest({f["path"]: f["sha256"] for f in report["files"]})
+    output = curation_output(context, report | {"snapshot": version})
     output.metadata["raw_files"] = dg.MetadataValue.json(report["files"])
-    return output
+    output.metadata["snapshot"] = version
+    return dg.Output(output.value, metadata=output.metadata, data_version=dg.DataVersion(version))
 
 
 @dg.asset(

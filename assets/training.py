@@ -65,6 +65,7 @@ def adapter(
             "trainable_params": result.trainable_params,
             "tokens_per_second": result.tokens_per_second,
             "adapter_sha256": result.adapter_sha256,
+            "resumed_from_step": result.extra.get("resumed_from_step", 0),
             "loss_curve": png_markdown(result.loss_curve_png, "loss curve"),
         },
     )

@@ -341,6 +341,13 @@ class GatesConfig(_Section):
         return self
 
 
+class ScheduleConfig(_Section):
+    cron: str = Field(
+        default="0 3 * * 1", description="When the retraining schedule runs (cron; default Mondays 03:00)."
+    )
+    timezone: str = Field(default="UTC", description="Time zone the cron expression is read in.")
+
+
 class PipelineConfig(_Section):
     """Everything a run needs; every field has a working default."""
 
@@ -355,6 +362,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     base_dir: str = Field(
         default=str(PROJECT_ROOT), description="Folder relative paths resolve against (the config file's)."
     )

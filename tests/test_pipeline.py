@@ -68,6 +68,10 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     evaluation = result.output_for_node("evaluation_report")
     assert set(evaluation["base_prompted"]) >= {"metrics", "classification", "refusal_rate"}
     assert len(evaluation["examples"]) == 10 and open(evaluation["chart_png"], "rb").read(4) == b"\x89PNG"
+    # The raw snapshot's id is raw_records' data version (the sensor's run key uses the same id).
+    raw = next(m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("raw_records"))
+    snapshot = result.output_for_node("raw_records")["snapshot"]
+    assert raw.materialization.tags["dagster/data_version"] == snapshot and len(snapshot) == 16
     released = tmp / "work" / "releases" / out["release_id"]
     assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
 

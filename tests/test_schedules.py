@@ -31,3 +31,18 @@ def test_sensor_runs_once_per_content_snapshot(tmp_path):
     (raw / "b.jsonl").write_text(json.dumps({"instruction": "c", "output": "d"}) + "\n")
     changed, new_cursor = tick(cursor)
     assert isinstance(changed, dg.RunRequest) and new_cursor != cursor and changed.run_key != first.run_key
+
+
+def test_schedule_cron_comes_from_the_config(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from finetune.config import PROJECT_ROOT
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text('schedule:\n  cron: "30 4 * * *"\n  timezone: Asia/Shanghai\n')
+    code = "from schedules import weekly_retrain as s; print(repr((s.cron_schedule, s.execution_timezone)))"
+    env = {**os.environ, "FINETUNE_CONFIG": str(cfg), "PYTHONPATH": str(PROJECT_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "('30 4 * * *', 'Asia/Shanghai')", out.stderr[-2000:]

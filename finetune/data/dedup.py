@@ -37,6 +37,12 @@ def snippet(record: Record) -> str:
     return redact(full_text(record), PII_ENTITIES)[:SNIPPET]
 
 
+def _band_key(band: bytes) -> bytes:
+    # An 8-byte digest instead of the band's raw r x 8 bytes keeps the index ~30% smaller; a rare
+    # collision only adds a candidate, and every candidate is verified against its signature.
+    return hashlib.blake2b(band, digest_size=8).digest()
+
+
 def dedup_key(record: Record) -> str:
     """Hash of the record's turns, case-folded with punctuation and whitespace removed."""
     parts = [m["role"] + ":" + _NOT_WORD.sub("", m["content"].casefold()) for m in record["messages"]]
@@ -49,7 +55,11 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
         self.exact: dict[bytes, str] = {}
-        self.lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm) if cfg.near_duplicates else None
+        self.lsh = (
+            MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, hashfunc=_band_key)
+            if cfg.near_duplicates
+            else None
+        )
         self.signatures: list[np.ndarray] = []  # per near-indexed kept record, by LSH key
         self.ids: list[str] = []
         self.groups: Counter[str] = Counter()

@@ -6,6 +6,7 @@ a file that cannot be opened at all raises one error naming it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +252,8 @@ def ingest_files(paths: list[Path]) -> tuple[StageResult, list[dict[str, Any]]]:
 def snapshot_raw_files(paths: list[Path]) -> dict[str, str]:
     """sha256 of every raw data file under the given paths (what a new-data sensor compares)."""
     return {str(p): sha256_file(p) for p, _ in _sources(paths)}
+
+
+def snapshot_digest(snapshot: dict[str, str]) -> str:
+    """A short id of one raw-data snapshot: the sensor's run key and the raw_records data version."""
+    return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
