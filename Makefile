@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 UI_HOME ?= $(CURDIR)/var/dagster_home
 
-.PHONY: install demo test lint ui clean
+.PHONY: install demo test lint ui clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,8 +28,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The UI browser tests drive Debian's Chromium (see ../shared/ENV_NOTES.md); install it when we can
+# (root with apt), otherwise those tests are skipped and say why.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1; } || \
+		echo "chromium not installed: the browser tests will be skipped"
+
 # pytest exits 5 when it collected nothing; that is not a failure of the code under test.
-test: lint
+test: lint chromium
 	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 ui: install

@@ -1,5 +1,7 @@
 """Dagster entry point: wires assets, checks, resources and jobs (workspace.yaml points here)."""
 
+import os
+
 import dagster as dg
 
 from assets import data, evaluation, release, training
@@ -17,4 +19,9 @@ defs = dg.Definitions(
     # The training asset launches its trainer through this client; swap in dagster-k8s'
     # PipesK8sClient (same interface) to train in a pod on a GPU node.
     resources={"settings": PipelineSettings(), "pipes_client": dg.PipesSubprocessClient()},
+    # One process per run by default: the chain is sequential and a process per step would spend most of
+    # its time importing torch. FINETUNE_EXECUTOR=multiprocess runs independent steps side by side.
+    executor=dg.multiprocess_executor
+    if os.environ.get("FINETUNE_EXECUTOR") == "multiprocess"
+    else dg.in_process_executor,
 )

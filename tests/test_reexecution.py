@@ -31,12 +31,9 @@ def _run_config(tmp_path: Path, model_cache: Path) -> dict:
         "train.epochs=30",
         "train.early_stopping_patience=0",
     ]
-    # One process for the whole run (a step process per asset would spend minutes importing torch); the
-    # default fs_io_manager still persists each step's output, which is what re-execution reads back.
-    return {
-        "resources": {"settings": {"config": {"overrides": overrides}}},
-        "execution": {"config": {"in_process": {}}},
-    }
+    # The definitions' in-process executor; the default fs_io_manager still persists each step's output,
+    # which is what re-execution reads back.
+    return {"resources": {"settings": {"config": {"overrides": overrides}}}}
 
 
 @pytest.mark.slow
