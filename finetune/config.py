@@ -223,6 +223,11 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )
+    packing: bool = Field(
+        default=False,
+        description="Concatenate short training examples into sequences of up to sft.cutoff_len tokens (fewer, "
+        "fuller batches; examples in one sequence can attend to each other, as in LLaMA-Factory's packing).",
+    )
     max_steps: int = Field(default=0, ge=0, description="Stop after this many steps (0 = run all epochs).")
     seed: int = Field(default=42, description="Seed for LoRA init and data order.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")

@@ -2,6 +2,7 @@
 TensorBoard events and the memory estimate."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -173,3 +174,20 @@ def test_training_on_a_gpu_learns_and_reports_peak_memory(tiny_base, tmp_path, m
     assert result.extra["peak_gpu_memory_gib"] > 0
     assert result.val_loss_after < result.val_loss_before
     assert result.params_with_grad == result.extra["trainable_tensors"]
+
+
+def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
+    from finetune.model.loading import load_tokenizer
+    from finetune.sft import IGNORE_INDEX, tokenize_conversation
+    from finetune.train.trainer import pack_examples
+
+    rows = _records(40)
+    tok = load_tokenizer(tiny_base)
+    examples = [tokenize_conversation(tok, r["messages"], 256) for r in rows[:32]]
+    packed = pack_examples(examples, 256)
+    assert len(packed) < len(examples) and all(len(p["input_ids"]) <= 256 for p in packed)
+    trained = [t for e in examples for t, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != IGNORE_INDEX]
+    assert [lab for p in packed for lab in p["labels"] if lab != IGNORE_INDEX] == trained
+    cfg = TrainConfig(method="lora", epochs=4, batch_size=4, packing=True, early_stopping_patience=0, tensorboard=False)
+    result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    assert result.steps == 4 * math.ceil(len(packed) / 4) and result.val_loss_after < result.val_loss_before

@@ -129,6 +129,22 @@ COLLAPSE_STEPS = 5
 GRAD_NORM_LIMIT = 1e4
 
 
+def pack_examples(examples: list[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
+    """Greedily concatenate tokenized examples, in order, into sequences of at most `max_len` tokens.
+
+    Labels travel with their tokens, so exactly the same tokens are trained as without packing.
+    """
+    packed: list[dict[str, list[int]]] = []
+    for example in examples:
+        ids, labels = example["input_ids"], example["labels"]
+        if packed and len(packed[-1]["input_ids"]) + len(ids) <= max_len:
+            packed[-1]["input_ids"] += ids
+            packed[-1]["labels"] += labels
+        else:
+            packed.append({"input_ids": list(ids), "labels": list(labels)})
+    return packed
+
+
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     # The order of each epoch depends only on (seed, epoch), so a resumed run sees the same batches.
     order = list(range(n))
@@ -166,6 +182,10 @@ def train_adapter(
                 f"record {record['id']} has no response token within sft.cutoff_len={sft.cutoff_len}; "
                 "raise the cutoff or drop it (the sft_dataset stage drops such records as no_trainable_tokens)"
             )
+    if cfg.packing:
+        unpacked = len(train_ex)
+        train_ex = pack_examples(train_ex, sft.cutoff_len)
+        log(f"packing: {unpacked} training examples in {len(train_ex)} sequences of up to {sft.cutoff_len} tokens")
     device = training_device(cfg)
     dtype = training_dtype(cfg, device)
     if device == "cuda":
