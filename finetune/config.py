@@ -243,6 +243,12 @@ class TrainConfig(_Section):
     )
     resume: bool = Field(default=True, description="Continue from the last checkpoint of an identical run.")
     tensorboard: bool = Field(default=True, description="Write loss, lr, grad-norm, tokens/s as TensorBoard events.")
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="Also log params and per-step metrics to MLflow at this tracking URI (e.g. http://127.0.0.1:5000 "
+        "or sqlite:///mlflow.db); empty = off. Needs `pip install mlflow-skinny`.",
+    )
+    mlflow_experiment: str = Field(default="gated-finetune", description="MLflow experiment name.")
     launcher: Literal["subprocess", "in_process"] = Field(
         default="subprocess",
         description="subprocess = the asset starts the trainer through Dagster Pipes (the seam for GPU nodes); "

@@ -191,3 +191,19 @@ def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
     cfg = TrainConfig(method="lora", epochs=4, batch_size=4, packing=True, early_stopping_patience=0, tensorboard=False)
     result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
     assert result.steps == 4 * math.ceil(len(packed) / 4) and result.val_loss_after < result.val_loss_before
+
+
+def test_mlflow_gets_params_and_per_step_metrics_when_configured(tiny_base, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="pip install mlflow-skinny (make test installs it)")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store needs no server or database
+    uri = (tmp_path / "mlruns").as_uri()
+    rows = _records(24)
+    cfg = TrainConfig(method="lora", max_steps=4, batch_size=8, eval_steps=2, early_stopping_patience=0,
+                      tensorboard=False, mlflow_tracking_uri=uri, mlflow_experiment="unit")  # fmt: skip
+    result = train_adapter(rows[:16], rows[16:], tiny_base, cfg, SftConfig(), tmp_path / "out", log=lambda _: None)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.extra["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "lora"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert losses == pytest.approx(result.losses)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4]

@@ -24,6 +24,7 @@ from finetune.sft import IGNORE_INDEX, tokenize_conversation
 from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
+from finetune.train.tracking import MetricSinks
 
 
 class TrainingError(RuntimeError):
@@ -223,53 +224,53 @@ def train_adapter(
         loop, best = restored
         loop["resumed_from"] = loop["step"]
         log(f"resuming from checkpoint at step {loop['step']}/{total_steps} ({ckpt})")
-    writer = _tensorboard(out_dir / "tensorboard") if cfg.tensorboard else None
+    writer = MetricSinks(cfg, out_dir, {**cfg.model_dump(), "cutoff_len": sft.cutoff_len, "base": base_path})
     with_grad = set(loop["with_grad"])
     log(f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors")
     bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training {cfg.method}", unit="step", disable=None)
     epoch_batches: list[list[int]] | None = None
-    while loop["step"] < total_steps and not loop["stopped_early"]:
-        tick = time.perf_counter()
-        step = loop["step"]
-        epoch, index = divmod(step, steps_per_epoch)
-        if index == 0 or epoch_batches is None:  # shuffle once per epoch (and once after resuming)
-            epoch_batches = _batches(len(train_ex), per_step, cfg.seed, epoch)
-        model.train()
-        group = epoch_batches[index]
-        step_loss, batch_tokens = 0.0, 0
-        for start in range(0, len(group), cfg.batch_size):  # gradient accumulation over micro-batches
-            part = group[start : start + cfg.batch_size]
-            batch = collate([train_ex[j] for j in part], pad_id)
-            with autocast(device, dtype):
-                loss = model(**to_device(batch, device)).loss
-            if not torch.isfinite(loss):
+    try:
+        while loop["step"] < total_steps and not loop["stopped_early"]:
+            tick = time.perf_counter()
+            step = loop["step"]
+            epoch, index = divmod(step, steps_per_epoch)
+            if index == 0 or epoch_batches is None:  # shuffle once per epoch (and once after resuming)
+                epoch_batches = _batches(len(train_ex), per_step, cfg.seed, epoch)
+            model.train()
+            group = epoch_batches[index]
+            step_loss, batch_tokens = 0.0, 0
+            for start in range(0, len(group), cfg.batch_size):  # gradient accumulation over micro-batches
+                part = group[start : start + cfg.batch_size]
+                batch = collate([train_ex[j] for j in part], pad_id)
+                with autocast(device, dtype):
+                    loss = model(**to_device(batch, device)).loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
+                    )
+                (loss * len(part) / len(group)).backward()
+                step_loss += loss.item() * len(part) / len(group)
+                batch_tokens += int(batch["attention_mask"].sum())
+            with_grad.update(n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm))
+            if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
                 raise TrainingError(
-                    f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
+                    f"gradient norm {grad_norm:.3g} at step {step + 1} (limit {GRAD_NORM_LIMIT:g}): training diverges; "
+                    f"lower train.learning_rate (now {cfg.learning_rate})"
                 )
-            (loss * len(part) / len(group)).backward()
-            step_loss += loss.item() * len(part) / len(group)
-            batch_tokens += int(batch["attention_mask"].sum())
-        with_grad.update(n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm))
-        if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
-            raise TrainingError(
-                f"gradient norm {grad_norm:.3g} at step {step + 1} (limit {GRAD_NORM_LIMIT:g}): training diverges; "
-                f"lower train.learning_rate (now {cfg.learning_rate})"
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loop["losses"].append(step_loss)
-        loop["tokens"] += batch_tokens
-        loop["step"] = step = step + 1
-        if len(loop["losses"]) >= COLLAPSE_STEPS and max(loop["losses"][-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
-            raise TrainingError(
-                f"loss collapsed below {LOSS_COLLAPSE} for {COLLAPSE_STEPS} steps at step {step}: the answer is "
-                "probably visible in the input or almost every token is masked; check the mask preview"
-            )
-        now = time.perf_counter()
-        loop["train_seconds"] += now - tick
-        if writer:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loop["losses"].append(step_loss)
+            loop["tokens"] += batch_tokens
+            loop["step"] = step = step + 1
+            if len(loop["losses"]) >= COLLAPSE_STEPS and max(loop["losses"][-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
+                raise TrainingError(
+                    f"loss collapsed below {LOSS_COLLAPSE} for {COLLAPSE_STEPS} steps at step {step}: the answer is "
+                    "probably visible in the input or almost every token is masked; check the mask preview"
+                )
+            now = time.perf_counter()
+            loop["train_seconds"] += now - tick
             _scalars(
                 writer,
                 step,
@@ -278,15 +279,18 @@ def train_adapter(
                 grad_norm,
                 batch_tokens / max(now - tick, 1e-9),  # the same non-padding count as the result's tokens/s
             )
-        bar.update(1)
-        if step % eval_every == 0 or step == total_steps:
-            best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype)
-        if step % save_every == 0 and step < total_steps:
-            loop["with_grad"] = sorted(with_grad)
-            save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+            bar.update(1)
+            if step % eval_every == 0 or step == total_steps:
+                best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype)
+            if step % save_every == 0 and step < total_steps:
+                loop["with_grad"] = sorted(with_grad)
+                save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+    except BaseException:
+        writer.close(failed=True)  # an MLflow run must not stay RUNNING after a crash
+        raise
     bar.close()
-    if writer:
-        writer.close()
+    writer.summary({"final_val_loss": loop["best_val"] if math.isfinite(loop["best_val"]) else float("nan")})
+    writer.close()
 
     missing = sorted(set(trainable) - with_grad)
     if missing:
@@ -336,6 +340,7 @@ def train_adapter(
             # ru_maxrss is KiB on Linux; the process's whole life, so it includes loading and tokenising.
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "tensorboard_dir": str(out_dir / "tensorboard") if cfg.tensorboard else "",
+            "mlflow_run_id": writer.mlflow_run_id,
         },
     )
     write_json(out_dir / "train_result.json", result.to_dict())
@@ -348,8 +353,7 @@ def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, 
         return best
     val_loss = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
     loop["val"].append((step, val_loss))
-    if writer:
-        writer.add_scalar("val/loss", val_loss, step)
+    writer.scalar("val/loss", val_loss, step)
     train_recent = sum(loop["losses"][-10:]) / len(loop["losses"][-10:])
     if val_loss < loop["best_val"] - 1e-6:
         loop["best_val"], loop["best_step"], loop["bad_evals"] = val_loss, step, 0
@@ -366,17 +370,11 @@ def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, 
     return best
 
 
-def _tensorboard(folder: Path):
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(str(folder))
-
-
-def _scalars(writer, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> None:
-    writer.add_scalar("train/loss", loss, step)
-    writer.add_scalar("train/lr", lr, step)
-    writer.add_scalar("train/grad_norm", grad_norm, step)
-    writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
+def _scalars(writer: MetricSinks, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> None:
+    writer.scalar("train/loss", loss, step)
+    writer.scalar("train/lr", lr, step)
+    writer.scalar("train/grad_norm", grad_norm, step)
+    writer.scalar("train/tokens_per_s", tokens_per_s, step)
 
 
 def load_train_result(out_dir: Path) -> TrainResult:
