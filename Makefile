@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 UI_HOME ?= $(CURDIR)/var/dagster_home
 
-.PHONY: install demo test lint ui clean chromium
+.PHONY: install demo test lint ui clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,15 +28,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The UI browser tests drive Debian's Chromium (see ../shared/ENV_NOTES.md); install it when we can
-# (root with apt), otherwise those tests are skipped and say why.
-chromium:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1; } || \
-		echo "chromium not installed: the browser tests will be skipped"
+# The UI browser tests drive Debian's Chromium (see ../shared/ENV_NOTES.md) and the storage test starts
+# Debian's PostgreSQL; install them when we can (root with apt), otherwise those tests skip and say why.
+system-deps:
+	@{ command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq chromium postgresql; } >/dev/null 2>&1; } || \
+		echo "could not install chromium/postgresql: the browser and PostgreSQL tests will be skipped"
 
 # pytest exits 5 when it collected nothing; that is not a failure of the code under test.
-test: lint chromium
+test: lint system-deps
 	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 ui: install
