@@ -80,3 +80,38 @@ def test_run_killed_during_training_reexecutes_from_failure(tmp_path, model_cach
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
         rows = sum(1 for _ in (run_dir / "kept.jsonl").open(encoding="utf-8"))
         assert rows == report["kept"] and report["in"] == report["kept"] + report["dropped"] + report["quarantined"]
+
+
+MULTIPROCESS_SCRIPT = """
+import json, sys
+import dagster as dg
+from jobs import resolved_full_pipeline
+selection = [dg.AssetKey("raw_records")]  # the asset and its accounting check: two steps, two processes
+with dg.DagsterInstance.get() as instance:
+    result = dg.execute_job(dg.reconstructable(resolved_full_pipeline), instance, run_config=json.loads(sys.argv[1]),
+                            asset_selection=selection)
+    steps = {s.step_key: s.status.value for s in instance.get_run_step_stats(result.run_id)}
+    pids = {e.dagster_event.pid for e in instance.all_logs(result.run_id) if e.is_dagster_event and e.dagster_event.is_step_start}
+    print("RESULT", json.dumps({"success": result.success, "steps": steps, "pids": len(pids)}))
+"""
+
+
+@pytest.mark.slow
+def test_multiprocess_executor_runs_steps_in_their_own_processes(tmp_path, model_cache):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "DAGSTER_HOME": str(home),
+        "FINETUNE_EXECUTOR": "multiprocess",
+    }
+    run_config = _run_config(tmp_path, model_cache) | {"execution": {"config": {"max_concurrent": 2}}}
+    out = subprocess.run([sys.executable, "-c", MULTIPROCESS_SCRIPT, json.dumps(run_config)], cwd=PROJECT_ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, out.stderr[-3000:]
+    result = json.loads(line[7:])
+    assert result["success"] and result["steps"]["raw_records"] == "SUCCESS"
+    assert result["pids"] == len(result["steps"]) >= 2  # one process per step
