@@ -89,7 +89,11 @@ class DedupConfig(_Section):
     threshold: float = Field(
         default=0.8, gt=0, le=1, description="Estimated Jaccard similarity of character shingles that counts as near."
     )
-    num_perm: int = Field(default=128, ge=16, description="MinHash permutations; more = more exact, slower.")
+    num_perm: int = Field(
+        default=256,
+        ge=16,
+        description="MinHash permutations, half on the prompt, half on the response; more = more exact.",
+    )
     shingle_chars: int = Field(default=5, ge=1, description="Characters per shingle (Chinese needs no word splitter).")
     sample_pairs: int = Field(default=10, ge=0, description="Duplicate pairs shown in the report and asset metadata.")
 
