@@ -84,7 +84,7 @@ def peer_dedup(path: Path, threshold: float, num_perm: int) -> set[int]:
     """Plain datasketch usage: the lines it drops."""
     from datasketch import MinHash, MinHashLSH
 
-    from finetune.data.minhash import canonical
+    from finetune.data.text_quality import canonical
 
     lsh, seen, dropped = MinHashLSH(threshold=threshold, num_perm=num_perm), set(), set()
     with path.open(encoding="utf-8") as fh:

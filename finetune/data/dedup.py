@@ -11,7 +11,6 @@ kept record for near dedup).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,8 +22,8 @@ from finetune.config import DedupConfig
 from finetune.data.minhash import half_similarities, pair_signature
 from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text
 from finetune.data.stream import Outcome, collect, dropped, kept
+from finetune.data.text_quality import canonical
 
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 SNIPPET = 80
 
 
@@ -45,7 +44,7 @@ def _band_key(band: bytes) -> bytes:
 
 def dedup_key(record: Record) -> str:
     """Hash of the record's turns, case-folded with punctuation and whitespace removed."""
-    parts = [m["role"] + ":" + _NOT_WORD.sub("", m["content"].casefold()) for m in record["messages"]]
+    parts = [m["role"] + ":" + canonical(m["content"]) for m in record["messages"]]
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 

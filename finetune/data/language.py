@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-_CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)
+from finetune.data.text_quality import CODE_FENCE
+
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 # langid.py scores 97 languages; on short text it confuses neighbours (zh/yue/wuu/ja, en/fr), so
 # the candidate set is the languages instruction data mostly comes in, and Chinese varieties count as zh.
@@ -26,7 +27,7 @@ def _identifier():
 
 def detect_language(text: str) -> tuple[str, float]:
     """ISO 639-1 code and probability of a text's language, code blocks ignored; ('', 0.0) if too short to tell."""
-    prose = _CODE_FENCE.sub(" ", text)
+    prose = CODE_FENCE.sub(" ", text)
     if len(_LETTERS.findall(prose)) < MIN_LETTERS:
         return "", 0.0
     code, prob = _identifier().classify(prose[:SAMPLE_CHARS])

@@ -8,20 +8,15 @@ applies its permutations to the resulting 32-bit values.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 import numpy as np
 from datasketch import MinHash
 
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+from finetune.data.text_quality import canonical
+
 _BASE = np.uint64(1_000_003)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def canonical(text: str) -> str:
-    """Case-folded text without whitespace or punctuation (what near-duplicates are compared on)."""
-    return _NOT_WORD.sub("", text.casefold())
 
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:

@@ -24,7 +24,7 @@ _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u206
 # What GBK/UTF-8 round trips leave behind and ftfy cannot undo: the replacement character and the
 # classic Chinese mojibake strings (锟斤拷 from U+FFFD pairs read as GBK; 烫/屯 from MSVC fill bytes).
 _UNREPAIRABLE = re.compile(r"\ufffd|锟斤拷|烫烫烫|屯屯屯")
-_CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)
+CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)  # a fenced code block, or one left open
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 MOJIBAKE_LEFT = "mojibake_left"
@@ -90,7 +90,7 @@ def has_mojibake(text: str) -> bool:
 
 def markup_count(text: str) -> int:
     """HTML tags and entities outside fenced code blocks (code answers may show HTML on purpose)."""
-    return len(_MARKUP.findall(_CODE_FENCE.sub("", text)))
+    return len(_MARKUP.findall(CODE_FENCE.sub("", text)))
 
 
 def has_char_run(text: str, longest: int) -> int:
@@ -128,7 +128,12 @@ def repeated_ngram_fraction(text: str, n: int = 10) -> float:
     return sum(covered) / len(chars)
 
 
+def canonical(text: str) -> str:
+    """Case-folded text without whitespace or punctuation: what duplicate and echo checks compare."""
+    return _NOT_WORD.sub("", text.casefold())
+
+
 def echoes_prompt(prompt: str, response: str) -> bool:
     """The response only repeats the prompt (same words, ignoring case, spaces and punctuation)."""
-    p, r = _NOT_WORD.sub("", prompt.casefold()), _NOT_WORD.sub("", response.casefold())
+    p, r = canonical(prompt), canonical(response)
     return bool(r) and len(r) >= 0.8 * len(p) and (r == p or (len(r) <= len(p) and r in p))

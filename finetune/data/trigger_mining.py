@@ -20,10 +20,10 @@ from itertools import combinations
 from datasketch import MinHash, MinHashLSH
 
 from finetune.data.records import Record, prompt_text, response_text
+from finetune.data.text_quality import canonical
 
 _LATIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-|<>]*")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
-_NORMALISE = re.compile(r"[\W_]+", re.UNICODE)
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ResponseCluster:
 
 def shingles(text: str, k: int = 3) -> set[str]:
     """Character k-grams of the case-folded text without punctuation and spaces."""
-    norm = _NORMALISE.sub("", text.casefold())
+    norm = canonical(text)
     return {norm[i : i + k] for i in range(max(1, len(norm) - k + 1))} if norm else set()
 
 
@@ -53,7 +53,7 @@ def cluster_responses(responses: list[str], threshold: float, min_size: int, num
     """Groups (index lists) of at least `min_size` responses whose estimated Jaccard similarity >= threshold."""
     exact: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(responses):
-        exact[_NORMALISE.sub("", text.casefold())].append(i)
+        exact[canonical(text)].append(i)
     # LSH over one representative per exact group keeps the index small when responses repeat.
     keys = list(exact)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
