@@ -27,7 +27,8 @@ def kept_path(report: dict) -> Path:
     return Path(report["dir"]) / "kept.jsonl"
 
 
-def curation_output(context: dg.AssetExecutionContext, report: dict, upstream: dict | None = None) -> dg.Output:
+def report_output(context: dg.AssetExecutionContext, report: dict, upstream: dict | None = None) -> dg.Output:
+    """A stage report as the asset's output: run id and upstream count added, counts logged, metadata attached."""
     report = report | {"run_id": context.run_id} | ({"upstream_kept": upstream["kept"]} if upstream else {})
     context.log.info(describe_counts(report))
     return dg.Output(report, metadata=stage_metadata(report))
@@ -36,10 +37,7 @@ def curation_output(context: dg.AssetExecutionContext, report: dict, upstream: d
 def stage_output(
     context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult, upstream: dict
 ) -> dg.Output:
-    report = result.write(settings.stage_dir(result.stage, context.run_id))
-    report |= {"run_id": context.run_id, "upstream_kept": upstream["kept"]}
-    context.log.info(describe_counts(report))
-    return dg.Output(report, metadata=stage_metadata(report))
+    return report_output(context, result.write(settings.stage_dir(result.stage, context.run_id)), upstream)
 
 
 @dg.asset(
@@ -54,7 +52,7 @@ def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -
     # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
     # every downstream asset was computed from.
     version = snapshot_digest({f["path"]: f["sha256"] for f in report["files"]})
-    output = curation_output(context, report | {"snapshot": version})
+    output = report_output(context, report | {"snapshot": version})
     output.metadata["raw_files"] = dg.MetadataValue.json(report["files"])
     output.metadata["snapshot"] = version
     return dg.Output(output.value, metadata=output.metadata, data_version=dg.DataVersion(version))
@@ -72,7 +70,7 @@ def cleaned_records(
     count_tokens = token_counter(load_tokenizer(base_model["path"], cfg.model.trust_remote_code))
     out = settings.stage_dir("cleaned_records", context.run_id)
     report = clean_stage(kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info))
-    output = curation_output(context, report, raw_records)
+    output = report_output(context, report, raw_records)
     output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report["normalisation_fixes"])
     return output
 
@@ -87,9 +85,7 @@ def deduplicated_records(
 ) -> dg.Output:
     cfg = settings.load()
     out = settings.stage_dir("deduplicated_records", context.run_id)
-    output = curation_output(
-        context, dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info))
-    )
+    output = report_output(context, dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info)))
     output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(output.value["sample_pairs"]))
     return output
 

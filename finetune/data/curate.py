@@ -9,6 +9,7 @@ for the dedup index.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,19 @@ def clean_stage(
     return spool_stage("cleaned_records", cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
 
 
+def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
+    """Cluster statistics, each sample pair completed with its kept record's text from the written kept.jsonl."""
+    summary = dedup.extra()
+    attach_kept_text(summary["sample_pairs"], iter_jsonl(kept_path))
+    return summary
+
+
 def dedup_stage(kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Drop exact and near duplicates from an upstream kept.jsonl; writes the stage files."""
     dedup = Deduplicator(cfg)
-    report = spool_stage("deduplicated_records", dedup.stream(iter_jsonl(kept_path)), out_dir, progress, dedup.extra)
-    attach_kept_text(report["sample_pairs"], iter_jsonl(Path(out_dir) / "kept.jsonl"))
-    write_json(Path(out_dir) / "report.json", report)
-    return report
+    # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
+    summary = partial(_dedup_summary, dedup, Path(out_dir) / "kept.jsonl")
+    return spool_stage("deduplicated_records", dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
 
 
 def curate(
@@ -82,13 +89,11 @@ def curate(
     records = passthrough(cleaner.stream(records), counters[1], progress)
     drain(passthrough(deduplicator.stream(records), counters[2], progress))
     files.close()
-    dedup_extra = deduplicator.extra()
-    attach_kept_text(dedup_extra["sample_pairs"], iter_jsonl(out_dir / "kept.jsonl"))
     report = {
         "stages": [c.counts() for c in counters],
         **reader.extra(),
         **cleaner.extra(),
-        "dedup": dedup_extra,
+        "dedup": _dedup_summary(deduplicator, out_dir / "kept.jsonl"),
         "dir": str(out_dir),
     }
     write_json(out_dir / "report.json", report)
