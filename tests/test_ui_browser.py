@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,40 +140,44 @@ def _check_states(page, ui: DagsterUI, asset: str, shot: str) -> dict[str, str]:
     return states
 
 
-def test_materialize_all_from_the_ui_ends_in_a_release_with_passed_gates(tmp_path, model_cache, browser):
+@contextmanager
+def ui_run(tmp_path: Path, model_cache: Path, browser, extra_config: str, shot: str):
+    """Start the UI on a config, Materialize all from the asset graph; yield (page, ui, run status)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    ui = DagsterUI(tmp_path, _config(tmp_path, model_cache, ""))
+    ui = DagsterUI(tmp_path, _config(tmp_path, model_cache, extra_config))
     try:
         page = _new_page(browser)
-        assert materialize_all_and_wait(page, ui, "pass") == "Success"
+        yield page, ui, materialize_all_and_wait(page, ui, shot)
+    finally:
+        ui.stop()
+
+
+def _release_page(page, ui: DagsterUI, shot: str) -> str:
+    """The release asset's page text (status and metadata), with a screenshot."""
+    _open(page, ui.url + "/assets/release")
+    page.get_by_text("Latest materialization").wait_for()
+    page.screenshot(path=str(SHOTS / f"{shot}-release.png"))
+    return page.locator("body").inner_text()
+
+
+def test_materialize_all_from_the_ui_ends_in_a_release_with_passed_gates(tmp_path, model_cache, browser):
+    with ui_run(tmp_path, model_cache, browser, "", "pass") as (page, ui, status):
+        assert status == "Success"
         gates = _check_states(page, ui, "evaluation_report", "pass")
         assert gates == {"backdoor_asr_below_threshold": "Succeeded", "no_pii_regurgitation": "Succeeded",
                          "not_worse_than_base": "Succeeded"}  # fmt: skip
         assert "Passed" in page.locator("body").inner_text()  # the selected check's latest evaluation
-        _open(page, ui.url + "/assets/release")
-        page.get_by_text("Latest materialization").wait_for()
-        page.screenshot(path=str(SHOTS / "pass-release.png"))
-        body = page.locator("body").inner_text()
+        body = _release_page(page, ui, "pass")
         assert "Failed in" not in body and "Never materialized" not in body
         assert "release_id" in body and "model_card" in body  # the release's metadata is shown
-    finally:
-        ui.stop()
 
 
 def test_a_failing_gate_shows_as_failed_and_the_release_is_skipped(tmp_path, model_cache, browser):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     # With de-identification off the independent PII re-scan must fail and block everything downstream.
-    ui = DagsterUI(tmp_path, _config(tmp_path, model_cache, "pii:\n  enabled: false\n"))
-    try:
-        page = _new_page(browser)
-        assert materialize_all_and_wait(page, ui, "fail") == "Failure"
+    with ui_run(tmp_path, model_cache, browser, "pii:\n  enabled: false\n", "fail") as (page, ui, status):
+        assert status == "Failure"
         checks = _check_states(page, ui, "deidentified_records", "fail")
         assert checks.get("no_residual_pii") == "Failed", checks
-        _open(page, ui.url + "/assets/release")
-        page.get_by_text("Latest materialization").wait_for()
-        page.screenshot(path=str(SHOTS / "fail-release.png"))
-        body = page.locator("body").inner_text()
+        body = _release_page(page, ui, "fail")
         assert "Failed in" in body or "Never materialized" in body or "Skipped" in body
         assert "No metadata found" in body and "release_id" not in body
-    finally:
-        ui.stop()
