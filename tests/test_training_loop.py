@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from assets.training import adapter
 from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
-from finetune.train.job import launch_command, run_training_job, training_spec
+from finetune.train.job import launch_command
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model
 from finetune.train.trainer import train_adapter
+from resources import PipelineSettings
 from tests.test_model_training import _records
 
 
@@ -51,6 +55,7 @@ from pathlib import Path
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import read_jsonl
 from finetune.train.trainer import train_adapter
+from resources import PipelineSettings
 rows = read_jsonl(Path(sys.argv[1]))
 slow = sys.argv[4] == "slow"
 def log(line):
@@ -101,10 +106,47 @@ def test_launch_command_wires_plain_python_torchrun_and_accelerate():
     assert launch_command(TrainConfig(launch_prefix=["accelerate", "launch"]))[:3] == ["accelerate", "launch", "-m"]
 
 
-def test_training_job_refuses_to_multiply_work_across_ranks(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="distributed data-parallel training is not implemented"):
-        run_training_job(training_spec("finetune.yaml", [], "x", "y", "z"))
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_base, tmp_path):
+    """The adapter asset launches `torchrun --nproc-per-node=2` through Pipes (Gloo on CPU): each rank
+    trains on half of every global batch, so the run matches one process accumulating two micro-batches."""
+    rows = _records(21)
+    split = tmp_path / "split"
+    split.mkdir()
+    # 13 examples in global batches of 4: the last batch has one example, so rank 1 sits that step out.
+    for name, part in (("train", rows[:13]), ("val", rows[13:])):
+        (split / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
+    common = dict(method="lora", max_steps=4, batch_size=2, early_stopping_patience=0, tensorboard=False, ship="last")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    overrides = [f"paths.work_dir={tmp_path / 'work'}", f"train.launch_prefix={json.dumps(torchrun)}"]
+    overrides += [f"train.{k}={v}" for k, v in common.items()]
+
+    @dg.asset(name="sft_dataset")
+    def split_files() -> dict:
+        return {"dir": str(split)}
+
+    @dg.asset(name="base_model")
+    def tiny() -> dict:
+        return {"path": tiny_base}
+
+    resources = {"settings": PipelineSettings(overrides=overrides), "pipes_client": dg.PipesSubprocessClient()}
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([split_files, tiny, adapter], resources=resources, instance=instance)
+        logs = [e.user_message for e in instance.all_logs(run.run_id)]
+    ddp = run.output_for_node("adapter")
+    single = train_adapter(
+        rows[:13], rows[13:], tiny_base, TrainConfig(gradient_accumulation_steps=2, **common), SftConfig(),
+        tmp_path / "single", log=lambda _: None,
+    )  # fmt: skip
+    assert ddp["extra"]["world_size"] == 2 and single.extra["world_size"] == 1
+    assert ddp["steps"] == single.steps == 4
+    # Same micro-batches, gradients averaged by DDP instead of accumulated: the same training.
+    assert ddp["losses"] == pytest.approx(single.losses, abs=1e-4)
+    assert ddp["val_loss_after"] == pytest.approx(single.val_loss_after, abs=1e-4)
+    assert ddp["val_loss_after"] < ddp["val_loss_before"] == pytest.approx(single.val_loss_before, abs=1e-5)
+    # Rank 0 alone talks to Dagster and writes: one copy of each log line, one adapter.
+    assert sum("2 data-parallel ranks" in m for m in logs) == 1
+    assert Path(ddp["adapter_dir"], "adapter_model.safetensors").is_file()
 
 
 def test_gradient_accumulation_takes_one_optimizer_step_per_effective_batch(tiny_base, tmp_path):

@@ -87,7 +87,8 @@ def load_causal_lm(
             bnb_4bit_compute_dtype=dtype,
         )
     if quantize_4bit or device != "cpu":
-        kwargs["device_map"] = {"": device}
+        # Under torchrun each rank has set its own GPU as the current one.
+        kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quantize_4bit:
         disable_bnb_cpu_bf16_repack(model)

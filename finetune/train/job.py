@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from finetune.config import TrainConfig, load_config
 from finetune.data.records import read_jsonl
+from finetune.train.distributed import end_process_group, launched_world_size, start_process_group
+from finetune.train.methods import training_device
 from finetune.train.trainer import TrainResult, train_adapter
 
 ENTRY_MODULE = "train_process"
@@ -28,24 +29,26 @@ def training_spec(config_path: str, overrides: list[str], split_dir: str, base_p
 
 def run_training_job(spec: dict[str, Any], log: Callable[[str], None] = print) -> TrainResult:
     """Load the config and splits named by `spec` and train; the same call in-process and in a subprocess."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Every rank would train its own copy on all the data: refuse rather than waste the GPUs silently.
-        raise RuntimeError(
-            "WORLD_SIZE > 1: distributed data-parallel training is not implemented yet; launch one process"
-        )
     cfg = load_config(Path(spec["config_path"]), spec["overrides"])
     split_dir = Path(spec["split_dir"])
-    return train_adapter(
-        read_jsonl(split_dir / "train.jsonl"),
-        read_jsonl(split_dir / "val.jsonl"),
-        spec["base_path"],
-        cfg.train,
-        cfg.sft,
-        Path(spec["out_dir"]),
-        cfg.model.trust_remote_code,
-        log=log,
-        checkpoint_root=cfg.work_dir / "checkpoints",  # shared across runs: a re-run with the same inputs resumes
-    )
+    distributed = launched_world_size() > 1
+    if distributed:  # started by torchrun / accelerate launch with several processes
+        start_process_group(use_cuda=training_device(cfg.train) == "cuda")
+    try:
+        return train_adapter(
+            read_jsonl(split_dir / "train.jsonl"),
+            read_jsonl(split_dir / "val.jsonl"),
+            spec["base_path"],
+            cfg.train,
+            cfg.sft,
+            Path(spec["out_dir"]),
+            cfg.model.trust_remote_code,
+            log=log,
+            checkpoint_root=cfg.work_dir / "checkpoints",  # shared across runs: a re-run with the same inputs resumes
+        )
+    finally:
+        if distributed:
+            end_process_group()
 
 
 def launch_command(cfg: TrainConfig) -> list[str]:

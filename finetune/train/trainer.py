@@ -22,6 +22,7 @@ from finetune.data.records import Record, sha256_file, write_json
 from finetune.model.loading import load_tokenizer
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
 from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
+from finetune.train.distributed import SINGLE, Ranks, barrier, current_ranks, rank_slice, reduce_sum, wrap_data_parallel
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
 from finetune.train.tracking import MetricSinks
@@ -89,18 +90,21 @@ def mean_loss(
     batch_size: int = 16,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    ranks: Ranks = SINGLE,
 ) -> float:
-    """Token-weighted mean loss over examples (NaN when there are none)."""
+    """Token-weighted mean loss over examples (NaN when there are none); ranks each score a share."""
     if not examples:
         return float("nan")
     model.eval()
+    mine = [examples[i] for i in rank_slice(range(len(examples)), ranks)]
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i : i + batch_size], pad_id)
+    for i in range(0, len(mine), batch_size):
+        batch = collate(mine[i : i + batch_size], pad_id)
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         with autocast(device, dtype):
             total += model(**to_device(batch, device)).loss.item() * n
         count += n
+    total, count = reduce_sum([total, count], ranks, device)
     return total / max(count, 1)
 
 
@@ -189,9 +193,13 @@ def train_adapter(
         log(f"packing: {unpacked} training examples in {len(train_ex)} sequences of up to {sft.cutoff_len} tokens")
     device = training_device(cfg)
     dtype = training_dtype(cfg, device)
+    ranks = current_ranks()  # more than one under torchrun: each rank trains on its share of every batch
+    if not ranks.is_main:
+        log = _silent
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = build_trainable_model(base_path, cfg, trust_remote_code)
+    trained = wrap_data_parallel(model, ranks, device)  # forward through DDP so backward averages gradients
     pad_id = tokenizer.pad_token_id
     longest = max((len(e["input_ids"]) for e in train_ex), default=1)
     memory = estimate_memory(model, cfg.batch_size, longest, dtype == torch.bfloat16, cfg.gradient_checkpointing)
@@ -203,18 +211,26 @@ def train_adapter(
 
     # Evaluating before training is deliberate: it is what triggers bitsandbytes' CPU
     # repack bug, so the gradient check below proves the workaround still holds.
-    val_before = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
+    val_before = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype, ranks=ranks)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     initial = {n: p.detach().clone() for n, p in trainable.items()}
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * ranks.world_size  # the global batch
+    micro_steps = math.ceil(per_step / ranks.world_size / cfg.batch_size)  # the same number on every rank
     steps_per_epoch = math.ceil(len(train_ex) / per_step)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     eval_every = cfg.eval_steps or steps_per_epoch
     save_every = cfg.save_steps or eval_every
 
-    key = run_key(cfg.model_dump(), sft.model_dump(), base_path, [r["id"] for r in train], [r["id"] for r in val])
+    key = run_key(
+        cfg.model_dump(),
+        sft.model_dump(),
+        base_path,
+        [r["id"] for r in train],
+        [r["id"] for r in val],
+        ranks.world_size,
+    )
     ckpt = (checkpoint_root or out_dir / "checkpoints") / key
     loop = {"key": key, "step": 0, "losses": [], "val": [], "best_val": math.inf, "best_step": 0, "bad_evals": 0}
     loop |= {"tokens": 0, "with_grad": [], "stopped_early": False, "resumed_from": 0, "train_seconds": 0.0}
@@ -224,10 +240,20 @@ def train_adapter(
         loop, best = restored
         loop["resumed_from"] = loop["step"]
         log(f"resuming from checkpoint at step {loop['step']}/{total_steps} ({ckpt})")
-    writer = MetricSinks(cfg, out_dir, {**cfg.model_dump(), "cutoff_len": sft.cutoff_len, "base": base_path})
+    params = {**cfg.model_dump(), "cutoff_len": sft.cutoff_len, "base": base_path, "world_size": ranks.world_size}
+    writer = MetricSinks(cfg if ranks.is_main else TrainConfig(tensorboard=False), out_dir, params)
     with_grad = set(loop["with_grad"])
-    log(f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors")
-    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"training {cfg.method}", unit="step", disable=None)
+    log(
+        f"training {cfg.method}: {len(train_ex)} examples, {total_steps} steps, {len(trainable)} trainable tensors"
+        + (f", {ranks.world_size} data-parallel ranks" if ranks.distributed else "")
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=loop["step"],
+        desc=f"training {cfg.method}",
+        unit="step",
+        disable=None if ranks.is_main else True,
+    )
     epoch_batches: list[list[int]] | None = None
     try:
         while loop["step"] < total_steps and not loop["stopped_early"]:
@@ -238,19 +264,31 @@ def train_adapter(
                 epoch_batches = _batches(len(train_ex), per_step, cfg.seed, epoch)
             model.train()
             group = epoch_batches[index]
+            mine = rank_slice(group, ranks)
             step_loss, batch_tokens = 0.0, 0
-            for start in range(0, len(group), cfg.batch_size):  # gradient accumulation over micro-batches
-                part = group[start : start + cfg.batch_size]
-                batch = collate([train_ex[j] for j in part], pad_id)
-                with autocast(device, dtype):
-                    loss = model(**to_device(batch, device)).loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
-                    )
-                (loss * len(part) / len(group)).backward()
+            for micro in range(micro_steps):  # gradient accumulation over micro-batches
+                part = mine[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+                if not part and not ranks.distributed:
+                    break
+                # A rank whose share ran out still joins DDP's gradient exchange, with a zero-weighted batch.
+                batch = collate([train_ex[j] for j in part or group[:1]], pad_id)
+                # DDP averages over ranks; scaling by world_size makes the sum over ranks the global batch mean.
+                weight = len(part) / len(group) * ranks.world_size
+                sync = (
+                    contextlib.nullcontext() if micro == micro_steps - 1 or not ranks.distributed else trained.no_sync()
+                )
+                with sync:
+                    with autocast(device, dtype):
+                        loss = trained(**to_device(batch, device)).loss
+                    (loss * weight).backward()
                 step_loss += loss.item() * len(part) / len(group)
-                batch_tokens += int(batch["attention_mask"].sum())
+                batch_tokens += int(batch["attention_mask"].sum()) if part else 0
+            step_loss, tokens = reduce_sum([step_loss, batch_tokens], ranks, device)
+            batch_tokens = int(tokens)
+            if not math.isfinite(step_loss):  # checked after the reduction, so every rank stops together
+                raise TrainingError(
+                    f"loss is {step_loss} at step {step + 1}; lower train.learning_rate (now {cfg.learning_rate})"
+                )
             with_grad.update(n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.max_grad_norm))
             if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
@@ -281,10 +319,12 @@ def train_adapter(
             )
             bar.update(1)
             if step % eval_every == 0 or step == total_steps:
-                best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype)
+                best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype, ranks)
             if step % save_every == 0 and step < total_steps:
                 loop["with_grad"] = sorted(with_grad)
-                save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+                if ranks.is_main:
+                    save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+                barrier(ranks)
     except BaseException:
         writer.close(failed=True)  # an MLflow run must not stay RUNNING after a crash
         raise
@@ -301,15 +341,17 @@ def train_adapter(
     if best is not None and cfg.ship == "best":  # the best validation point rather than the last step
         load_trainable_state(model, best)
     changed = sum(1 for n, p in trainable.items() if not torch.equal(p.detach(), initial[n]))
-    val_after = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
+    val_after = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype, ranks=ranks)
     seconds = time.perf_counter() - started
 
     adapter_dir = out_dir / "adapter"  # adapter files, or the full model for full/freeze/bitfit
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.save_pretrained(adapter_dir)
     curve = out_dir / "loss_curve.png"
-    save_loss_curve(loop["losses"], curve, [(0, val_before), *loop["val"]])
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the output replaces the checkpoint
+    if ranks.is_main:  # every rank holds the same weights; one writes them
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+        save_loss_curve(loop["losses"], curve, [(0, val_before), *loop["val"]])
+        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the output replaces the checkpoint
+    barrier(ranks)
     result = TrainResult(
         adapter_dir=str(adapter_dir),
         adapter_sha256=sha256_file(weights_file(adapter_dir)),
@@ -335,6 +377,7 @@ def train_adapter(
             "total_steps": total_steps,
             "memory_estimate": memory,
             "device": device,
+            "world_size": ranks.world_size,
             "dtype": str(dtype).removeprefix("torch."),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else 0.0,
             # ru_maxrss is KiB on Linux; the process's whole life, so it includes loading and tokenising.
@@ -343,15 +386,21 @@ def train_adapter(
             "mlflow_run_id": writer.mlflow_run_id,
         },
     )
-    write_json(out_dir / "train_result.json", result.to_dict())
+    if ranks.is_main:
+        write_json(out_dir / "train_result.json", result.to_dict())
+    barrier(ranks)
     return result
 
 
-def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps, device, dtype):
+def _silent(_: str) -> None:
+    """The log of ranks other than 0: one copy of each line is enough."""
+
+
+def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps, device, dtype, ranks):
     step = loop["step"]
     if not val_ex:
         return best
-    val_loss = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype)
+    val_loss = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype, ranks=ranks)
     loop["val"].append((step, val_loss))
     writer.scalar("val/loss", val_loss, step)
     train_recent = sum(loop["losses"][-10:]) / len(loop["losses"][-10:])
