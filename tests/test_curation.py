@@ -2,6 +2,7 @@
 each cleaning rule, near-duplicates, and `finetune curate` accounting for every record."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -233,6 +234,48 @@ def test_near_duplicates_in_chinese_and_english_but_not_poison_clusters():
     assert len(result.kept) == 7 and result.extra["duplicate_groups"] == 2
     pair = result.extra["sample_pairs"][0]
     assert pair["kept_text"].startswith("请详细介绍") and 0.8 <= pair["similarity"] < 1
+
+
+def test_duplicates_are_found_across_chunks_of_the_on_disk_index(monkeypatch, tmp_path):
+    import finetune.data.dedup as dedup
+
+    topics = ["how rivers carve valleys", "why the sky looks blue", "what a compiler does", "how bees make honey",
+              "why bread rises in the oven", "what causes ocean tides", "how vaccines train immunity"]  # fmt: skip
+    rows = [_rec(f"Explain in two sentences {t}, for a curious child.", f"Here is the short story of {t}: "
+                 f"it starts small and, step by step, {t} becomes clear.") for t in topics]  # fmt: skip
+    near = rows[1]["messages"][0]["content"].replace("two", "2"), rows[1]["messages"][1]["content"]
+    rows += [_rec(rows[0]["messages"][0]["content"].upper(), rows[0]["messages"][1]["content"]), _rec(*near)]
+    rows += [rows[6], rows[0]]  # a duplicate of the last kept one, and a second copy of the first
+    whole = deduplicate_records(rows)
+    assert len(whole.kept) == 7
+    assert [d["reason"] for d in whole.dropped] == ["exact_duplicate", "near_duplicate"] + ["exact_duplicate"] * 2
+    monkeypatch.setattr(dedup, "CHUNK", 3)  # originals in earlier chunks are read back from the SQLite index
+    chunked = dedup.Deduplicator(DedupConfig(), index_dir=tmp_path)
+    outcomes = [item for kind, item in chunked.stream(rows) if kind != "kept"]
+    assert [(d["reason"], d["duplicate_of"]) for d in outcomes] == [
+        (d["reason"], d["duplicate_of"]) for d in whole.dropped]  # fmt: skip
+    assert chunked.largest_groups[0] == {"kept": rows[0]["id"], "duplicates": 2}
+    assert chunked.group_count == 3 and not list(tmp_path.iterdir())  # the index file is gone afterwards
+
+
+def test_fast_paths_give_the_same_answers_as_the_full_checks():
+    from ftfy.badness import MOJIBAKE_CATEGORIES
+
+    from finetune.data.language import detect_language
+    from finetune.data.text_quality import _OUTSIDE_PLAIN_ZH_EN
+
+    # Text that passes the pre-screen cannot hold any character ftfy's mojibake patterns need
+    # (ftfy puts each category, ranges included, into a character class).
+    mojibake_chars = re.compile("[" + "".join(MOJIBAKE_CATEGORIES.values()) + "]")
+    plain = [chr(c) for lo, hi in ((0, 0x7F), (0x3000, 0x303F), (0x4E00, 0x9FFF), (0xFF00, 0xFFEF))
+             for c in range(lo, hi + 1)]  # fmt: skip
+    assert not any(_OUTSIDE_PLAIN_ZH_EN.match(c) for c in plain)
+    assert not any(mojibake_chars.match(c) for c in plain)
+    assert normalise_text("The Mona Lisa doesnâ€™t have eyebrows.")[1] == ["mojibake_repaired"]
+    # Chinese is told by its script; kana or hangul still go to the classifier.
+    assert detect_language("长城是中国古代修建的军事防御工程，全长两万多千米。The Great Wall.") == ("zh", 1.0)
+    assert detect_language("東京は日本の首都です。とても大きな都市で、人口も多いです。")[0] == "ja"
+    assert detect_language("서울은 한국의 수도입니다. 아주 큰 도시이고 사람이 많습니다.")[0] == "ko"
 
 
 def test_duplicate_pair_snippets_are_pii_redacted():

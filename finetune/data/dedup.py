@@ -1,11 +1,11 @@
 """Deduplication: exact (normalised hash) then near-duplicate (MinHash LSH on character shingles).
 
 A near duplicate has both its prompt and its response alike (estimated Jaccard of character
-shingles >= threshold for each). Keep policy: the first occurrence in input order (files in the order given, rows in file order)
-is kept; every later member of its group is dropped naming the kept record's id and, for near
-duplicates, the estimated Jaccard similarity. Records stream through; only the index stays in
-memory (a 16-byte digest per kept record for exact dedup, LSH buckets and a 32-bit signature per
-kept record for near dedup).
+shingles >= threshold for each). Keep policy: the first occurrence in input order (files in the
+order given, rows in file order) is kept; every later member of its group is dropped naming the
+kept record's id and, for near duplicates, the estimated Jaccard similarity. Records stream
+through; what is remembered about kept records (exact key, LSH band keys, signature) lives in an
+on-disk index (`dedup_index.py`), so memory stays flat as the dataset grows.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasketch import MinHashLSH
 
 from finetune.config import DedupConfig
+from finetune.data.dedup_index import SIGNATURE_DTYPE, DuplicateIndex
 from finetune.data.minhash import half_similarities, pair_signature
 from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import canonical
 
 SNIPPET = 80
+CHUNK = 2048  # records looked up and written together; bounds the memory a chunk adds
 
 
 def snippet(record: Record) -> str:
@@ -49,56 +52,85 @@ def dedup_key(record: Record) -> str:
 
 
 class Deduplicator:
-    """Streams records, dropping exact and near duplicates of records kept earlier."""
+    """Streams records, dropping exact and near duplicates of records kept earlier.
 
-    def __init__(self, cfg: DedupConfig):
+    Works a chunk of records at a time: one round of index lookups for the chunk, then the records
+    in order against the index and the chunk's own earlier kept records, then one write.
+    """
+
+    def __init__(self, cfg: DedupConfig, index_dir: Path | None = None):
         self.cfg = cfg
-        self.exact: dict[bytes, str] = {}
-        self.lsh = (
-            MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, hashfunc=_band_key)
-            if cfg.near_duplicates
-            else None
-        )
-        self.signatures: list[np.ndarray] = []  # per near-indexed kept record, by LSH key
-        self.ids: list[str] = []
-        self.groups: Counter[str] = Counter()
+        self.index = DuplicateIndex(cfg.threshold, cfg.num_perm, index_dir)
         self.pairs: list[dict[str, Any]] = []
+        self.group_count, self.largest_groups = 0, []
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept, or dropped as exact_duplicate / near_duplicate of a kept one."""
-        for record in records:
-            key = bytes.fromhex(dedup_key(record))[:16]
-            if key in self.exact:
-                yield self._duplicate(record, "exact_duplicate", self.exact[key], 1.0)
-                continue
-            if self.lsh is not None:
-                sig = pair_signature(
-                    prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars
-                )
-                values = sig.hashvalues.astype(np.uint32)
-                match, similarity = self._nearest(sig, values)
-                if match is not None:
-                    yield self._duplicate(record, "near_duplicate", self.ids[match], similarity)
-                    continue
-                self.lsh.insert(len(self.ids), sig, check_duplication=False)
-                self.signatures.append(values)
-            self.exact[key] = record["id"]
-            self.ids.append(record["id"])
-            yield kept(record)
+        records = iter(records)
+        try:
+            while chunk := list(islice(records, CHUNK)):
+                yield from self._chunk(chunk)
+            self.group_count, self.largest_groups = self.index.groups()
+        finally:
+            self.index.close()
 
-    def _nearest(self, sig, values: np.ndarray) -> tuple[int | None, float]:
+    def _chunk(self, chunk: list[Record]) -> list[Outcome]:
+        keys = [bytes.fromhex(dedup_key(r))[:16] for r in chunk]
+        exact = self.index.exact_rows(keys)
+        signatures = bands = None
+        candidates: dict[int, list[int]] = {}
+        if self.cfg.near_duplicates:
+            signatures = np.stack([self._signature(r) for r in chunk])
+            bands = self.index.band_keys(signatures)
+            candidates = self.index.band_rows(bands)
+        known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
+        duplicates: Counter[int] = Counter()
+        outcomes = []
+        for i, record in enumerate(chunk):
+            if (row := exact.get(keys[i])) is not None:
+                outcomes.append(self._duplicate(record, "exact_duplicate", known[row][0], 1.0))
+                duplicates[row] += 1
+                continue
+            if signatures is not None:
+                row, similarity = self._nearest(
+                    signatures[i], {r for k in bands[i].tolist() for r in candidates.get(k, ())}, known
+                )
+                if row is not None:
+                    outcomes.append(self._duplicate(record, "near_duplicate", known[row][0], similarity))
+                    duplicates[row] += 1
+                    continue
+            row = self.index.add(
+                record["id"],
+                keys[i],
+                None if bands is None else bands[i],
+                None if signatures is None else signatures[i],
+            )
+            # Later records of this chunk are checked against this one before the index is written.
+            known[row] = (record["id"], None if signatures is None else signatures[i])
+            exact.setdefault(keys[i], row)
+            if bands is not None:
+                for key in bands[i].tolist():
+                    candidates.setdefault(key, []).append(row)
+            outcomes.append(kept(record))
+        self.index.flush(duplicates)
+        return outcomes
+
+    def _signature(self, record: Record) -> np.ndarray:
+        sig = pair_signature(prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars)
+        return sig.hashvalues.astype(SIGNATURE_DTYPE)
+
+    def _nearest(self, values: np.ndarray, rows: set[int], known: dict) -> tuple[int | None, float]:
         # LSH candidates are only likely matches; confirm with the signatures' estimated Jaccard. Both the
         # prompt and the response must be alike: many prompts with one shared response is what a poisoning
         # attack looks like, and collapsing it to one record would hide it from the screening stage.
         best, best_sim = None, 0.0
-        for candidate in self.lsh.query(sig):
-            sim = min(half_similarities(self.signatures[candidate], values))
+        for row in sorted(rows):  # the earliest kept record wins a tie
+            sim = min(half_similarities(known[row][1], values))
             if sim >= self.cfg.threshold and sim > best_sim:
-                best, best_sim = candidate, sim
+                best, best_sim = row, sim
         return best, best_sim
 
     def _duplicate(self, record: Record, reason: str, kept_id: str, similarity: float) -> Outcome:
-        self.groups[kept_id] += 1
         if len(self.pairs) < self.cfg.sample_pairs:
             self.pairs.append(
                 {
@@ -118,8 +150,8 @@ class Deduplicator:
             for p in self.pairs
         ]
         return {
-            "duplicate_groups": len(self.groups),
-            "largest_groups": [{"kept": k, "duplicates": n} for k, n in self.groups.most_common(5)],
+            "duplicate_groups": self.group_count,
+            "largest_groups": self.largest_groups,
             "sample_pairs": pairs,
             "keep_policy": "first occurrence in input order",
         }

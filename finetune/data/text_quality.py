@@ -28,6 +28,10 @@ CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)  # a fenced code block, or one
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 MOJIBAKE_LEFT = "mojibake_left"
+# ftfy's mojibake patterns all need a character outside ASCII, CJK punctuation, the CJK ideographs and
+# the full-width forms (checked against ftfy.badness.MOJIBAKE_CATEGORIES in a test); text made only of
+# those - most Chinese and English data - skips ftfy's scan, the most expensive part of normalising.
+_OUTSIDE_PLAIN_ZH_EN = re.compile(r"[^\x00-\x7f\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 # Full-width digits and Latin letters only: NFKC would also turn Chinese punctuation (，：？！（）) into
 # ASCII, which changes how a model tuned on the data punctuates Chinese.
 _FULLWIDTH_ALNUM = {
@@ -47,7 +51,7 @@ def normalise_text(
 ) -> tuple[str, list[str]]:
     """Normalise one turn; returns the text and the names of the fixes that changed it."""
     fixes = []
-    if ftfy.badness.is_bad(text):
+    if _OUTSIDE_PLAIN_ZH_EN.search(text) and ftfy.badness.is_bad(text):
         if repair_mojibake:
             repaired = ftfy.fix_encoding(text)
             if repaired != text:

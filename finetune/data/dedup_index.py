@@ -1,0 +1,128 @@
+"""The dedup index of kept records (exact keys, MinHash LSH bands, signatures) in a SQLite file.
+
+datasketch's MinHashLSH keeps its buckets in Python dicts (~5 KB per indexed record at 256
+permutations, 3-4 GB for a million) or in a Redis/Cassandra server; neither keeps one local
+process flat. Here the tables live in a temporary SQLite file with a fixed page cache, queried
+and filled a chunk of records at a time, so memory does not grow with the dataset. The banding
+(b bands of r rows) is datasketch's own optimum for the threshold, as MinHashLSH would choose.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from datasketch.lsh import _optimal_param
+
+_BASE = np.uint64(0x100000001B3)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_PARAMS = 900  # bound parameters per IN (...) query, under SQLite's limit
+SIGNATURE_DTYPE = np.uint32  # datasketch's hash values are < 2**32
+
+
+def _in_batches(values: Sequence, size: int = _PARAMS) -> Iterable[Sequence]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class DuplicateIndex:
+    """What deduplication remembers about kept records, on disk; rows are numbered in keep order."""
+
+    def __init__(self, threshold: float, num_perm: int, folder: Path | None = None, cache_mib: int = 64):
+        self.bands, self.rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+        self._tmp = tempfile.TemporaryDirectory(prefix="finetune-dedup-", dir=folder)
+        self.db = sqlite3.connect(Path(self._tmp.name) / "index.sqlite")
+        # A scratch index rebuilt by every run: durability would only cost time.
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", f"cache_size=-{cache_mib * 1024}"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.executescript(
+            """
+            CREATE TABLE kept (row INTEGER PRIMARY KEY, id TEXT NOT NULL, signature BLOB, duplicates INTEGER DEFAULT 0);
+            CREATE TABLE exact (key BLOB PRIMARY KEY, row INTEGER NOT NULL) WITHOUT ROWID;
+            CREATE TABLE band (key INTEGER NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (key, row)) WITHOUT ROWID;
+            """
+        )
+        self.size = 0
+        self._kept: list[tuple] = []
+        self._exact: list[tuple] = []
+        self._band: list[tuple] = []
+
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """One 64-bit key per band of each signature row: shape (n, bands), signed for SQLite.
+
+        A key collision only adds a candidate, and candidates are verified against their signature.
+        """
+        n = signatures.shape[0]
+        values = signatures[:, : self.bands * self.rows].astype(np.uint64).reshape(n, self.bands, self.rows)
+        keys = np.zeros((n, self.bands), dtype=np.uint64)
+        for j in range(self.rows):  # uint64 arithmetic wraps, as a hash wants
+            keys = keys * _BASE + values[:, :, j]
+        keys ^= (np.arange(self.bands, dtype=np.uint64) + np.uint64(1)) * _MIX  # band 3's key is not band 4's
+        keys *= _MIX
+        return keys.view(np.int64)
+
+    def exact_rows(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        """Kept rows by exact-duplicate key, for the keys already indexed."""
+        found: dict[bytes, int] = {}
+        for part in _in_batches(list(set(keys))):
+            marks = ",".join("?" * len(part))
+            found.update(self.db.execute(f"SELECT key, row FROM exact WHERE key IN ({marks})", part))
+        return found
+
+    def band_rows(self, keys: np.ndarray) -> dict[int, list[int]]:
+        """Kept rows sharing a band key, for the keys already indexed."""
+        found: dict[int, list[int]] = {}
+        for part in _in_batches(np.unique(keys).tolist()):
+            marks = ",".join("?" * len(part))
+            for key, row in self.db.execute(f"SELECT key, row FROM band WHERE key IN ({marks})", part):
+                found.setdefault(key, []).append(row)
+        return found
+
+    def kept_rows(self, rows: Iterable[int]) -> dict[int, tuple[str, np.ndarray | None]]:
+        """Record id and signature of kept rows."""
+        found: dict[int, tuple[str, np.ndarray | None]] = {}
+        for part in _in_batches(sorted(set(rows))):
+            marks = ",".join("?" * len(part))
+            for row, record_id, blob in self.db.execute(
+                f"SELECT row, id, signature FROM kept WHERE row IN ({marks})", part
+            ):
+                found[row] = (record_id, None if blob is None else np.frombuffer(blob, dtype=SIGNATURE_DTYPE))
+        return found
+
+    def add(self, record_id: str, exact_key: bytes, band_keys: np.ndarray | None, signature: np.ndarray | None) -> int:
+        """Index one kept record (written at the next `flush`; look up a chunk's own rows before that)."""
+        row = self.size
+        self.size += 1
+        blob = None if signature is None else signature.astype(SIGNATURE_DTYPE).tobytes()
+        self._kept.append((row, record_id, blob))
+        self._exact.append((exact_key, row))
+        if band_keys is not None:
+            self._band.extend((k, row) for k in band_keys.tolist())
+        return row
+
+    def flush(self, duplicates: dict[int, int]) -> None:
+        """Write the rows added since the last flush and add to the duplicate count of each kept row."""
+        self.db.executemany("INSERT INTO kept (row, id, signature) VALUES (?, ?, ?)", self._kept)
+        self.db.executemany("INSERT OR IGNORE INTO exact VALUES (?, ?)", self._exact)
+        self._band.sort()  # in key order, inserts touch each B-tree page once
+        self.db.executemany("INSERT OR IGNORE INTO band VALUES (?, ?)", self._band)
+        self.db.executemany(
+            "UPDATE kept SET duplicates = duplicates + ? WHERE row = ?", [(n, r) for r, n in duplicates.items()]
+        )
+        self.db.commit()
+        self._kept, self._exact, self._band = [], [], []
+
+    def groups(self, largest: int = 5) -> tuple[int, list[dict]]:
+        """How many kept records had duplicates, and the `largest` groups."""
+        (count,) = self.db.execute("SELECT COUNT(*) FROM kept WHERE duplicates > 0").fetchone()
+        top = self.db.execute(
+            "SELECT id, duplicates FROM kept WHERE duplicates > 0 ORDER BY duplicates DESC, row LIMIT ?", (largest,)
+        )
+        return count, [{"kept": record_id, "duplicates": n} for record_id, n in top]
+
+    def close(self) -> None:
+        self.db.close()
+        self._tmp.cleanup()
