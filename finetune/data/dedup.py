@@ -1,4 +1,5 @@
-"""Deduplication: exact (normalised hash) then near-duplicate (MinHash LSH on character shingles).
+"""Deduplication: exact (normalised hash), near-duplicate (MinHash LSH on character shingles) and,
+optionally, semantic (sentence embeddings, `semantic.py`).
 
 A near duplicate has both its prompt and its response alike (estimated Jaccard of character
 shingles >= threshold for each). Keep policy: the first occurrence in input order (files in the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from finetune.config import DedupConfig
 from finetune.data.dedup_index import SIGNATURE_DTYPE, DuplicateIndex
 from finetune.data.minhash import half_similarities, pair_signature
 from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text
+from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import canonical
 
@@ -61,11 +64,12 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig, index_dir: Path | None = None):
         self.cfg = cfg
         self.index = DuplicateIndex(cfg.threshold, cfg.num_perm, index_dir)
+        self.semantic = SemanticIndex(cfg.semantic_threshold) if cfg.semantic else None
         self.pairs: list[dict[str, Any]] = []
         self.group_count, self.largest_groups = 0, []
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
-        """One outcome per record: kept, or dropped as exact_duplicate / near_duplicate of a kept one."""
+        """One outcome per record: kept, or dropped as exact_, near_ or semantic_duplicate of a kept one."""
         records = iter(records)
         try:
             while chunk := list(islice(records, CHUNK)):
@@ -84,8 +88,9 @@ class Deduplicator:
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
         known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
+        meaning = self._semantic_matches(chunk) if self.semantic else None
         duplicates: Counter[int] = Counter()
-        outcomes = []
+        outcomes, kept_here = [], []
         for i, record in enumerate(chunk):
             if (row := exact.get(keys[i])) is not None:
                 outcomes.append(self._duplicate(record, "exact_duplicate", known[row][0], 1.0))
@@ -99,6 +104,11 @@ class Deduplicator:
                     outcomes.append(self._duplicate(record, "near_duplicate", known[row][0], similarity))
                     duplicates[row] += 1
                     continue
+            if meaning is not None and (match := meaning.best(i, kept_here)) is not None:
+                row, similarity = match
+                outcomes.append(self._duplicate(record, "semantic_duplicate", self._kept_id(row, known), similarity))
+                duplicates[row] += 1
+                continue
             row = self.index.add(
                 record["id"],
                 keys[i],
@@ -111,9 +121,22 @@ class Deduplicator:
             if bands is not None:
                 for key in bands[i].tolist():
                     candidates.setdefault(key, []).append(row)
+            kept_here.append(i)
             outcomes.append(kept(record))
         self.index.flush(duplicates)
+        if meaning is not None:
+            self.semantic.add(meaning.prompts[kept_here], meaning.responses[kept_here])
         return outcomes
+
+    def _semantic_matches(self, chunk: list[Record]) -> ChunkMeaning:
+        prompts, responses = self.semantic.embed(chunk)
+        rows, sims = self.semantic.best_kept(prompts, responses)
+        return ChunkMeaning(prompts, responses, rows, sims, self.cfg.semantic_threshold, self.index.size)
+
+    def _kept_id(self, row: int, known: dict) -> str:
+        if row not in known:
+            known.update(self.index.kept_rows([row]))
+        return known[row][0]
 
     def _signature(self, record: Record) -> np.ndarray:
         sig = pair_signature(prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars)
@@ -155,6 +178,28 @@ class Deduplicator:
             "sample_pairs": pairs,
             "keep_policy": "first occurrence in input order",
         }
+
+
+@dataclass
+class ChunkMeaning:
+    """A chunk's embeddings and, per record, its closest kept record from earlier chunks."""
+
+    prompts: np.ndarray
+    responses: np.ndarray
+    earlier_row: np.ndarray
+    earlier_sim: np.ndarray
+    threshold: float
+    first_row: int  # the index row the chunk's first kept record gets
+
+    def best(self, i: int, kept_here: list[int]) -> tuple[int, float] | None:
+        """The kept row record i duplicates in meaning (earlier chunks or earlier in this one), if any."""
+        row, sim = int(self.earlier_row[i]), float(self.earlier_sim[i])
+        if kept_here:
+            local = np.minimum(self.prompts[kept_here] @ self.prompts[i], self.responses[kept_here] @ self.responses[i])
+            j = int(local.argmax())
+            if local[j] > sim:
+                row, sim = self.first_row + j, float(local[j])
+        return (row, round(sim, 3)) if row >= 0 and sim >= self.threshold else None
 
 
 def attach_kept_text(pairs: list[dict[str, Any]], kept_records: Iterable[Record]) -> None:
