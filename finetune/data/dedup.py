@@ -139,8 +139,8 @@ class Deduplicator:
         return known[row][0]
 
     def _signature(self, record: Record) -> np.ndarray:
-        sig = pair_signature(prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars)
-        return sig.hashvalues.astype(SIGNATURE_DTYPE)
+        values = pair_signature(prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars)
+        return values.astype(SIGNATURE_DTYPE)
 
     def _nearest(self, values: np.ndarray, rows: set[int], known: dict) -> tuple[int | None, float]:
         # LSH candidates are only likely matches; confirm with the signatures' estimated Jaccard. Both the

@@ -34,33 +34,30 @@ def shingle_hashes(text: str, k: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _template(num_perm: int) -> MinHash:
-    # Building the permutations costs more than a signature; make them once per size.
-    return MinHash(num_perm=num_perm, seed=1)
-
-
-def signature(text: str, num_perm: int = 128, k: int = 5) -> MinHash:
-    """MinHash of a text's character shingles (datasketch's permutations, seed 1)."""
-    template = _template(num_perm)
+def _sketch(num_perm: int) -> MinHash:
+    # One MinHash per size, cleared and refilled for every text: building one (parsing its permutations)
+    # costs as much as filling it. Not for concurrent use from threads; dedup runs in one thread.
     # hashfunc=int: the values are hashes already, and C-level int() keeps datasketch's per-item loop cheap.
-    m = MinHash(num_perm=num_perm, seed=1, hashfunc=int, permutations=template.permutations, scheme=template.scheme)
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=int)
+
+
+def signature(text: str, num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """MinHash values of a text's character shingles (datasketch's permutations, seed 1)."""
+    sketch = _sketch(num_perm)
+    sketch.clear()
     hashes = shingle_hashes(text, k)
     if hashes.size:
-        m.update_batch(hashes.tolist())
-    return m
+        sketch.update_batch(hashes.tolist())
+    return sketch.hashvalues.copy()
 
 
-def pair_signature(first: str, second: str, num_perm: int = 128, k: int = 5) -> MinHash:
-    """One MinHash of two texts: the first half of the permutations hashes `first`, the second `second`.
+def pair_signature(first: str, second: str, num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """MinHash values of two texts: the first half of the permutations hashes `first`, the second `second`.
 
-    LSH over it finds pairs alike in either text; `half_similarities` then tells them apart.
+    LSH over them finds pairs alike in either text; `half_similarities` then tells them apart.
     """
     half = num_perm // 2
-    values = np.concatenate([signature(first, half, k).hashvalues, signature(second, num_perm - half, k).hashvalues])
-    template = _template(num_perm)
-    return MinHash(
-        num_perm=num_perm, seed=1, hashvalues=values, permutations=template.permutations, scheme=template.scheme
-    )
+    return np.concatenate([signature(first, half, k), signature(second, num_perm - half, k)])
 
 
 def half_similarities(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
