@@ -79,8 +79,8 @@ def normalise_text(
         if simplified != text:
             text = simplified
             fixes.append("traditional_to_simplified")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    text = _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = [line.strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), fixes
 
 
@@ -94,7 +94,12 @@ def has_mojibake(text: str) -> bool:
 
 def markup_count(text: str) -> int:
     """HTML tags and entities outside fenced code blocks (code answers may show HTML on purpose)."""
-    return len(_MARKUP.findall(CODE_FENCE.sub("", text)))
+    return len(_MARKUP.findall(without_code(text)))
+
+
+def without_code(text: str, placeholder: str = "") -> str:
+    """The text with fenced code blocks replaced (the regex only runs when a fence is there)."""
+    return CODE_FENCE.sub(placeholder, text) if "```" in text else text
 
 
 def has_char_run(text: str, longest: int) -> int:
