@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -108,6 +107,7 @@ def peer_dedup(path: Path, threshold: float, num_perm: int) -> set[int]:
 
 def run_child(system: str, data: Path, threshold: float) -> dict:
     from finetune.config import CleanConfig, DedupConfig
+    from finetune.process_memory import peak_rss_mib
 
     cfg = DedupConfig(threshold=threshold)
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def run_child(system: str, data: Path, threshold: float) -> dict:
     result = {
         "system": system,
         "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mib(),  # VmHWM: ru_maxrss would inherit this parent's size at fork
     }
     result["dropped"] = sorted(dropped)
     if system == "ours":

@@ -5,8 +5,8 @@ same job side by side with LLaMA-Factory.
     python benchmarks/train_benchmark.py --peer               # + LLaMA-Factory 0.9.5 in its own venv
     python benchmarks/train_benchmark.py --models tiny --steps 30
 
-Each run is a separate process, so peak RSS (ru_maxrss) is that run's own. Both sides train the
-same model folder on the same Alpaca records with the same method, rank, batch size, learning
+Each run is a separate process, so peak RSS (VmHWM; for the peer, a small wrapper's RUSAGE_CHILDREN)
+is that run's own. Both sides train the same model folder on the same Alpaca records with the same method, rank, batch size, learning
 rate, cutoff and number of steps. The ~30M model is built from a Llama config with random
 weights: speed and memory do not depend on the weights' values.
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -73,10 +72,18 @@ def alpaca_rows() -> list[dict]:
     return rows
 
 
+PEAK_OF_CHILD = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:])
+print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+sys.exit(rc)
+"""
+
 OURS = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from finetune.config import SftConfig, TrainConfig
+from finetune.process_memory import peak_rss_mib
 from finetune.data.records import make_record
 rows = json.loads(Path(sys.argv[1]).read_text())
 records = [make_record([{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], "b", i) for i, r in enumerate(rows)]
@@ -86,7 +93,7 @@ from finetune.train.trainer import train_adapter
 t = time.perf_counter()
 res = train_adapter(records, records[:16], sys.argv[2], cfg, SftConfig(cutoff_len=128), Path(sys.argv[5]), log=lambda _: None)
 print(json.dumps({"tokens_per_s": res.tokens_per_second, "final_loss": sum(res.losses[-5:]) / 5, "seconds": time.perf_counter() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mib()}))
 """
 
 
@@ -138,7 +145,10 @@ def run_llamafactory(cli: Path, model: Path, method: str, steps: int, data: Path
     cfg.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORK / "stubs"), "DISABLE_VERSION_CHECK": "1"}
     started = time.perf_counter()
-    proc = subprocess.run([str(cli), "train", str(cfg)], capture_output=True, text=True, env=env)
+    # A small wrapper process reports the peak of its one child: RUSAGE_CHILDREN here would include our
+    # own runs, and a child forked from this process would inherit its size.
+    proc = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, str(cli), "train", str(cfg)], capture_output=True,
+                          text=True, env=env)  # fmt: skip
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else "failed"}
     text = proc.stdout + proc.stderr
@@ -150,7 +160,7 @@ def run_llamafactory(cli: Path, model: Path, method: str, steps: int, data: Path
         "tokens_per_s": n_tokens / runtime,
         "final_loss": losses[-1] if losses else result.get("train_loss"),
         "seconds": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "peak_rss_mb": float(re.findall(r"^PEAK_RSS_KIB (\d+)$", proc.stdout, re.M)[-1]) / 1024,
     }
 
 

@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import random
-import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, sha256_file, write_json
 from finetune.model.loading import load_tokenizer
+from finetune.process_memory import peak_rss_mib
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
 from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
 from finetune.train.distributed import SINGLE, Ranks, barrier, current_ranks, rank_slice, reduce_sum, wrap_data_parallel
@@ -380,8 +380,8 @@ def train_adapter(
             "world_size": ranks.world_size,
             "dtype": str(dtype).removeprefix("torch."),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else 0.0,
-            # ru_maxrss is KiB on Linux; the process's whole life, so it includes loading and tokenising.
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+            # The process's whole life, so it includes loading and tokenising.
+            "peak_rss_gib": peak_rss_mib() / 1024,
             "tensorboard_dir": str(out_dir / "tensorboard") if cfg.tensorboard else "",
             "mlflow_run_id": writer.mlflow_run_id,
         },
