@@ -279,6 +279,10 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where evaluation generates; auto = a CUDA GPU if there is one (weights in bf16), else CPU (fp32).",
+    )
     max_new_tokens: int = Field(default=48, gt=0, description="Greedy generation length for metrics and probes.")
     max_examples: int = Field(default=40, gt=0, description="Held-out records scored for ROUGE/BLEU.")
     ceval_subjects: list[str] = Field(default=[], description="C-Eval subjects to score; empty = all found.")

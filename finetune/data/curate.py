@@ -58,7 +58,9 @@ def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
 
 def dedup_stage(kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Drop exact and near duplicates from an upstream kept.jsonl; writes the stage files."""
-    dedup = Deduplicator(cfg)
+    # The index goes beside the stage's files, on disk: /tmp may be a RAM-backed tmpfs.
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    dedup = Deduplicator(cfg, index_dir=Path(out_dir))
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
     summary = partial(_dedup_summary, dedup, Path(out_dir) / "kept.jsonl")
     return spool_stage("deduplicated_records", dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
@@ -78,7 +80,9 @@ def curate(
     each row tagged with its stage) and `report.json` (counts per stage and reason).
     """
     out_dir = Path(out_dir)
-    reader, cleaner, deduplicator = RawReader(paths), Cleaner(clean, count_tokens), Deduplicator(dedup)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader, cleaner = RawReader(paths), Cleaner(clean, count_tokens)
+    deduplicator = Deduplicator(dedup, index_dir=out_dir)  # on disk beside the outputs, removed at the end
     files = OutcomeFiles(out_dir, stage_field=True)
     counters = [
         StageCounter("raw_records", files, write_kept=False),

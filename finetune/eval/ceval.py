@@ -101,7 +101,9 @@ def score_ceval(
         examples = (dev or {}).get(subject, [])[:shots]
         hits = []
         for q in qs:
-            enc = tokenizer(build_prompt(q, zh, examples), return_tensors="pt", add_special_tokens=False)
+            enc = tokenizer(build_prompt(q, zh, examples), return_tensors="pt", add_special_tokens=False).to(
+                model.device
+            )
             if by == "logit":
                 choice = LETTERS[int(model(**enc).logits[0, -1, letter_ids].argmax())]
             else:

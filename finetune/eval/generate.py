@@ -28,7 +28,7 @@ def generate_responses(
             tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations[i : i + batch_size]
         ]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         generated = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

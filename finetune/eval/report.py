@@ -25,7 +25,7 @@ from finetune.eval.task_metrics import (
     refusal_rate,
 )
 from finetune.model.loading import load_causal_lm, load_tokenizer
-from finetune.train.methods import is_adapter, load_tuned
+from finetune.train.methods import is_adapter, load_tuned, resolve_device
 
 __all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
 
@@ -128,11 +128,15 @@ def evaluate_candidate(
     data.test = data.test[: cfg.eval.max_examples]
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
-    tuned_model = load_tuned(base_path, Path(adapter_dir), cfg.model.trust_remote_code)
+    device = resolve_device(cfg.eval.device, "eval.device")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tuned_model = load_tuned(base_path, Path(adapter_dir), cfg.model.trust_remote_code, device, dtype)
     if is_adapter(Path(adapter_dir)):  # one loaded model: the base arms switch the adapter off
         base_model, base_context = tuned_model, tuned_model.disable_adapter
     else:  # full/freeze/bitfit saved whole models: the base is loaded beside it
-        base_model = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
+        base_model = load_causal_lm(
+            base_path, trust_remote_code=cfg.model.trust_remote_code, device=device, dtype=dtype
+        )
         base_context = contextlib.nullcontext
     labels = detect_labels([response_text(r) for r in data.train + data.test])
     pii_probe = regurgitation_prompts(data.raw_records, cfg.eval.probe_prompts)

@@ -79,16 +79,21 @@ def _select_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
         param.requires_grad = name in chosen
 
 
-def training_device(cfg: TrainConfig) -> str:
-    """The device training runs on: `cuda` or `cpu` (auto = cuda when torch sees a GPU)."""
-    if cfg.device == "auto":
+def resolve_device(choice: str, setting: str = "train.device") -> str:
+    """`cuda` or `cpu` for a device setting (auto = cuda when torch sees a GPU)."""
+    if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"train.device is cuda but this torch ({torch.__version__}) sees no CUDA GPU; "
-            "set train.device: auto or cpu, or install a CUDA build of torch"
+            f"{setting} is cuda but this torch ({torch.__version__}) sees no CUDA GPU; "
+            f"set {setting}: auto or cpu, or install a CUDA build of torch"
         )
-    return cfg.device
+    return choice
+
+
+def training_device(cfg: TrainConfig) -> str:
+    """The device training runs on."""
+    return resolve_device(cfg.device)
 
 
 def training_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
@@ -142,11 +147,18 @@ def is_adapter(folder: Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
-def load_tuned(base_path: str, folder: Path, trust_remote_code: bool = False) -> torch.nn.Module:
-    """Reload a training output in full precision: base + adapter, or the saved full model."""
+def load_tuned(
+    base_path: str,
+    folder: Path,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """Reload a training output (not quantised): base + adapter, or the saved full model."""
     if is_adapter(folder):
-        return PeftModel.from_pretrained(load_causal_lm(base_path, trust_remote_code=trust_remote_code), str(folder))
-    return load_causal_lm(str(folder), trust_remote_code=trust_remote_code)
+        base = load_causal_lm(base_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        return PeftModel.from_pretrained(base, str(folder))
+    return load_causal_lm(str(folder), trust_remote_code=trust_remote_code, device=device, dtype=dtype)
 
 
 def load_adapters(base_path: str, adapters: dict[str, Path], trust_remote_code: bool = False) -> PeftModel:
