@@ -149,3 +149,22 @@ def test_several_adapters_share_one_base_and_switch_without_reloading(tiny_base,
             assert torch.allclose(seen[task], alone, atol=1e-5)
     assert not torch.allclose(seen["a"], seen["b"])
     assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight is base_weight  # never reloaded
+
+
+def test_evaluation_runs_on_a_gpu_when_there_is_one(tiny_base, tmp_path):
+    from finetune.eval.generate import generate_responses
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (run on the device machine; CI has none)")
+    rows = _records(24)
+    cfg = TrainConfig(method="lora", max_steps=2, batch_size=8, device="cpu", tensorboard=False)
+    result = train_adapter(rows[:16], rows[16:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    tok = load_tokenizer(tiny_base)
+    on_gpu = load_tuned(tiny_base, Path(result.adapter_dir), device="cuda", dtype=torch.bfloat16)
+    assert on_gpu.device.type == "cuda"
+    prompts = [r["messages"][:-1] for r in rows[16:20]]
+    outputs = generate_responses(on_gpu, tok, prompts, max_new_tokens=8, batch_size=2)
+    assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
+    questions = load_ceval(SAMPLE / "ceval", "val")
+    scored = score_ceval(on_gpu, tok, {"elementary_mathematics": questions["elementary_mathematics"][:3]})
+    assert scored["n_questions"] == 3
