@@ -99,6 +99,26 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tiny_b
     assert not list((tmp_path / "out" / "checkpoints").glob("*/state.json"))  # cleaned up once finished
 
 
+def test_checkpoints_keep_best_weights_on_disk_and_survive_a_kill_between_renames(tiny_base, tmp_path):
+    import torch
+
+    from finetune.train.checkpoint import load_checkpoint, remove_checkpoint, save_best_weights, save_checkpoint
+
+    model = build_trainable_model(tiny_base, TrainConfig(method="lora", additional_target=[]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    folder = tmp_path / "run-key"
+    for step in (3, 6):
+        best = save_best_weights(folder, model, step)
+        save_checkpoint(folder, model, optimizer, scheduler, {"key": "k", "step": step, "best_step": step})
+    assert [f.name for f in best.parent.iterdir()] == ["step-6.safetensors"]  # step 3's is no longer named
+    folder.rename(folder.with_name("run-key.old"))  # as if killed between save_checkpoint's two renames
+    loop, restored_best = load_checkpoint(folder, "k", model, optimizer, scheduler)
+    assert loop["step"] == 6 and restored_best == best
+    remove_checkpoint(folder)
+    assert not list(tmp_path.iterdir())
+
+
 def test_launch_command_wires_plain_python_torchrun_and_accelerate():
     assert launch_command(TrainConfig()) == [sys.executable, "-m", "train_process"]
     torchrun = TrainConfig(launch_prefix=["torchrun", "--nproc-per-node=1"])

@@ -36,14 +36,30 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             params[name].copy_(tensor)
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict, best: dict | None) -> None:
+def best_weights_file(folder: Path, step: int) -> Path:
+    """Where the best-validation weights of step `step` are kept, beside the checkpoint `folder`."""
+    return folder.with_name(folder.name + ".best") / f"step-{step}.safetensors"
+
+
+def save_best_weights(folder: Path, model, step: int) -> Path:
+    """Write the trainable weights as the best so far: on disk, since for full fine-tuning they are a whole model.
+
+    Older best files stay until a checkpoint that no longer refers to them is written.
+    """
+    path = best_weights_file(folder, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(trainable_state(model), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict) -> None:
     """Atomically replace `folder` with the current training state."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), tmp / "trainable.safetensors")
-    if best:
-        save_file(best, tmp / "best.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(loop), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
@@ -51,11 +67,25 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict, best:
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
+    keep = best_weights_file(folder, loop["best_step"])
+    for stale in keep.parent.glob("step-*.safetensors"):  # superseded best weights the checkpoint no longer names
+        if stale != keep:
+            stale.unlink()
 
 
-def load_checkpoint(folder: Path, key: str, model, optimizer, scheduler) -> tuple[dict, dict | None] | None:
-    """Restore a checkpoint written for the same run key; None when there is none to resume."""
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a finished run's checkpoint and best weights."""
+    for path in (folder, *(folder.with_name(folder.name + end) for end in (".old", ".tmp", ".best"))):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, key: str, model, optimizer, scheduler) -> tuple[dict, Path | None] | None:
+    """Restore a checkpoint written for the same run key, and its best weights' file; None when there is none."""
+    named = folder  # best weights sit beside the checkpoint's own name, whichever copy is read
     state_file = folder / "state.json"
+    previous = folder.with_name(folder.name + ".old") / "state.json"
+    if not state_file.is_file() and previous.is_file():  # killed between save_checkpoint's two renames
+        folder, state_file = previous.parent, previous
     if not state_file.is_file():
         return None
     loop = json.loads(state_file.read_text(encoding="utf-8"))
@@ -65,5 +95,5 @@ def load_checkpoint(folder: Path, key: str, model, optimizer, scheduler) -> tupl
     saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").is_file() else None
-    return loop, best
+    best = best_weights_file(named, loop["best_step"])
+    return loop, best if best.is_file() else None

@@ -7,13 +7,13 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
@@ -22,7 +22,15 @@ from finetune.data.records import Record, sha256_file, write_json
 from finetune.model.loading import load_tokenizer
 from finetune.process_memory import peak_rss_mib
 from finetune.sft import IGNORE_INDEX, tokenize_conversation
-from finetune.train.checkpoint import load_checkpoint, load_trainable_state, run_key, save_checkpoint, trainable_state
+from finetune.train.checkpoint import (
+    best_weights_file,
+    load_checkpoint,
+    load_trainable_state,
+    remove_checkpoint,
+    run_key,
+    save_best_weights,
+    save_checkpoint,
+)
 from finetune.train.distributed import SINGLE, Ranks, barrier, current_ranks, rank_slice, reduce_sum, wrap_data_parallel
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
@@ -242,7 +250,7 @@ def train_adapter(
     ckpt = (checkpoint_root or out_dir / "checkpoints") / key
     loop = {"key": key, "step": 0, "losses": [], "val": [], "best_val": math.inf, "best_step": 0, "bad_evals": 0}
     loop |= {"tokens": 0, "with_grad": [], "stopped_early": False, "resumed_from": 0, "train_seconds": 0.0}
-    best: dict | None = None
+    best: Path | None = None  # the best-validation weights' file
     restored = load_checkpoint(ckpt, key, model, optimizer, scheduler) if cfg.resume else None
     if restored:
         loop, best = restored
@@ -327,11 +335,15 @@ def train_adapter(
             )
             bar.update(1)
             if step % eval_every == 0 or step == total_steps:
-                best = _validate(model, val_ex, pad_id, loop, best, cfg, writer, log, total_steps, device, dtype, ranks)
+                if _validate(model, val_ex, pad_id, loop, cfg, writer, log, total_steps, device, dtype, ranks):
+                    if ranks.is_main:
+                        save_best_weights(ckpt, model, step)
+                    barrier(ranks)
+                    best = best_weights_file(ckpt, step)
             if step % save_every == 0 and step < total_steps:
                 loop["with_grad"] = sorted(with_grad)
                 if ranks.is_main:
-                    save_checkpoint(ckpt, model, optimizer, scheduler, loop, best)
+                    save_checkpoint(ckpt, model, optimizer, scheduler, loop)
                 barrier(ranks)
     except BaseException:
         writer.close(failed=True)  # an MLflow run must not stay RUNNING after a crash
@@ -347,7 +359,7 @@ def train_adapter(
             f"(first: {missing[0]}); training would silently do nothing"
         )
     if best is not None and cfg.ship == "best":  # the best validation point rather than the last step
-        load_trainable_state(model, best)
+        load_trainable_state(model, load_file(best))
     changed = sum(1 for n, p in trainable.items() if tensor_digest(p) != initial[n])
     val_after = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype, ranks=ranks)
     seconds = time.perf_counter() - started
@@ -358,7 +370,7 @@ def train_adapter(
         model.save_pretrained(adapter_dir, safe_serialization=True)
         tokenizer.save_pretrained(adapter_dir)
         save_loss_curve(loop["losses"], curve, [(0, val_before), *loop["val"]])
-        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the output replaces the checkpoint
+        remove_checkpoint(ckpt)  # finished: the output replaces the checkpoint
     barrier(ranks)
     result = TrainResult(
         adapter_dir=str(adapter_dir),
@@ -404,17 +416,18 @@ def _silent(_: str) -> None:
     """The log of ranks other than 0: one copy of each line is enough."""
 
 
-def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, total_steps, device, dtype, ranks):
+def _validate(model, val_ex, pad_id, loop, cfg: TrainConfig, writer, log, total_steps, device, dtype, ranks) -> bool:
+    """Score the validation split, update early stopping; True when this is the best point so far."""
     step = loop["step"]
     if not val_ex:
-        return best
+        return False
     val_loss = mean_loss(model, val_ex, pad_id, device=device, dtype=dtype, ranks=ranks)
     loop["val"].append((step, val_loss))
     writer.scalar("val/loss", val_loss, step)
     train_recent = sum(loop["losses"][-10:]) / len(loop["losses"][-10:])
-    if val_loss < loop["best_val"] - 1e-6:
+    improved = val_loss < loop["best_val"] - 1e-6
+    if improved:
         loop["best_val"], loop["best_step"], loop["bad_evals"] = val_loss, step, 0
-        best = trainable_state(model)
     else:
         loop["bad_evals"] += 1
         if cfg.early_stopping_patience and loop["bad_evals"] >= cfg.early_stopping_patience:
@@ -424,7 +437,7 @@ def _validate(model, val_ex, pad_id, loop, best, cfg: TrainConfig, writer, log, 
         f"(best {loop['best_val']:.4f} at step {loop['best_step']})"
         + (" - stopping early" if loop["stopped_early"] else "")
     )
-    return best
+    return improved
 
 
 def _scalars(writer: MetricSinks, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> None:
