@@ -42,12 +42,6 @@ def snippet(record: Record) -> str:
     return redact(full_text(record), PII_ENTITIES)[:SNIPPET]
 
 
-def _band_key(band: bytes) -> bytes:
-    # An 8-byte digest instead of the band's raw r x 8 bytes keeps the index ~30% smaller; a rare
-    # collision only adds a candidate, and every candidate is verified against its signature.
-    return hashlib.blake2b(band, digest_size=8).digest()
-
-
 def dedup_key(record: Record) -> str:
     """Hash of the record's turns, case-folded with punctuation and whitespace removed."""
     parts = [m["role"] + ":" + canonical(m["content"]) for m in record["messages"]]
@@ -64,7 +58,7 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig, index_dir: Path | None = None):
         self.cfg = cfg
         self.index = DuplicateIndex(cfg.threshold, cfg.num_perm, index_dir)
-        self.semantic = SemanticIndex(cfg.semantic_threshold) if cfg.semantic else None
+        self.semantic = SemanticIndex() if cfg.semantic else None
         self.pairs: list[dict[str, Any]] = []
         self.group_count, self.largest_groups = 0, []
 
@@ -83,8 +77,17 @@ class Deduplicator:
         exact = self.index.exact_rows(keys)
         signatures = bands = None
         candidates: dict[int, list[int]] = {}
+        # One signature per distinct key not already indexed: records that are exact duplicates of a kept one
+        # never reach the near check, and equal keys (equal canonical turns) would give equal signatures.
+        first: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in exact:
+                first.setdefault(key, i)
+        slot = {key: j for j, key in enumerate(first)}
         if self.cfg.near_duplicates:
-            signatures = np.stack([self._signature(r) for r in chunk])
+            signatures = np.zeros((len(first), self.cfg.num_perm), dtype=SIGNATURE_DTYPE)
+            for j, i in enumerate(first.values()):
+                signatures[j] = self._signature(chunk[i])
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
         known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
@@ -92,13 +95,14 @@ class Deduplicator:
         duplicates: Counter[int] = Counter()
         outcomes, kept_here = [], []
         for i, record in enumerate(chunk):
+            j = slot.get(keys[i])
             if (row := exact.get(keys[i])) is not None:
                 outcomes.append(self._duplicate(record, "exact_duplicate", known[row][0], 1.0))
                 duplicates[row] += 1
                 continue
             if signatures is not None:
                 row, similarity = self._nearest(
-                    signatures[i], {r for k in bands[i].tolist() for r in candidates.get(k, ())}, known
+                    signatures[j], {r for k in bands[j].tolist() for r in candidates.get(k, ())}, known
                 )
                 if row is not None:
                     outcomes.append(self._duplicate(record, "near_duplicate", known[row][0], similarity))
@@ -112,14 +116,14 @@ class Deduplicator:
             row = self.index.add(
                 record["id"],
                 keys[i],
-                None if bands is None else bands[i],
-                None if signatures is None else signatures[i],
+                None if bands is None else bands[j],
+                None if signatures is None else signatures[j],
             )
             # Later records of this chunk are checked against this one before the index is written.
-            known[row] = (record["id"], None if signatures is None else signatures[i])
+            known[row] = (record["id"], None if signatures is None else signatures[j])
             exact.setdefault(keys[i], row)
             if bands is not None:
-                for key in bands[i].tolist():
+                for key in bands[j].tolist():
                     candidates.setdefault(key, []).append(row)
             kept_here.append(i)
             outcomes.append(kept(record))

@@ -39,8 +39,8 @@ def load_embedder():
 class SemanticIndex:
     """Prompt and response embeddings of kept records, in keep order (row i = the i-th kept record)."""
 
-    def __init__(self, threshold: float, batch_size: int = 64):
-        self.threshold, self.batch_size = threshold, batch_size
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
         self.model = load_embedder()
         dim = self.model.get_embedding_dimension()
         self.prompts = np.zeros((0, dim), dtype=np.float32)
