@@ -335,7 +335,8 @@ def train_adapter(
             )
             bar.update(1)
             if step % eval_every == 0 or step == total_steps:
-                if _validate(model, val_ex, pad_id, loop, cfg, writer, log, total_steps, device, dtype, ranks):
+                improved = _validate(model, val_ex, pad_id, loop, cfg, writer, log, total_steps, device, dtype, ranks)
+                if improved and cfg.ship == "best":  # ship=last never reads them back
                     if ranks.is_main:
                         save_best_weights(ckpt, model, step)
                     barrier(ranks)
