@@ -258,6 +258,23 @@ def test_duplicates_are_found_across_chunks_of_the_on_disk_index(monkeypatch, tm
     assert chunked.group_count == 3 and not list(tmp_path.iterdir())  # the index file is gone afterwards
 
 
+def test_batched_signatures_equal_datasketch_minhash_of_each_text():
+    import numpy as np
+    from datasketch import MinHash
+
+    from finetune.data.minhash import shingle_hashes, signatures
+
+    # Empty, shorter than a shingle, exactly one shingle, mixed script, and one text longer than a permutation block.
+    texts = ["", "ab", "abcde", "Hello, world! 你好，世界", "。。。", "长城" * 10_000, "the sea " * 40]
+    for num_perm in (7, 128):
+        batch = signatures(texts, num_perm, 5)
+        for text, row in zip(texts, batch, strict=True):
+            expected = MinHash(num_perm=num_perm, seed=1, hashfunc=int)  # datasketch's own affine32 scheme
+            if (values := shingle_hashes(text, 5)).size:
+                expected.update_batch(values.tolist())
+            assert np.array_equal(row, expected.hashvalues), text[:20]
+
+
 @pytest.mark.slow
 def test_semantic_dedup_drops_paraphrases_but_not_a_shared_response_cluster(monkeypatch):
     import finetune.data.dedup as dedup

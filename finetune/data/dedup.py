@@ -23,7 +23,7 @@ import numpy as np
 
 from finetune.config import DedupConfig
 from finetune.data.dedup_index import SIGNATURE_DTYPE, DuplicateIndex
-from finetune.data.minhash import half_similarities, pair_signature
+from finetune.data.minhash import half_similarities, pair_signatures
 from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text
 from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
@@ -85,9 +85,7 @@ class Deduplicator:
                 first.setdefault(key, i)
         slot = {key: j for j, key in enumerate(first)}
         if self.cfg.near_duplicates:
-            signatures = np.zeros((len(first), self.cfg.num_perm), dtype=SIGNATURE_DTYPE)
-            for j, i in enumerate(first.values()):
-                signatures[j] = self._signature(chunk[i])
+            signatures = self._signatures([chunk[i] for i in first.values()])
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
         known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
@@ -142,9 +140,9 @@ class Deduplicator:
             known.update(self.index.kept_rows([row]))
         return known[row][0]
 
-    def _signature(self, record: Record) -> np.ndarray:
-        values = pair_signature(prompt_text(record), response_text(record), self.cfg.num_perm, self.cfg.shingle_chars)
-        return values.astype(SIGNATURE_DTYPE)
+    def _signatures(self, records: list[Record]) -> np.ndarray:
+        prompts, responses = [prompt_text(r) for r in records], [response_text(r) for r in records]
+        return pair_signatures(prompts, responses, self.cfg.num_perm, self.cfg.shingle_chars).astype(SIGNATURE_DTYPE)
 
     def _nearest(self, values: np.ndarray, rows: set[int], known: dict) -> tuple[int | None, float]:
         # LSH candidates are only likely matches; confirm with the signatures' estimated Jaccard. Both the
