@@ -263,11 +263,12 @@ def test_batched_signatures_equal_datasketch_minhash_of_each_text():
     from datasketch import MinHash
 
     from finetune.data.minhash import shingle_hashes, signatures
+    from finetune.data.text_quality import canonical
 
     # Empty, shorter than a shingle, exactly one shingle, mixed script, and one text longer than a permutation block.
     texts = ["", "ab", "abcde", "Hello, world! 你好，世界", "。。。", "长城" * 10_000, "the sea " * 40]
     for num_perm in (7, 128):
-        batch = signatures(texts, num_perm, 5)
+        batch = signatures([canonical(t) for t in texts], num_perm, 5)
         for text, row in zip(texts, batch, strict=True):
             expected = MinHash(num_perm=num_perm, seed=1, hashfunc=int)  # datasketch's own affine32 scheme
             if (values := shingle_hashes(text, 5)).size:

@@ -24,7 +24,7 @@ import numpy as np
 from finetune.config import DedupConfig
 from finetune.data.dedup_index import SIGNATURE_DTYPE, DuplicateIndex
 from finetune.data.minhash import half_similarities, pair_signatures
-from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text
+from finetune.data.records import Record, StageResult, full_text
 from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import canonical
@@ -42,10 +42,17 @@ def snippet(record: Record) -> str:
     return redact(full_text(record), PII_ENTITIES)[:SNIPPET]
 
 
-def dedup_key(record: Record) -> str:
-    """Hash of the record's turns, case-folded with punctuation and whitespace removed."""
-    parts = [m["role"] + ":" + canonical(m["content"]) for m in record["messages"]]
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+def canonical_parts(record: Record) -> tuple[bytes, str, str]:
+    """The record's exact-duplicate key (a hash of its turns, case-folded with punctuation and whitespace
+    removed) and the canonical prompt and response text its near-duplicate signature is made of."""
+    messages = record["messages"]
+    turns = [canonical(m["content"]) for m in messages]
+    key = hashlib.sha256("\x1f".join(m["role"] + ":" + t for m, t in zip(messages, turns, strict=True)).encode())
+    # canonical() works character by character and drops the newlines prompt_text joins with, so joining
+    # the canonical turns gives canonical(prompt_text(record)) without a second pass over the text.
+    prompt = "".join(t for m, t in zip(messages, turns, strict=True) if m["role"] != "assistant")
+    response = next((t for m, t in zip(messages[::-1], turns[::-1], strict=True) if m["role"] == "assistant"), "")
+    return key.digest()[:16], prompt, response
 
 
 class Deduplicator:
@@ -73,7 +80,7 @@ class Deduplicator:
             self.index.close()
 
     def _chunk(self, chunk: list[Record]) -> list[Outcome]:
-        keys = [bytes.fromhex(dedup_key(r))[:16] for r in chunk]
+        keys, prompts, responses = zip(*map(canonical_parts, chunk), strict=True)
         exact = self.index.exact_rows(keys)
         signatures = bands = None
         candidates: dict[int, list[int]] = {}
@@ -85,7 +92,12 @@ class Deduplicator:
                 first.setdefault(key, i)
         slot = {key: j for j, key in enumerate(first)}
         if self.cfg.near_duplicates:
-            signatures = self._signatures([chunk[i] for i in first.values()])
+            signatures = pair_signatures(
+                [prompts[i] for i in first.values()],
+                [responses[i] for i in first.values()],
+                self.cfg.num_perm,
+                self.cfg.shingle_chars,
+            ).astype(SIGNATURE_DTYPE)
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
         known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
@@ -139,10 +151,6 @@ class Deduplicator:
         if row not in known:
             known.update(self.index.kept_rows([row]))
         return known[row][0]
-
-    def _signatures(self, records: list[Record]) -> np.ndarray:
-        prompts, responses = [prompt_text(r) for r in records], [response_text(r) for r in records]
-        return pair_signatures(prompts, responses, self.cfg.num_perm, self.cfg.shingle_chars).astype(SIGNATURE_DTYPE)
 
     def _nearest(self, values: np.ndarray, rows: set[int], known: dict) -> tuple[int | None, float]:
         # LSH candidates are only likely matches; confirm with the signatures' estimated Jaccard. Both the

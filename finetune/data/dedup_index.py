@@ -48,7 +48,8 @@ class DuplicateIndex:
         self.size = 0
         self._kept: list[tuple] = []
         self._exact: list[tuple] = []
-        self._band: list[tuple] = []
+        self._band_rows: list[int] = []
+        self._band_keys: list[np.ndarray] = []
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band of each signature row: shape (n, bands), signed for SQLite.
@@ -100,20 +101,26 @@ class DuplicateIndex:
         self._kept.append((row, record_id, blob))
         self._exact.append((exact_key, row))
         if band_keys is not None:
-            self._band.extend((k, row) for k in band_keys.tolist())
+            self._band_rows.append(row)
+            self._band_keys.append(band_keys)
         return row
 
     def flush(self, duplicates: dict[int, int]) -> None:
         """Write the rows added since the last flush and add to the duplicate count of each kept row."""
         self.db.executemany("INSERT INTO kept (row, id, signature) VALUES (?, ?, ?)", self._kept)
         self.db.executemany("INSERT OR IGNORE INTO exact VALUES (?, ?)", self._exact)
-        self._band.sort()  # in key order, inserts touch each B-tree page once
-        self.db.executemany("INSERT OR IGNORE INTO band VALUES (?, ?)", self._band)
+        if self._band_rows:
+            keys = np.concatenate(self._band_keys)
+            rows = np.repeat(np.asarray(self._band_rows, dtype=np.int64), self.bands)
+            order = np.argsort(keys, kind="stable")  # in key order, inserts touch each B-tree page once
+            self.db.executemany(
+                "INSERT OR IGNORE INTO band VALUES (?, ?)", zip(keys[order].tolist(), rows[order].tolist(), strict=True)
+            )
         self.db.executemany(
             "UPDATE kept SET duplicates = duplicates + ? WHERE row = ?", [(n, r) for r, n in duplicates.items()]
         )
         self.db.commit()
-        self._kept, self._exact, self._band = [], [], []
+        self._kept, self._exact, self._band_rows, self._band_keys = [], [], [], []
 
     def groups(self, largest: int = 5) -> tuple[int, list[dict]]:
         """How many kept records had duplicates, and the `largest` groups."""

@@ -37,10 +37,9 @@ def _window_hashes(codes: np.ndarray, k: int) -> np.ndarray:
     return (h * _MIX) >> np.uint64(32)
 
 
-def shingle_hash_runs(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of every text's canonical character k-grams (the whole text if shorter), concatenated
-    text after text, and how many belong to each text (0 for a text with nothing left)."""
-    canon = [canonical(t) for t in texts]
+def shingle_hash_runs(canon: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every (canonical) text's character k-grams (the whole text if shorter), concatenated
+    text after text, and how many belong to each text (0 for an empty text)."""
     lengths = np.fromiter(map(len, canon), dtype=np.int64, count=len(canon))
     codes = np.frombuffer("".join(canon).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     long = lengths >= k
@@ -59,7 +58,7 @@ def shingle_hash_runs(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndar
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:
     """Distinct 32-bit hashes of one text's canonical character k-grams."""
-    return np.unique(shingle_hash_runs([text], k)[0])
+    return np.unique(shingle_hash_runs([canonical(text)], k)[0])
 
 
 @lru_cache(maxsize=8)
@@ -78,17 +77,17 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> s3)
 
 
-def signatures(texts: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
-    """MinHash values (uint32, shape (len(texts), num_perm)) of each text's character shingles."""
-    hashes, counts = shingle_hash_runs(texts, k)
+def signatures(canon: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """MinHash values (uint32, shape (len(canon), num_perm)) of each canonical text's character shingles."""
+    hashes, counts = shingle_hash_runs(canon, k)
     a, b = _permutations(num_perm)
     values = _fmix32(hashes.astype(np.uint32))
     # Permutations along rows, shingles along columns: the per-text minimum then reduces contiguous
     # memory, ~15x faster than reducing down columns of a (shingles, permutations) array.
-    out = np.full((num_perm, len(texts)), EMPTY, dtype=np.uint32)
+    out = np.full((num_perm, len(canon)), EMPTY, dtype=np.uint32)
     ends = np.cumsum(counts)
     i = 0
-    while i < len(texts):  # texts in groups of about _BLOCK shingles; one text may exceed it alone
+    while i < len(canon):  # texts in groups of about _BLOCK shingles; one text may exceed it alone
         start = int(ends[i] - counts[i])
         j = max(i + 1, int(np.searchsorted(ends, start + _BLOCK, side="right")))
         seen = np.flatnonzero(counts[i:j])
@@ -101,7 +100,7 @@ def signatures(texts: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndar
 
 
 def pair_signatures(firsts: Sequence[str], seconds: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
-    """MinHash values of text pairs: the first num_perm // 2 permutations hash `first`, the rest `second`.
+    """MinHash values of canonical text pairs: the first num_perm // 2 permutations hash `first`, the rest `second`.
 
     LSH over them finds pairs alike in either text; `half_similarities` then tells them apart.
     """
