@@ -77,7 +77,8 @@ class CleanConfig(_Section):
     )
     drop_prompt_echo: bool = Field(default=True, description="Drop a record whose response only repeats the prompt.")
     languages: list[str] = Field(
-        default=["zh", "en"], description="Keep these languages (ISO 639-1, py3langid); empty = keep every language."
+        default=["zh", "en"],
+        description="Keep these languages (ISO codes as fastText's lid.176 gives them); empty = keep every language.",
     )
     min_language_confidence: float = Field(
         default=0.9, ge=0, le=1, description="Drop for language only when the identifier is at least this sure."
