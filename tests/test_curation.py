@@ -324,6 +324,53 @@ def test_fast_paths_give_the_same_answers_as_the_full_checks():
     assert detect_language("서울은 한국의 수도입니다. 아주 큰 도시이고 사람이 많습니다.")[0] == "ko"
 
 
+def _gopher_ngram_fraction(text: str, n: int = 10) -> float:
+    # The rule's definition, plainly: characters covered by n-grams (letters and digits only) seen twice.
+    chars = "".join(c for c in text if c.isalnum())
+    grams = [chars[i : i + n] for i in range(len(chars) - n + 1)]
+    if len(chars) < 2 * n:
+        return 0.0
+    covered = {i + j for i, g in enumerate(grams) if grams.count(g) > 1 for j in range(n)}
+    return len(covered) / len(chars)
+
+
+def _spacing_reference(text: str) -> str:
+    text = re.sub(r"[ \t\u3000\xa0]+", " ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line.strip() for line in text.split("\n"))).strip()
+
+
+_TRICKY = st.text(alphabet="ab 中_,。\t\r\n\u3000\xa0\u2003\u2028\uff21\uff10😀𠀀١", max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_TRICKY, max_size=6), prompt=_TRICKY, response=_TRICKY)
+def test_batched_and_short_cut_rules_match_their_plain_definitions(texts, prompt, response):
+    from finetune.data.text_quality import canonical, echoes_prompt, repeated_ngram_fractions
+
+    # One numpy pass over many texts (including astral characters and texts too short to measure).
+    repeats = [t * 3 for t in texts] + texts
+    assert repeated_ngram_fractions(repeats).tolist() == pytest.approx([_gopher_ngram_fraction(t) for t in repeats])
+    # Text without spacing to fix skips the spacing rewrite; the result is the same either way.
+    assert normalise_text(prompt, "none")[0] == _spacing_reference(prompt)
+    p, r = canonical(prompt), canonical(response)
+    assert echoes_prompt(prompt, response) == (
+        bool(r) and len(r) >= 0.8 * len(p) and (r == p or (len(r) <= len(p) and r in p))
+    )
+    assert echoes_prompt(prompt, prompt) == bool(p)
+
+
+def test_cleaned_records_keep_a_content_hash_id_whether_or_not_normalising_changed_them():
+    from finetune.data.records import record_id
+
+    rows = [
+        _rec("Tell me about tea", "Tea is a drink made from leaves."),
+        _rec("Tell  me about tea ", "Ｔｅａ is a drink."),
+    ]
+    kept = clean_records(rows, CleanConfig()).kept
+    assert [r["id"] for r in kept] == [record_id(r["messages"]) for r in kept]
+    assert kept[0]["id"] == rows[0]["id"] and kept[1]["id"] != rows[1]["id"]  # unchanged turns, same hash
+
+
 def test_duplicate_pair_snippets_are_pii_redacted():
     rows = [_rec("我的手机号是13812345678，请记住。", "好的，已记住。")] * 2
     result = deduplicate_records(rows)

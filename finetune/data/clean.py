@@ -9,7 +9,8 @@ model's tokenizer when one is given (the seeds' cutoff length is in those tokens
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from finetune.config import CleanConfig
@@ -24,18 +25,24 @@ from finetune.data.text_quality import (
     has_mojibake,
     markup_count,
     normalise_text,
-    repeated_ngram_fraction,
+    repeated_ngram_fractions,
 )
 
 TokenCounter = Callable[[str], int]
+CHUNK = 1024  # records normalised and measured together; bounds the memory a chunk adds
 
 
 def broken_rule(
-    record: Record, cfg: CleanConfig, count_tokens: TokenCounter | None = None, mojibake_left: bool = False
+    record: Record,
+    cfg: CleanConfig,
+    count_tokens: TokenCounter | None = None,
+    mojibake_left: bool = False,
+    ngram_fractions: Sequence[float] | None = None,
 ) -> tuple[str, dict] | None:
     """The first rule a normalised record breaks, with its measured value; None if it passes all.
 
-    `mojibake_left`: normalisation found encoding damage it could not repair.
+    `mojibake_left`: normalisation found encoding damage it could not repair. `ngram_fractions`: each
+    turn's `repeated_ngram_fractions`, when measured for a whole batch of records beforehand.
     """
     messages = record["messages"]
     empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
@@ -58,7 +65,9 @@ def broken_rule(
         return "repeated_chars", {"run": n, "max_char_run": cfg.max_char_run}
     if (f := max(duplicate_line_fraction(m["content"]) for m in messages)) > cfg.max_duplicate_line_fraction:
         return "repeated_lines", {"fraction": round(f, 3)}
-    if (f := max(repeated_ngram_fraction(m["content"]) for m in messages)) > cfg.max_repeated_ngram_fraction:
+    if ngram_fractions is None:
+        ngram_fractions = repeated_ngram_fractions([m["content"] for m in messages]).tolist()
+    if (f := max(ngram_fractions)) > cfg.max_repeated_ngram_fraction:
         return "repeated_ngrams", {"fraction": round(f, 3)}
     if cfg.drop_prompt_echo and echoes_prompt(prompt_text(record), response):
         return "prompt_echo", {}
@@ -78,24 +87,40 @@ class Cleaner:
 
     def normalise(self, record: Record) -> tuple[Record, bool]:
         """The record with every turn normalised, and whether encoding damage is left in it."""
-        messages, left = [], False
+        messages, left, changed = [], False, False
         for m in record["messages"]:
             text, fixes = normalise_text(
                 m["content"], self.cfg.unicode_form, self.cfg.traditional_to_simplified, self.cfg.fix_mojibake
             )
-            left = left or MOJIBAKE_LEFT in fixes
-            self.fixes.update(f for f in fixes if f != MOJIBAKE_LEFT)
+            if fixes:
+                left = left or MOJIBAKE_LEFT in fixes
+                self.fixes.update(f for f in fixes if f != MOJIBAKE_LEFT)
+            changed = changed or text != m["content"]
             messages.append({"role": m["role"], "content": text})
-        cleaned = make_record(messages, record["source"]["file"], record["source"]["line"])
+        source = record["source"]
+        if changed:
+            cleaned = make_record(messages, source["file"], source["line"])
+        else:  # the id is a hash of the turns: unchanged turns keep the raw record's
+            cleaned = {
+                "id": record["id"],
+                "source": {"file": source["file"], "line": source["line"]},
+                "messages": messages,
+            }
         cleaned["raw_id"] = record["id"]
         return cleaned, left
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept (normalised) or dropped with the rule it broke."""
-        for record in records:
-            cleaned, mojibake_left = self.normalise(record)
-            broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left)
-            yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
+        records = iter(records)
+        # A chunk at a time: the repeated n-gram measure runs over all of a chunk's turns in one pass.
+        while chunk := [self.normalise(r) for r in islice(records, CHUNK)]:
+            fractions = repeated_ngram_fractions([m["content"] for r, _ in chunk for m in r["messages"]]).tolist()
+            at = 0
+            for cleaned, mojibake_left in chunk:
+                turns = len(cleaned["messages"])
+                broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left, fractions[at : at + turns])
+                at += turns
+                yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
 
     def extra(self) -> dict[str, Any]:
         return {"normalisation_fixes": dict(self.fixes)}

@@ -18,9 +18,9 @@ from functools import lru_cache
 import numpy as np
 from datasketch import MinHash
 
+from finetune.data.char_windows import code_points, rolling_hashes, window_starts
 from finetune.data.text_quality import canonical
 
-_BASE = np.uint64(1_000_003)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a permutation that saw no shingle
 # Shingles permuted per numpy pass: a (num_perm, block) uint32 array of ~8 MiB at 128 permutations.
@@ -28,32 +28,21 @@ _BLOCK = 1 << 14
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 
 
-def _window_hashes(codes: np.ndarray, k: int) -> np.ndarray:
-    """32-bit hash (in uint64) of every k-long window of a uint64 code-point array."""
-    n = codes.size - k + 1
-    h = np.zeros(n, dtype=np.uint64)
-    for j in range(k):  # uint64 arithmetic wraps, which is what a rolling hash wants
-        h = h * _BASE + codes[j : j + n]
-    return (h * _MIX) >> np.uint64(32)
-
-
 def shingle_hash_runs(canon: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of every (canonical) text's character k-grams (the whole text if shorter), concatenated
     text after text, and how many belong to each text (0 for an empty text)."""
-    lengths = np.fromiter(map(len, canon), dtype=np.int64, count=len(canon))
-    codes = np.frombuffer("".join(canon).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    codes, lengths = code_points(canon)
     long = lengths >= k
     counts = np.where(long, lengths - k + 1, np.minimum(lengths, 1))
     hashes = np.empty(int(counts.sum()), dtype=np.uint64)
-    text_at, out_at = np.cumsum(lengths) - lengths, np.cumsum(counts) - counts
     if long.any():
-        # Windows crossing from one text into the next are computed and skipped: cheaper than masking.
-        windows, n = _window_hashes(codes, k), counts[long]
-        step = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        hashes[np.repeat(out_at[long], n) + step] = windows[np.repeat(text_at[long], n) + step]
+        windows = window_starts(lengths, np.where(long, counts, 0))
+        hashes[np.repeat(long, counts)] = rolling_hashes(codes, k)[windows]
+    text_at, out_at = np.cumsum(lengths) - lengths, np.cumsum(counts) - counts
     for i in np.flatnonzero(~long & (lengths > 0)):  # shorter than k: the whole text is its one shingle
-        hashes[out_at[i]] = _window_hashes(codes[text_at[i] : text_at[i] + lengths[i]], int(lengths[i]))[0]
-    return hashes, counts
+        whole = codes[text_at[i] : text_at[i] + lengths[i]]
+        hashes[out_at[i]] = rolling_hashes(whole, whole.size)[0]
+    return (hashes * _MIX) >> np.uint64(32), counts
 
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:

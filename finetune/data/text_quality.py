@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 
 import ftfy
+import numpy as np
+
+from finetune.data.char_windows import alnum_only, code_points, rolling_hashes, window_starts
 
 _SPACES = re.compile(r"[ \t\u3000\xa0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Whatever the spacing rules below would change: a carriage return, a run _SPACES would rewrite, or
+# white space at a line's edge (\s is str.isspace, what strip() removes; "\n\n" matches too). Text
+# without any needs only strip(), and most text has none.
+_SPACING_TO_FIX = re.compile(r"[\r\t\u3000\xa0]|  |\s\n|\n\s")
 # C0/C1 controls except tab and newline, zero-width characters and the BOM: invisible and never meant.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 # What GBK/UTF-8 round trips leave behind and ftfy cannot undo: the replacement character and the
@@ -27,6 +34,7 @@ _UNREPAIRABLE = re.compile(r"\ufffd|锟斤拷|烫烫烫|屯屯屯")
 CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)  # a fenced code block, or one left open
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_OWNER_MIX = np.uint64(0x9E3779B97F4A7C15)
 MOJIBAKE_LEFT = "mojibake_left"
 # ftfy's mojibake patterns all need a character outside ASCII, CJK punctuation, the CJK ideographs and
 # the full-width forms (checked against ftfy.badness.MOJIBAKE_CATEGORIES in a test); text made only of
@@ -34,6 +42,7 @@ MOJIBAKE_LEFT = "mojibake_left"
 _OUTSIDE_PLAIN_ZH_EN = re.compile(r"[^\x00-\x7f\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 # Full-width digits and Latin letters only: NFKC would also turn Chinese punctuation (，：？！（）) into
 # ASCII, which changes how a model tuned on the data punctuates Chinese.
+_FULLWIDTH_ALNUM_CHAR = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
 _FULLWIDTH_ALNUM = {
     cp: cp - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for cp in range(r[0], r[1] + 1)
 }
@@ -60,9 +69,8 @@ def normalise_text(
         if not repair_mojibake or ftfy.badness.is_bad(text):
             fixes.append(MOJIBAKE_LEFT)  # not a fix: tells the mojibake rule without a second scan
     if form == "NFC+width":
-        folded = text.translate(_FULLWIDTH_ALNUM)
-        if folded != text:
-            text = folded
+        if _FULLWIDTH_ALNUM_CHAR.search(text):  # translate() costs ~10x a search on text without any
+            text = text.translate(_FULLWIDTH_ALNUM)
             fixes.append("fullwidth_alnum_folded")
         form = "NFC"
     if form != "none":
@@ -79,6 +87,8 @@ def normalise_text(
         if simplified != text:
             text = simplified
             fixes.append("traditional_to_simplified")
+    if not _SPACING_TO_FIX.search(text):
+        return text.strip(), fixes
     text = _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
     lines = [line.strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip(), fixes
@@ -121,20 +131,41 @@ def duplicate_line_fraction(text: str) -> float:
     return 1 - len(set(lines)) / len(lines)
 
 
+def repeated_ngram_fractions(texts: Sequence[str], n: int = 10) -> np.ndarray:
+    """Per text, the share of characters covered by character n-grams that occur more than once in it
+    (Gopher's measure, counted in characters; punctuation and spaces ignored).
+
+    One vectorised pass over a batch: a Python set of every n-gram of every turn cost more than all
+    other cleaning rules together.
+    """
+    codes, lengths = alnum_only(*code_points(texts))  # punctuation and spaces do not count
+    fractions = np.zeros(len(texts))
+    counts = np.where(lengths >= 2 * n, lengths - n + 1, 0)  # shorter texts count as not repetitive
+    if not counts.any():
+        return fractions
+    starts = window_starts(lengths, counts)
+    owner = np.repeat(np.arange(len(texts), dtype=np.uint64), counts)
+    keys = rolling_hashes(codes, n)[starts] ^ (owner * _OWNER_MIX)  # equal n-grams of different texts differ
+    import pandas as pd  # here, not at module level: most importers of this module never need it
+
+    repeated = pd.Series(keys).duplicated(keep=False).to_numpy()  # a hash table, no sort
+    if not repeated.any():
+        return fractions
+    # A character is covered when a repeated n-gram starts at most n - 1 characters before it. Such an
+    # n-gram lies inside one text, so coverage never leaks into the next text.
+    latest = np.full(codes.size, -n, dtype=np.int64)
+    latest[starts[repeated]] = starts[repeated]
+    covered = (np.arange(codes.size) - np.maximum.accumulate(latest)) < n
+    measured = np.flatnonzero(counts)
+    text_at = (np.cumsum(lengths) - lengths)[measured]
+    # Segments run to the next measured text; characters of shorter texts between them are never covered.
+    fractions[measured] = np.add.reduceat(covered, text_at) / lengths[measured]
+    return fractions
+
+
 def repeated_ngram_fraction(text: str, n: int = 10) -> float:
-    """Share of characters covered by character n-grams that occur more than once (Gopher, per character)."""
-    chars = _NOT_WORD.sub("", text)
-    if len(chars) < 2 * n:
-        return 0.0
-    grams = [chars[i : i + n] for i in range(len(chars) - n + 1)]
-    if len(set(grams)) == len(grams):  # the common case: nothing repeats
-        return 0.0
-    counts = Counter(grams)
-    covered = bytearray(len(chars))
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            covered[i : i + n] = b"\x01" * n
-    return sum(covered) / len(chars)
+    """`repeated_ngram_fractions` of one text."""
+    return float(repeated_ngram_fractions([text], n)[0])
 
 
 def canonical(text: str) -> str:
@@ -144,5 +175,8 @@ def canonical(text: str) -> str:
 
 def echoes_prompt(prompt: str, response: str) -> bool:
     """The response only repeats the prompt (same words, ignoring case, spaces and punctuation)."""
-    p, r = canonical(prompt), canonical(response)
-    return bool(r) and len(r) >= 0.8 * len(p) and (r == p or (len(r) <= len(p) and r in p))
+    r = canonical(response)
+    if not r or len(r) > len(prompt):  # canonical(prompt) is never longer than the prompt: no need to make it
+        return False
+    p = canonical(prompt)
+    return len(r) >= 0.8 * len(p) and (r == p or (len(r) <= len(p) and r in p))
