@@ -238,6 +238,7 @@ def test_near_duplicates_in_chinese_and_english_but_not_poison_clusters():
 
 def test_duplicates_are_found_across_chunks_of_the_on_disk_index(monkeypatch, tmp_path):
     import finetune.data.dedup as dedup
+    import finetune.data.dedup_index as dedup_index
 
     topics = ["how rivers carve valleys", "why the sky looks blue", "what a compiler does", "how bees make honey",
               "why bread rises in the oven", "what causes ocean tides", "how vaccines train immunity"]  # fmt: skip
@@ -250,6 +251,7 @@ def test_duplicates_are_found_across_chunks_of_the_on_disk_index(monkeypatch, tm
     assert len(whole.kept) == 7
     assert [d["reason"] for d in whole.dropped] == ["exact_duplicate", "near_duplicate"] + ["exact_duplicate"] * 2
     monkeypatch.setattr(dedup, "CHUNK", 3)  # originals in earlier chunks are read back from the SQLite index
+    monkeypatch.setattr(dedup_index, "PENDING_CHUNKS", 2)  # band rows: some written to SQLite, some still pending
     chunked = dedup.Deduplicator(DedupConfig(), index_dir=tmp_path)
     outcomes = [item for kind, item in chunked.stream(rows) if kind != "kept"]
     assert [(d["reason"], d["duplicate_of"]) for d in outcomes] == [
@@ -274,6 +276,21 @@ def test_batched_signatures_equal_datasketch_minhash_of_each_text():
             if (values := shingle_hashes(text, 5)).size:
                 expected.update_batch(values.tolist())
             assert np.array_equal(row, expected.hashvalues), text[:20]
+
+
+def test_bloom_filter_never_misses_a_key_and_keeps_to_its_false_positive_rate():
+    import numpy as np
+
+    from finetune.data.bloom import BloomFilter
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)
+    bloom = BloomFilter(log2_bits=16)
+    bloom.add(np.concatenate([keys, keys[:100]]))  # repeats, and words hit twice in one call
+    assert bloom.might_contain(keys).all()
+    expected = (1 - np.exp(-4 * 5000 / 2**16)) ** 4  # k = 4 positions, n = 5000 keys, m = 2**16 bits
+    observed = bloom.might_contain(rng.integers(-(2**63), 2**63 - 1, 50_000, dtype=np.int64)).mean()
+    assert expected / 2 < observed < expected * 2
 
 
 @pytest.mark.slow

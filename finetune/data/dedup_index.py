@@ -5,6 +5,12 @@ permutations, 3-4 GB for a million) or in a Redis/Cassandra server; neither keep
 process flat. Here the tables live in a temporary SQLite file with a fixed page cache, queried
 and filled a chunk of records at a time, so memory does not grow with the dataset. The banding
 (b bands of r rows) is datasketch's own optimum for the threshold, as MinHashLSH would choose.
+
+Band keys are random, so each one SQLite inserts or looks up lands on a random page, which stops
+being cached once the table outgrows the page cache (~17 keys per kept record). Two things keep
+that cost from growing with the dataset: new band rows wait in memory (sorted numpy arrays, a few
+MB) and go to SQLite every PENDING_CHUNKS chunks in one sorted pass, which touches each page
+once; and a fixed-size Bloom filter of every indexed key skips the lookups that cannot find anything.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from pathlib import Path
 import numpy as np
 from datasketch.lsh import _optimal_param
 
+from finetune.data.bloom import BloomFilter
+
 _BASE = np.uint64(0x100000001B3)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _PARAMS = 900  # bound parameters per IN (...) query, under SQLite's limit
 SIGNATURE_DTYPE = np.uint32  # datasketch's hash values are < 2**32
+PENDING_CHUNKS = 16  # chunks of band rows held back (~35k rows, 0.5 MB each) before one sorted write
+_WRITE_ROWS = 1 << 16  # band rows per executemany: bounds the Python ints a write makes at once
 
 
 def _in_batches(values: Sequence, size: int = _PARAMS) -> Iterable[Sequence]:
@@ -50,6 +60,8 @@ class DuplicateIndex:
         self._exact: list[tuple] = []
         self._band_rows: list[int] = []
         self._band_keys: list[np.ndarray] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, their rows) per chunk
+        self._seen_bands = BloomFilter()
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 64-bit key per band of each signature row: shape (n, bands), signed for SQLite.
@@ -74,13 +86,19 @@ class DuplicateIndex:
         return found
 
     def band_rows(self, keys: np.ndarray) -> dict[int, list[int]]:
-        """Kept rows sharing a band key, for the keys already indexed."""
+        """Kept rows sharing a band key, for the keys already indexed (flushed, written or pending)."""
+        wanted = np.unique(keys)
+        wanted = wanted[self._seen_bands.might_contain(wanted)]
         found: dict[int, list[int]] = {}
-        for part in _in_batches(np.unique(keys).tolist()):
+        for part in _in_batches(wanted.tolist()):
             marks = ",".join("?" * len(part))
             for key, row in self.db.execute(f"SELECT key, row FROM band WHERE key IN ({marks})", part):
                 found.setdefault(key, []).append(row)
-        return found
+        for pending_keys, pending_rows in self._pending:
+            lo, hi = np.searchsorted(pending_keys, wanted, "left"), np.searchsorted(pending_keys, wanted, "right")
+            for i in np.flatnonzero(hi > lo):
+                found.setdefault(int(wanted[i]), []).extend(pending_rows[lo[i] : hi[i]].tolist())
+        return found  # rows unordered: the caller breaks ties by row
 
     def kept_rows(self, rows: Iterable[int]) -> dict[int, tuple[str, np.ndarray | None]]:
         """Record id and signature of kept rows."""
@@ -112,15 +130,29 @@ class DuplicateIndex:
         if self._band_rows:
             keys = np.concatenate(self._band_keys)
             rows = np.repeat(np.asarray(self._band_rows, dtype=np.int64), self.bands)
-            order = np.argsort(keys, kind="stable")  # in key order, inserts touch each B-tree page once
-            self.db.executemany(
-                "INSERT OR IGNORE INTO band VALUES (?, ?)", zip(keys[order].tolist(), rows[order].tolist(), strict=True)
-            )
+            order = np.argsort(keys, kind="stable")
+            self._pending.append((keys[order], rows[order]))
+            self._seen_bands.add(keys)
+        if len(self._pending) >= PENDING_CHUNKS:
+            self._write_pending()
         self.db.executemany(
             "UPDATE kept SET duplicates = duplicates + ? WHERE row = ?", [(n, r) for r, n in duplicates.items()]
         )
         self.db.commit()
         self._kept, self._exact, self._band_rows, self._band_keys = [], [], [], []
+
+    def _write_pending(self) -> None:
+        keys = np.concatenate([k for k, _ in self._pending])
+        rows = np.concatenate([r for _, r in self._pending])
+        order = np.lexsort((rows, keys))  # in key order, the inserts touch each B-tree page once
+        keys, rows = keys[order], rows[order]
+        for start in range(0, keys.size, _WRITE_ROWS):
+            end = start + _WRITE_ROWS
+            self.db.executemany(
+                "INSERT OR IGNORE INTO band VALUES (?, ?)",
+                zip(keys[start:end].tolist(), rows[start:end].tolist(), strict=True),
+            )
+        self._pending = []
 
     def groups(self, largest: int = 5) -> tuple[int, list[dict]]:
         """How many kept records had duplicates, and the `largest` groups."""
