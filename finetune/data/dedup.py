@@ -100,6 +100,11 @@ class Deduplicator:
             ).astype(SIGNATURE_DTYPE)
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
+            # Only records sharing a band key with an indexed record or another record of this chunk can
+            # have a near duplicate; the rest (most) skip the candidate bookkeeping below.
+            keys_seen, times = np.unique(bands, return_counts=True)
+            shared = np.union1d(keys_seen[times > 1], np.fromiter(candidates, dtype=np.int64, count=len(candidates)))
+            may_match = np.isin(bands, shared).any(axis=1).tolist()
         known = self.index.kept_rows([*exact.values(), *(r for rows in candidates.values() for r in rows)])
         meaning = self._semantic_matches(chunk) if self.semantic else None
         duplicates: Counter[int] = Counter()
@@ -110,7 +115,7 @@ class Deduplicator:
                 outcomes.append(self._duplicate(record, "exact_duplicate", known[row][0], 1.0))
                 duplicates[row] += 1
                 continue
-            if signatures is not None:
+            if signatures is not None and may_match[j]:
                 row, similarity = self._nearest(
                     signatures[j], {r for k in bands[j].tolist() for r in candidates.get(k, ())}, known
                 )
@@ -132,7 +137,7 @@ class Deduplicator:
             # Later records of this chunk are checked against this one before the index is written.
             known[row] = (record["id"], None if signatures is None else signatures[j])
             exact.setdefault(keys[i], row)
-            if bands is not None:
+            if bands is not None and may_match[j]:
                 for key in bands[j].tolist():
                     candidates.setdefault(key, []).append(row)
             kept_here.append(i)

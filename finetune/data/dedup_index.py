@@ -138,7 +138,6 @@ class DuplicateIndex:
         self.db.executemany(
             "UPDATE kept SET duplicates = duplicates + ? WHERE row = ?", [(n, r) for r, n in duplicates.items()]
         )
-        self.db.commit()
         self._kept, self._exact, self._band_rows, self._band_keys = [], [], [], []
 
     def _write_pending(self) -> None:
@@ -153,6 +152,7 @@ class DuplicateIndex:
                 zip(keys[start:end].tolist(), rows[start:end].tolist(), strict=True),
             )
         self._pending = []
+        self.db.commit()  # one transaction per write of the pending rows: a commit per chunk cost as much again
 
     def groups(self, largest: int = 5) -> tuple[int, list[dict]]:
         """How many kept records had duplicates, and the `largest` groups."""

