@@ -376,6 +376,31 @@ def test_batched_and_short_cut_rules_match_their_plain_definitions(texts, prompt
     assert echoes_prompt(prompt, prompt) == bool(p)
 
 
+_TURNS = st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), _TRICKY), max_size=4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(conversations=st.lists(_TURNS, min_size=1, max_size=8), data=st.data())
+def test_chunk_canonical_turns_match_canonical_of_each_record(conversations, data):
+    from finetune.data.char_windows import code_points
+    from finetune.data.dedup import CanonicalTurns
+    from finetune.data.records import prompt_text, response_text
+    from finetune.data.text_quality import canonical
+
+    records = [{"messages": [{"role": r, "content": c} for r, c in turns]} for turns in conversations]
+    turns = CanonicalTurns.of(records)
+    wanted = sorted(data.draw(st.sets(st.integers(0, len(records) - 1))))
+    texts = [canonical(prompt_text(records[i])) for i in wanted] + [
+        canonical(response_text(records[i])) for i in wanted
+    ]
+    codes, lengths = turns.halves(wanted)
+    expected_codes, expected_lengths = code_points(texts)
+    assert codes.tolist() == expected_codes.tolist() and lengths.tolist() == expected_lengths.tolist()
+    keys = turns.exact_keys()
+    plain = [[(m["role"], canonical(m["content"])) for m in r["messages"]] for r in records]
+    assert all((keys[i] == keys[j]) == (plain[i] == plain[j]) for i in range(len(records)) for j in range(len(records)))
+
+
 def test_cleaned_records_keep_a_content_hash_id_whether_or_not_normalising_changed_them():
     from finetune.data.records import record_id
 

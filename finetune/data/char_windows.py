@@ -31,14 +31,18 @@ def rolling_hashes(codes: np.ndarray, k: int) -> np.ndarray:
     return h
 
 
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions start, start + 1, ... of each (start, length) range, one range after the other."""
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+
+
 def window_starts(lengths: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Positions in the concatenation of the first counts[i] windows of each text i (texts laid end to end).
 
     Windows that would cross into the next text are simply not listed, which is cheaper than masking them.
     """
-    text_at = np.cumsum(lengths) - lengths
-    first = np.cumsum(counts) - counts
-    return np.repeat(text_at - first, counts) + np.arange(int(counts.sum()))
+    return ranges(np.cumsum(lengths) - lengths, counts)
 
 
 @lru_cache(maxsize=1)

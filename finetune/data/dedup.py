@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from finetune.config import DedupConfig
-from finetune.data.dedup_index import SIGNATURE_DTYPE, DuplicateIndex
-from finetune.data.minhash import half_similarities, pair_signatures
+from finetune.data.char_windows import alnum_only, code_points, ranges
+from finetune.data.dedup_index import DuplicateIndex
+from finetune.data.minhash import code_pair_signatures, half_similarities
 from finetune.data.records import Record, StageResult, full_text
 from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
-from finetune.data.text_quality import canonical
 
 SNIPPET = 80
 CHUNK = 2048  # records looked up and written together; bounds the memory a chunk adds
@@ -42,17 +42,60 @@ def snippet(record: Record) -> str:
     return redact(full_text(record), PII_ENTITIES)[:SNIPPET]
 
 
-def canonical_parts(record: Record) -> tuple[bytes, str, str]:
-    """The record's exact-duplicate key (a hash of its turns, case-folded with punctuation and whitespace
-    removed) and the canonical prompt and response text its near-duplicate signature is made of."""
-    messages = record["messages"]
-    turns = [canonical(m["content"]) for m in messages]
-    key = hashlib.sha256("\x1f".join(m["role"] + ":" + t for m, t in zip(messages, turns, strict=True)).encode())
-    # canonical() works character by character and drops the newlines prompt_text joins with, so joining
-    # the canonical turns gives canonical(prompt_text(record)) without a second pass over the text.
-    prompt = "".join(t for m, t in zip(messages, turns, strict=True) if m["role"] != "assistant")
-    response = next((t for m, t in zip(messages[::-1], turns[::-1], strict=True) if m["role"] == "assistant"), "")
-    return key.digest()[:16], prompt, response
+@dataclass
+class CanonicalTurns:
+    """Every turn of a chunk of records as `canonical()` text (case-folded, only letters and digits), in code points.
+
+    canonical() keeps or drops each character on its own (str.isalnum after casefold), so one table
+    lookup over the whole chunk's code points does what a regex substitution per turn did.
+    """
+
+    codes: np.ndarray  # all turns' canonical code points, turn after turn
+    lengths: np.ndarray  # per turn
+    record: np.ndarray  # per turn: its record's index in the chunk
+    roles: list[str]  # per turn
+    n_records: int
+
+    @classmethod
+    def of(cls, chunk: list[Record]) -> CanonicalTurns:
+        roles, texts, record = [], [], []
+        for i, r in enumerate(chunk):
+            for m in r["messages"]:
+                roles.append(m["role"])
+                texts.append(m["content"].casefold())
+                record.append(i)
+        codes, lengths = alnum_only(*code_points(texts))
+        return cls(codes, lengths, np.asarray(record, dtype=np.int64), roles, len(chunk))
+
+    def exact_keys(self) -> list[bytes]:
+        """Per record, a 16-byte hash of its roles and canonical turns (equal keys: equal canonical turns)."""
+        raw = self.codes.astype(np.uint32).tobytes()
+        hashes = [hashlib.sha256() for _ in range(self.n_records)]
+        end = 0
+        for role, record, length in zip(self.roles, self.record.tolist(), self.lengths.tolist(), strict=True):
+            start, end = end, end + 4 * length
+            hashes[record].update(f"{role}:{length}:".encode())  # the length keeps turn boundaries unambiguous
+            hashes[record].update(raw[start:end])
+        return [h.digest()[:16] for h in hashes]
+
+    def halves(self, wanted: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt (non-assistant turns, joined) and response (last assistant turn) of each wanted record,
+        as `code_points` of 2n texts: the n prompts, then the n responses."""
+        n = len(wanted)
+        slot = np.full(self.n_records, -1, dtype=np.int64)
+        slot[wanted] = np.arange(n)
+        assistant = np.array([role == "assistant" for role in self.roles], dtype=bool)
+        target = np.where(assistant, -1, slot[self.record])  # text number each turn belongs to, -1 for none
+        last = {record: t for t, record in enumerate(self.record.tolist()) if assistant[t]}
+        for record, t in last.items():
+            if slot[record] >= 0:
+                target[t] = n + slot[record]
+        turns = np.flatnonzero(target >= 0)
+        turns = turns[np.argsort(target[turns], kind="stable")]  # a record's prompt turns stay in order
+        turn_at = np.cumsum(self.lengths) - self.lengths
+        codes = self.codes[ranges(turn_at[turns], self.lengths[turns])]
+        lengths = np.bincount(target[turns], weights=self.lengths[turns], minlength=2 * n).astype(np.int64)
+        return codes, lengths
 
 
 class Deduplicator:
@@ -80,7 +123,8 @@ class Deduplicator:
             self.index.close()
 
     def _chunk(self, chunk: list[Record]) -> list[Outcome]:
-        keys, prompts, responses = zip(*map(canonical_parts, chunk), strict=True)
+        turns = CanonicalTurns.of(chunk)
+        keys = turns.exact_keys()
         exact = self.index.exact_rows(keys)
         signatures = bands = None
         candidates: dict[int, list[int]] = {}
@@ -92,12 +136,8 @@ class Deduplicator:
                 first.setdefault(key, i)
         slot = {key: j for j, key in enumerate(first)}
         if self.cfg.near_duplicates:
-            signatures = pair_signatures(
-                [prompts[i] for i in first.values()],
-                [responses[i] for i in first.values()],
-                self.cfg.num_perm,
-                self.cfg.shingle_chars,
-            ).astype(SIGNATURE_DTYPE)
+            halves = turns.halves(list(first.values()))
+            signatures = code_pair_signatures(*halves, self.cfg.num_perm, self.cfg.shingle_chars)
             bands = self.index.band_keys(signatures)
             candidates = self.index.band_rows(bands)
             # Only records sharing a band key with an indexed record or another record of this chunk can

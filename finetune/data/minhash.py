@@ -28,10 +28,9 @@ _BLOCK = 1 << 14
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 
 
-def shingle_hash_runs(canon: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of every (canonical) text's character k-grams (the whole text if shorter), concatenated
-    text after text, and how many belong to each text (0 for an empty text)."""
-    codes, lengths = code_points(canon)
+def shingle_hash_runs(codes: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every text's character k-grams (the whole text if shorter), concatenated text after
+    text, and how many belong to each text (0 for an empty text). Texts come as `code_points`."""
     long = lengths >= k
     counts = np.where(long, lengths - k + 1, np.minimum(lengths, 1))
     hashes = np.empty(int(counts.sum()), dtype=np.uint64)
@@ -47,7 +46,7 @@ def shingle_hash_runs(canon: Sequence[str], k: int) -> tuple[np.ndarray, np.ndar
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:
     """Distinct 32-bit hashes of one text's canonical character k-grams."""
-    return np.unique(shingle_hash_runs([canonical(text)], k)[0])
+    return np.unique(shingle_hash_runs(*code_points([canonical(text)]), k)[0])
 
 
 @lru_cache(maxsize=8)
@@ -68,15 +67,20 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def signatures(canon: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
     """MinHash values (uint32, shape (len(canon), num_perm)) of each canonical text's character shingles."""
-    hashes, counts = shingle_hash_runs(canon, k)
+    return code_signatures(*code_points(canon), num_perm, k)
+
+
+def code_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """`signatures` of texts given as `code_points`."""
+    hashes, counts = shingle_hash_runs(codes, lengths, k)
     a, b = _permutations(num_perm)
     values = _fmix32(hashes.astype(np.uint32))
     # Permutations along rows, shingles along columns: the per-text minimum then reduces contiguous
     # memory, ~15x faster than reducing down columns of a (shingles, permutations) array.
-    out = np.full((num_perm, len(canon)), EMPTY, dtype=np.uint32)
+    out = np.full((num_perm, lengths.size), EMPTY, dtype=np.uint32)
     ends = np.cumsum(counts)
     i = 0
-    while i < len(canon):  # texts in groups of about _BLOCK shingles; one text may exceed it alone
+    while i < lengths.size:  # texts in groups of about _BLOCK shingles; one text may exceed it alone
         start = int(ends[i] - counts[i])
         j = max(i + 1, int(np.searchsorted(ends, start + _BLOCK, side="right")))
         seen = np.flatnonzero(counts[i:j])
@@ -93,8 +97,16 @@ def pair_signatures(firsts: Sequence[str], seconds: Sequence[str], num_perm: int
 
     LSH over them finds pairs alike in either text; `half_similarities` then tells them apart.
     """
-    half = num_perm // 2
-    return np.concatenate([signatures(firsts, half, k), signatures(seconds, num_perm - half, k)], axis=1)
+    codes, lengths = code_points([*firsts, *seconds])
+    return code_pair_signatures(codes, lengths, num_perm, k)
+
+
+def code_pair_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """`pair_signatures` of n pairs given as 2n `code_points` texts: the n first texts, then the n second ones."""
+    n, half = lengths.size // 2, num_perm // 2
+    split = int(lengths[:n].sum())
+    firsts = code_signatures(codes[:split], lengths[:n], half, k)
+    return np.concatenate([firsts, code_signatures(codes[split:], lengths[n:], num_perm - half, k)], axis=1)
 
 
 def half_similarities(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
