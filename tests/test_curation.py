@@ -170,6 +170,21 @@ def test_each_cleaning_rule_drops_with_its_name(prompt, response, reason):
     assert [d["reason"] for d in result.dropped] == [reason] and not result.kept
 
 
+def test_chunked_cleaning_gives_each_record_its_own_turns_measures(monkeypatch):
+    import finetune.data.clean as clean
+
+    monkeypatch.setattr(clean, "CHUNK", 2)  # a chunk boundary after the second record
+    rows = [_rec("Say hi", "Hello there, my friend, how are you?"),
+            _rec("Write", "the cat sat on the mat " * 12),
+            _rec("Three turns", "fine, thanks for asking today"),
+            _rec("Again " * 12, "This answer does not repeat itself at all.")]  # fmt: skip
+    rows[2]["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    result = clean_records(rows, CleanConfig())
+    assert [(d["record"]["raw_id"], d["reason"]) for d in result.dropped] == [
+        (rows[1]["id"], "repeated_ngrams"), (rows[3]["id"], "repeated_ngrams")]  # fmt: skip
+    assert [r["raw_id"] for r in result.kept] == [rows[0]["id"], rows[2]["id"]]
+
+
 def test_clean_keeps_good_text_and_code_with_html_and_counts_fixes():
     good = [
         _rec("用一句话介绍长城。", "长城是中国古代修建的军事防御工程，全长两万多千米。"),
