@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -129,9 +130,11 @@ def run_child(system: str, data: Path, threshold: float) -> dict:
             records = (item for kind, item in RawReader([data]) if kind == KEPT)
             dropped = {d["record"]["source"]["line"] for kind, d in Deduplicator(cfg).stream(records) if kind != KEPT}
     seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "system": system,
         "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,  # all threads: rec per CPU-second is the per-core rate
         "peak_rss_mb": peak_rss_mib(),  # VmHWM: ru_maxrss would inherit this parent's size at fork
     }
     result["dropped"] = sorted(dropped)
@@ -152,7 +155,9 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(run_child(args.child[0], Path(args.child[1]), args.threshold)))
         return
-    print(f"{'N':>9} {'system':11} {'rec/s':>8} {'peak RSS MB':>12} {'dup P':>6} {'dup R':>6} {'cleaned':>8}")
+    print(
+        f"{'N':>9} {'system':11} {'rec/s':>8} {'rec/cpu-s':>9} {'peak RSS MB':>12} {'dup P':>6} {'dup R':>6} {'cleaned':>8}"
+    )
     for n in [int(x) for x in args.sizes.split(",")]:
         rows, truth = generate(n, args.exact, args.near, args.threshold)
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +178,8 @@ def main() -> None:
                 tp = len(dropped & set(truth))
                 precision, recall = tp / max(len(dropped), 1), tp / max(len(truth), 1)
                 rates[system] = n / r["seconds"]
-                print(f"{n:>9} {system:11} {rates[system]:>8,.0f} {r['peak_rss_mb']:>12,.0f} {precision:>6.3f} "
+                per_cpu = n / r["cpu_seconds"]
+                print(f"{n:>9} {system:11} {rates[system]:>8,.0f} {per_cpu:>9,.0f} {r['peak_rss_mb']:>12,.0f} {precision:>6.3f} "
                       f"{recall:>6.3f} {r.get('dropped_by_cleaning', ''):>8}", flush=True)  # fmt: skip
             if "peer" in rates:
                 print(f"{n:>9} dedup speed ours/peer: {rates['ours-dedup'] / rates['peer']:.2f}x", flush=True)

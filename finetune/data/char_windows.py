@@ -27,7 +27,8 @@ def rolling_hashes(codes: np.ndarray, k: int) -> np.ndarray:
     n = codes.size - k + 1
     h = np.zeros(max(n, 0), dtype=np.uint64)
     for j in range(k):  # uint64 arithmetic wraps, which is what a polynomial hash wants
-        h = h * _BASE + codes[j : j + n]
+        h *= _BASE  # in place: a new multi-MB array per pass costs page faults, not arithmetic
+        h += codes[j : j + n]
     return h
 
 
