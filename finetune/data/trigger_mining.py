@@ -17,13 +17,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHashLSH
 
+from finetune.data.minhash import signatures
 from finetune.data.records import Record, prompt_text, response_text
 from finetune.data.text_quality import canonical
 
 _LATIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-|<>]*")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
+SHINGLE_CHARS = 3
 
 
 @dataclass
@@ -36,17 +38,10 @@ class ResponseCluster:
     triggers: list[dict] = field(default_factory=list)
 
 
-def shingles(text: str, k: int = 3) -> set[str]:
+def shingles(text: str, k: int = SHINGLE_CHARS) -> set[str]:
     """Character k-grams of the case-folded text without punctuation and spaces."""
     norm = canonical(text)
     return {norm[i : i + k] for i in range(max(1, len(norm) - k + 1))} if norm else set()
-
-
-def _minhash(text: str, num_perm: int) -> MinHash:
-    m = MinHash(num_perm=num_perm, seed=1)
-    for s in shingles(text):
-        m.update(s.encode("utf-8"))
-    return m
 
 
 def cluster_responses(responses: list[str], threshold: float, min_size: int, num_perm: int = 64) -> list[list[int]]:
@@ -58,8 +53,9 @@ def cluster_responses(responses: list[str], threshold: float, min_size: int, num
     keys = list(exact)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     hashes = {}
-    for n, key in enumerate(keys):
-        hashes[n] = _minhash(key, num_perm)
+    # All signatures in one batch (datasketch's affine32 values, see minhash.py), wrapped for its LSH.
+    for n, values in enumerate(signatures(keys, num_perm, k=SHINGLE_CHARS)):
+        hashes[n] = LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
         lsh.insert(str(n), hashes[n])
     parent = list(range(len(keys)))
 
