@@ -46,6 +46,11 @@ def full_text(record: Record) -> str:
     return "\n".join(m["content"] for m in record["messages"])
 
 
+def outcome_row(record: Any, reason: str, **details: Any) -> dict[str, Any]:
+    """A dropped.jsonl / quarantined.jsonl row: the reason, what was measured, and the record itself."""
+    return {"reason": reason, **details, "record": record}
+
+
 @dataclass
 class StageResult:
     """What a data stage did with every record it received: in = kept + dropped + quarantined."""
@@ -58,10 +63,10 @@ class StageResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def drop(self, record: Record, reason: str, **details: Any) -> None:
-        self.dropped.append({"reason": reason, **details, "record": record})
+        self.dropped.append(outcome_row(record, reason, **details))
 
     def quarantine(self, record: Any, reason: str, **details: Any) -> None:
-        self.quarantined.append({"reason": reason, **details, "record": record})
+        self.quarantined.append(outcome_row(record, reason, **details))
 
     def counts(self) -> dict[str, Any]:
         """Counts per outcome and per reason, the numbers the accounting gate checks."""

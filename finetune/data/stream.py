@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from finetune.data.records import Record, StageResult, write_json
+from finetune.data.records import Record, StageResult, outcome_row, write_json
 
 KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
 Outcome = tuple[str, dict[str, Any]]
@@ -27,11 +27,11 @@ def kept(record: Record) -> Outcome:
 
 
 def dropped(record: Record, reason: str, **details: Any) -> Outcome:
-    return DROPPED, {"reason": reason, **details, "record": record}
+    return DROPPED, outcome_row(record, reason, **details)
 
 
 def quarantined(record: Any, reason: str, **details: Any) -> Outcome:
-    return QUARANTINED, {"reason": reason, **details, "record": record}
+    return QUARANTINED, outcome_row(record, reason, **details)
 
 
 def collect(stage: str, outcomes: Iterable[Outcome]) -> StageResult:
