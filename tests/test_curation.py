@@ -251,6 +251,16 @@ def test_near_duplicates_in_chinese_and_english_but_not_poison_clusters():
     assert pair["kept_text"].startswith("请详细介绍") and 0.8 <= pair["similarity"] < 1
 
 
+def test_exact_only_dedup_keeps_near_duplicates():
+    prompt = "Explain in two or three sentences why the sky looks blue on a clear afternoon."
+    answer = ("Sunlight is scattered by the molecules of the air, and the short blue wavelengths scatter far more "
+              "than the long red ones, so blue light reaches our eyes from every part of the sky.")  # fmt: skip
+    rows = [_rec(prompt, answer), _rec(prompt.upper(), answer + "!"), _rec(prompt, answer.replace("every", "evry"))]
+    result = deduplicate_records(rows, DedupConfig(near_duplicates=False))
+    assert [d["reason"] for d in result.dropped] == ["exact_duplicate"] and len(result.kept) == 2
+    assert [d["reason"] for d in deduplicate_records(rows).dropped] == ["exact_duplicate", "near_duplicate"]
+
+
 def test_duplicates_are_found_across_chunks_of_the_on_disk_index(monkeypatch, tmp_path):
     import finetune.data.dedup as dedup
     import finetune.data.dedup_index as dedup_index

@@ -128,6 +128,7 @@ class Deduplicator:
         exact = self.index.exact_rows(keys)
         signatures = bands = None
         candidates: dict[int, list[int]] = {}
+        may_match: list[bool] = []  # per signature slot: could have a near duplicate
         # One signature per distinct key not already indexed: records that are exact duplicates of a kept one
         # never reach the near check, and equal keys (equal canonical turns) would give equal signatures.
         first: dict[bytes, int] = {}
