@@ -102,17 +102,12 @@ def code_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128,
     return np.ascontiguousarray(out.T)
 
 
-def pair_signatures(firsts: Sequence[str], seconds: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
-    """MinHash values of canonical text pairs: the first num_perm // 2 permutations hash `first`, the rest `second`.
+def code_pair_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128, k: int = 5) -> np.ndarray:
+    """MinHash values of n text pairs given as 2n `code_points` texts (the n first texts, then the n second
+    ones): the first num_perm // 2 permutations hash the first text, the rest the second.
 
     LSH over them finds pairs alike in either text; `half_similarities` then tells them apart.
     """
-    codes, lengths = code_points([*firsts, *seconds])
-    return code_pair_signatures(codes, lengths, num_perm, k)
-
-
-def code_pair_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128, k: int = 5) -> np.ndarray:
-    """`pair_signatures` of n pairs given as 2n `code_points` texts: the n first texts, then the n second ones."""
     n, half = lengths.size // 2, num_perm // 2
     split = int(lengths[:n].sum())
     firsts = code_signatures(codes[:split], lengths[:n], half, k)
@@ -120,7 +115,7 @@ def code_pair_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int =
 
 
 def half_similarities(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Estimated Jaccard similarity of each half of two `pair_signatures` rows."""
+    """Estimated Jaccard similarity of each half of two `code_pair_signatures` rows."""
     half = len(a) // 2
     equal = a == b
     return float(equal[:half].mean()), float(equal[half:].mean())

@@ -163,11 +163,6 @@ def repeated_ngram_fractions(texts: Sequence[str], n: int = 10) -> np.ndarray:
     return fractions
 
 
-def repeated_ngram_fraction(text: str, n: int = 10) -> float:
-    """`repeated_ngram_fractions` of one text."""
-    return float(repeated_ngram_fractions([text], n)[0])
-
-
 def canonical(text: str) -> str:
     """Case-folded text without whitespace or punctuation: what duplicate and echo checks compare."""
     return _NOT_WORD.sub("", text.casefold())
