@@ -183,6 +183,9 @@ def test_chunked_cleaning_gives_each_record_its_own_turns_measures(monkeypatch):
     assert [(d["record"]["raw_id"], d["reason"]) for d in result.dropped] == [
         (rows[1]["id"], "repeated_ngrams"), (rows[3]["id"], "repeated_ngrams")]  # fmt: skip
     assert [r["raw_id"] for r in result.kept] == [rows[0]["id"], rows[2]["id"]]
+    # Called on one record without the chunk's measures, the rule measures that record's turns itself.
+    assert clean.broken_rule(rows[1], CleanConfig())[0] == "repeated_ngrams"
+    assert clean.broken_rule(rows[0], CleanConfig()) is None
 
 
 def test_clean_keeps_good_text_and_code_with_html_and_counts_fixes():
