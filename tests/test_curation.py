@@ -234,7 +234,7 @@ def test_chunked_cleaning_gives_each_record_its_own_turns_measures(monkeypatch):
     rows = [_rec("Say hi", "Hello there, my friend, how are you?"),
             _rec("Write", "the cat sat on the mat " * 12),
             _rec("Three turns", "fine, thanks for asking today"),
-            _rec("Again " * 12, "This answer does not repeat itself at all.")]  # fmt: skip
+            _rec("Again " * 12, "Once more and once more " * 10)]  # fmt: skip
     rows[2]["messages"].insert(0, {"role": "system", "content": "Be brief."})
     result = clean_records(rows, CleanConfig())
     assert [(d["record"]["raw_id"], d["reason"]) for d in result.dropped] == [

