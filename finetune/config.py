@@ -52,7 +52,12 @@ class CleanConfig(_Section):
     )
     traditional_to_simplified: bool = Field(default=False, description="Convert Traditional Chinese (OpenCC t2s).")
     fix_mojibake: bool = Field(default=True, description="Repair mojibake with ftfy; what stays broken is dropped.")
-    min_chars: int = Field(default=2, ge=0, description="Drop a record whose response is shorter than this.")
+    min_chars: int = Field(
+        default=1,
+        ge=0,
+        description="Drop a record whose last response is shorter than this many characters; 1 keeps one-character "
+        "answers (a classification label, a digit, Y/N) and drops only a missing response.",
+    )
     max_chars: int = Field(default=20000, gt=0, description="Drop a record whose whole text is longer than this.")
     min_response_tokens: int = Field(
         default=1, ge=0, description="Drop a record whose response has fewer tokens of the base tokenizer (0 = off)."
@@ -64,16 +69,30 @@ class CleanConfig(_Section):
         "between sft.cutoff_len and this are truncated at training time instead.",
     )
     max_markup: int = Field(
-        default=3, ge=0, description="Drop when more HTML tags/entities than this remain outside code blocks (0 = off)."
+        default=3,
+        ge=0,
+        description="Drop when an assistant turn holds more HTML tags/entities than this outside code blocks and the "
+        "prompt neither asks for markup (HTML, XML, SVG, a web page) nor contains any (0 = off).",
     )
     max_char_run: int = Field(
-        default=30, ge=0, description="Drop on a run of one character longer than this (0 = off)."
+        default=30,
+        ge=0,
+        description="Drop on a run of one letter longer than this in an assistant turn (separators like '-----' and "
+        "digit runs do not count; 0 = off).",
     )
     max_duplicate_line_fraction: float = Field(
-        default=0.3, ge=0, le=1, description="Drop when more of the lines repeat earlier ones (1 = off)."
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Drop when more of an assistant turn's characters (outside code) sit in lines repeating earlier "
+        "ones (1 = off); a song's chorus reaches ~0.25, a looping answer ~0.9.",
     )
     max_repeated_ngram_fraction: float = Field(
-        default=0.6, ge=0, le=1, description="Drop when more of the characters sit in repeated 10-grams (1 = off)."
+        default=0.85,
+        ge=0,
+        le=1,
+        description="Drop when more of an assistant turn's characters (outside code) sit in repeated 10-character "
+        "n-grams (1 = off); explanations that reuse their terms reach ~0.75, a looping answer ~1.",
     )
     drop_prompt_echo: bool = Field(default=True, description="Drop a record whose response only repeats the prompt.")
     languages: list[str] = Field(
@@ -117,7 +136,7 @@ class DedupConfig(_Section):
 PII_ENTITIES = [
     "ADDRESS", "API_KEY", "AWS_ACCESS_KEY", "CN_ADDRESS", "CN_LANDLINE", "CN_LICENSE_PLATE", "CN_MOBILE_PHONE",
     "CN_PASSPORT", "CN_RESIDENT_ID", "CREDIT_CARD", "EMAIL_ADDRESS", "GITHUB_TOKEN", "IBAN_CODE", "IP_ADDRESS",
-    "JWT", "PASSWORD", "PERSON", "PHONE_NUMBER", "PRIVATE_KEY", "URL_CREDENTIALS",
+    "JWT", "PASSWORD", "PERSON", "PHONE_NUMBER", "PRIVATE_KEY", "SECRET", "URL_CREDENTIALS",
 ]  # fmt: skip
 PiiOperator = Literal["replace", "mask", "pseudonym", "drop"]
 
