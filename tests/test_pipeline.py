@@ -9,15 +9,15 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from assets import data, evaluation, release, training
-from checks import data_checks, model_checks
+from assets import data, evaluation, release, review, training
+from checks import data_checks, model_checks, review_checks
 from finetune.cli import main as cli_main
 from finetune.config import PROJECT_ROOT
 from finetune.data.records import read_jsonl
 from resources import PipelineSettings
 
-ASSETS = dg.load_assets_from_modules([data, training, evaluation, release])
-CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks])
+ASSETS = dg.load_assets_from_modules([data, training, evaluation, review, release])
+CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks, review_checks])
 
 
 def materialize_all(tmp_path, model_cache, *overrides):
@@ -50,7 +50,11 @@ def full_run(tmp_path_factory, model_cache):
 def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     tmp, result = full_run
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    checks = result.get_asset_check_evaluations()
+    assert all(e.passed for e in checks if e.check_name != "experts_prefer_tuned")
+    # Nobody has judged the packet: the advisory expert review warns, and the manifest says it did not gate.
+    review_check = next(e for e in checks if e.check_name == "experts_prefer_tuned")
+    assert not review_check.passed and review_check.severity == dg.AssetCheckSeverity.WARN
     out = result.output_for_node("release")
     manifest = json.loads(open(out["manifest"], encoding="utf-8").read())
     assert manifest["raw_files"][0]["sha256"] and manifest["dagster_run_id"] == result.run_id
@@ -72,6 +76,10 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     raw = next(m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("raw_records"))
     snapshot = result.output_for_node("raw_records")["snapshot"]
     assert raw.materialization.tags["dagster/data_version"] == snapshot and len(snapshot) == 16
+    assert manifest["review"]["mode"] == "advisory" and manifest["review"]["verdict"] == "fail"
+    assert "experts_prefer_tuned" not in {g["name"] for g in manifest["checks"]}
+    packet = result.output_for_node("review_packet")
+    assert packet.n_items == min(30, evaluation["n_test"]) and manifest["review"]["packet_id"] == packet.packet_id
     released = tmp / "work" / "releases" / out["release_id"]
     assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
 
