@@ -31,6 +31,7 @@ from finetune.review.collect import collect_expert_review
 from finetune.review.gate import experts_prefer_tuned
 from finetune.review.label_studio import LabelStudioBridge, export_to_label_studio
 from finetune.review.packet import build_packet
+from finetune.review.server import label_studio_command
 from tests.review_sim import FORBIDDEN, judge, label_studio_result, tiny_evaluation
 
 pytestmark = pytest.mark.slow
@@ -55,13 +56,11 @@ class LabelStudioServer:
     def __init__(self, tmp: Path):
         self.url = f"http://127.0.0.1:{_free_port()}"
         self.admin, self.password, self.token = "reviewer@example.org", secrets.token_hex(8), secrets.token_hex(20)
-        dead = "http://127.0.0.1:9"  # nothing listens there: an outbound call fails at once instead of hanging
-        env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(tmp / "ls-data"), "SENTRY_DSN": "",
-               "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
-               "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
-        cmd = [str(LS_PYTHON.parent / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",
-               "-p", self.url.rsplit(":", 1)[1], "--username", self.admin, "--password", self.password,
-               "--user-token", self.token, "--enable-legacy-api-token"]  # fmt: skip
+        admin = ["--username", self.admin, "--password", self.password, "--user-token", self.token,
+                 "--enable-legacy-api-token"]  # fmt: skip
+        cmd, env = label_studio_command(load_config(), int(self.url.rsplit(":", 1)[1]), tmp / "ls-data", admin)
+        dead = "http://127.0.0.1:9"  # nothing listens there: an outbound call would fail at once, never hang
+        env |= {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "NO_PROXY": "127.0.0.1,localhost"}
         self.log = (tmp / "label_studio.log").open("w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 240

@@ -67,6 +67,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from finetune.cli import _config
+    from finetune.review.server import label_studio_command
+
+    cfg = _config(args)
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.work_dir / "label-studio" / "data"
+    cmd, env = label_studio_command(cfg, args.port, data_dir)
+    print(f"Label Studio on http://127.0.0.1:{args.port} (data in {data_dir}); sign up there, then copy your token")
+    return subprocess.call(cmd, env=env)
+
+
 def add_review_parser(sub, add) -> None:
     """Register `finetune review ...`; `add(subparsers, name, func, help)` adds --config/--set like every command."""
     review = sub.add_parser("review", help="blind expert review: export the packet, import judgements, status")
@@ -84,6 +97,13 @@ def add_review_parser(sub, add) -> None:
     p = add(commands, "status", cmd_status, "items judged, items per rater, and whether the gate can decide")
     p.add_argument("packet", nargs="?", default="latest", help=PACKET_HELP)
     p.add_argument("--no-pull", action="store_true", help="count stored judgements without asking Label Studio")
+    p = add(
+        commands, "serve", cmd_serve, "start Label Studio on 127.0.0.1 with telemetry off (make label-studio first)"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--data-dir", help="where Label Studio keeps its SQLite database (default <work_dir>/label-studio/data)"
+    )
 
 
 __all__ = ["ReviewError", "add_review_parser"]
