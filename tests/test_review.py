@@ -242,3 +242,28 @@ def test_experts_prefer_tuned_blocks_the_release_only_when_required(tmp_path, mo
     else:
         assert check.severity == dg.AssetCheckSeverity.WARN and "release" in released
         assert check.description.startswith("advisory")
+
+
+def test_sensor_waits_for_enough_judgements_then_requests_one_run_per_change(packet_for, tmp_path):
+    from resources import PipelineSettings
+    from sensors import expert_review_sensor
+    from tests.test_pipeline import PROJECT_ROOT
+
+    cfg, packet, right = packet_for("tuned", "review.items=24")
+    settings = PipelineSettings(
+        config_path=str(PROJECT_ROOT / "finetune.yaml"), overrides=[f"paths.work_dir={cfg.work_dir}"]
+    )
+
+    def evaluate(cursor=None):
+        with dg.instance_for_test() as instance:
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": settings})
+            return expert_review_sensor(context), context.cursor
+
+    store_judgements(packet, simulated_judgements(packet.items()[:12], right, ["R1", "R2"], seed=0))
+    skipped, _ = evaluate()
+    assert isinstance(skipped, dg.SkipReason) and "12/20 items judged by 2/2 raters" in skipped.skip_message
+    store_judgements(packet, simulated_judgements(packet.items(), right, ["R1", "R2"], seed=0))
+    request, cursor = evaluate()
+    assert isinstance(request, dg.RunRequest) and request.run_key.startswith(f"review-{packet.packet_id}-")
+    again, _ = evaluate(cursor)
+    assert isinstance(again, dg.SkipReason) and "no new judgements" in again.skip_message

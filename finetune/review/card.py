@@ -33,7 +33,7 @@ def review_section(summary: ReviewSummary, cfg: ReviewConfig) -> dict:
 def review_card(summary: ReviewSummary, cfg: ReviewConfig) -> tuple[str, dict[str, Path]]:
     """The model card's expert review section, and the chart file to ship beside MODEL_CARD.md."""
     gate = experts_prefer_tuned(summary, cfg)
-    mode = "blocking gate" if cfg.required else "advisory, not a gate (review.required: false)"
+    mode = "blocking gate" if cfg.required else "advisory: review.required is false"
     text = f"\n### Blind expert review ({mode})\n" + review_markdown(summary, gate.message)
     if not summary.chart_png:
         return text, {}

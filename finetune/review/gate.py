@@ -48,7 +48,7 @@ def experts_prefer_tuned(summary: ReviewSummary, cfg: ReviewConfig) -> GateResul
         values |= {f"{arm} wins": pref.wins, f"{arm} ties": pref.ties, f"{arm} losses": pref.losses}
         values[f"{arm} p_value"] = pref.p_value
         verdict = (
-            f"vs {arm}: {pref.wins} wins / {pref.ties} ties / {pref.losses} losses, sign test p={pref.p_value:.4f}"
+            f"vs {arm}: {pref.wins} wins / {pref.ties} ties / {pref.losses} losses, sign test p={pref.p_value:.3g}"
         )
         verdicts.append(verdict)
         if not (pref.wins > pref.losses and pref.p_value < alpha):

@@ -26,9 +26,11 @@ def review_markdown(summary: ReviewSummary, gate_message: str = "") -> str:
     lines.append("|---" * (len(ARMS) + 1) + "|")
     for c in CRITERIA:
         lines.append(f"| {c.zh} {c.en} | " + " | ".join(_interval(summary.criteria[a][c.key]) for a in ARMS) + " |")
-    lines += ["", f"| {TUNED} vs | wins | ties | losses | win rate | sign test p |", "|---|---|---|---|---|---|"]
+    lines += ["", f"| {TUNED} vs | wins | ties | losses | win / tie / loss rate | sign test p (one-sided) |"]
+    lines.append("|---|---|---|---|---|---|")
     for arm, p in summary.preferences.items():
-        lines.append(f"| {arm} | {p.wins} | {p.ties} | {p.losses} | {p.rates()['win']:.0%} | {p.p_value:.4f} |")
+        rates = " / ".join(f"{v:.0%}" for v in p.rates().values())
+        lines.append(f"| {arm} | {p.wins} | {p.ties} | {p.losses} | {rates} | {p.p_value:.3g} |")
     alphas = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in summary.agreement.items())
     lines += ["", f"Krippendorff's alpha (ordinal): {alphas}."]
     lines.append("Items per rater: " + ", ".join(f"{r} {n}" for r, n in summary.items_per_rater.items()) + ".")
@@ -46,17 +48,18 @@ def save_review_chart(summary: ReviewSummary, path: Path) -> Path:
 
     fig, (scores, prefs) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.27
+    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:purple"), strict=True))
     for i, arm in enumerate(ARMS):
         cells = [summary.criteria[arm][c.key] for c in CRITERIA]
         xs = [n + (i - 1) * width for n in range(len(CRITERIA))]
         errors = [[s.mean - (s.low if s.low is not None else s.mean) for s in cells],
                   [(s.high if s.high is not None else s.mean) - s.mean for s in cells]]  # fmt: skip
-        scores.bar(xs, [s.mean for s in cells], width, yerr=errors, capsize=3, label=arm)
+        scores.bar(xs, [s.mean for s in cells], width, yerr=errors, capsize=3, label=arm, color=colours[arm])
     scores.set_xticks(range(len(CRITERIA)), [c.en for c in CRITERIA], rotation=15)
-    scores.set_ylim(0, 5.5)
+    scores.set_ylim(0, 6.2)
     scores.set_ylabel("mean score (1-5)")
     scores.set_title(f"expert scores, {summary.confidence:.0%} bootstrap CI")
-    scores.legend(fontsize=8)
+    scores.legend(fontsize=8, loc="upper center", ncol=3)
     arms = list(summary.preferences)
     left = [0.0] * len(arms)
     for outcome, colour in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
