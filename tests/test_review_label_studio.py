@@ -37,9 +37,14 @@ from tests.review_sim import FORBIDDEN, judge, label_studio_result, tiny_evaluat
 pytestmark = pytest.mark.slow
 LS_PYTHON = load_config().resolve(load_config().review.label_studio_python)
 SHOTS = PROJECT_ROOT / "var" / "test-artifacts" / "review"
-if not LS_PYTHON.is_file():
+_probe = (
+    subprocess.run([str(LS_PYTHON), "-c", "import label_studio, label_studio_sdk"], capture_output=True, timeout=120)
+    if LS_PYTHON.is_file()
+    else None
+)
+if _probe is None or _probe.returncode:
     pytest.skip(
-        f"Label Studio is not installed at {LS_PYTHON.parent.parent} (make label-studio; make test runs it)",
+        f"Label Studio is not installed in {LS_PYTHON.parent.parent} (make label-studio; make test runs it)",
         allow_module_level=True,
     )
 
