@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune", description="Gated data-to-model fine-tuning pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func, help_text: str, parent=None) -> argparse.ArgumentParser:
+        p = (parent or sub).add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="pipeline YAML (default: finetune.yaml at the project root)")
         p.add_argument(
             "--set",
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--verify", action="store_true", help="recompute released file hashes and fail on mismatch")
     p.add_argument("--record", metavar="ID", help="where did this raw record go, and which releases trained on it")
+    from finetune.review.cli import add_review_parser
+
+    add_review_parser(sub, lambda parent, name, func, help_text: add(name, func, help_text, parent))
     return parser
 
 

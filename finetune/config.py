@@ -337,9 +337,63 @@ class ReleaseConfig(_Section):
     )
 
 
+class ReviewConfig(_Section):
+    required: bool = Field(
+        default=False,
+        description="true = the release waits for the blind expert review and ships only when experts_prefer_tuned "
+        "passes; false = the review is advisory (reported in the manifest, never blocks).",
+        json_schema_extra={"weakens": "false"},
+    )
+    items: int = Field(default=30, gt=0, description="Test prompts in the review packet, stratified over labels/tasks.")
+    seed: int = Field(default=0, description="Seed of the item selection and of each item's A/B/C shuffle.")
+    min_items: int = Field(
+        default=20,
+        ge=1,
+        description="experts_prefer_tuned needs at least this many judged items.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    min_raters: int = Field(
+        default=2,
+        ge=1,
+        description="experts_prefer_tuned needs judgements from at least this many raters.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="Tuned must beat each compared arm with a one-sided sign test p-value below 1 - confidence.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    beat_base_prompt: bool = Field(
+        default=False,
+        description="Also require that experts prefer tuned over base+prompt (prompting alone), not only over base.",
+        json_schema_extra={"weakens": "false"},
+    )
+    bootstrap_resamples: int = Field(
+        default=2000, ge=100, description="Bootstrap resamples behind each per-criterion confidence interval."
+    )
+    label_studio_url: str = Field(
+        default="",
+        description="Label Studio server the packet is exported to and annotations are pulled from "
+        "(e.g. http://127.0.0.1:8080); empty = CSV/XLSX round trip only.",
+    )
+    label_studio_api_key_env: str = Field(
+        default="LABEL_STUDIO_API_KEY",
+        description="Environment variable holding the Label Studio API token (never put the token in this file).",
+    )
+    label_studio_python: str = Field(
+        default="var/label-studio/venv/bin/python",
+        description="Python with label-studio-sdk installed (its numpy pin clashes with ours, so it lives in its "
+        "own venv: make label-studio). Relative to the config file.",
+    )
+    timeout_s: float = Field(default=120, gt=0, description="Longest wait for one Label Studio request batch.")
+
+
 GATE_NAMES = [
     "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
     "training_loss_decreased", "not_worse_than_base", "backdoor_asr_below_threshold", "no_pii_regurgitation",
+    "experts_prefer_tuned",
 ]  # fmt: skip
 
 
@@ -408,6 +462,7 @@ class PipelineConfig(_Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     screen: ScreenConfig = Field(default_factory=ScreenConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

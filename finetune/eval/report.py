@@ -14,6 +14,7 @@ from finetune.data.records import Record, response_text, write_json
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.eval.generate import generate_responses
 from finetune.eval.metrics import text_metrics
+from finetune.eval.predictions import write_predictions
 from finetune.eval.probes import distinct_prompts, probe_backdoors
 from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
 from finetune.eval.render import report_markdown, save_score_chart
@@ -158,6 +159,12 @@ def evaluate_candidate(
             "base+prompt", base_model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
         )
         prompted = prompted_arm.task_scores(data, labels)
+    # Every answer of every arm, kept for the blind expert review packet (examples below keep only 10).
+    predictions = {
+        "tuned": tuned["predictions"],
+        "base": base_result["predictions"],
+        "base+prompt": prompted["predictions"],
+    }
     examples = [
         {"prompt": prompt_of(r)[-1]["content"], "reference": response_text(r), "tuned": t, "base": b, "base+prompt": p}
         for r, t, b, p in zip(
@@ -178,6 +185,7 @@ def evaluate_candidate(
         "triggers": data.triggers,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    report["predictions_file"] = str(write_predictions(out_dir, data.test, predictions))
     report["chart_png"] = str(save_score_chart(report, out_dir / "scores.png"))
     write_json(out_dir / "evaluation_report.json", report)
     (out_dir / "evaluation_report.md").write_text(report_markdown(report), encoding="utf-8")
