@@ -90,7 +90,7 @@ def length_percentiles(lengths: list[int]) -> dict[str, int]:
     if not lengths:
         return {}
     qs = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
-    return {k: int(np.percentile(lengths, q, method="higher")) for k, q in qs.items()}
+    return {k: int(np.percentile(lengths, q, method="inverted_cdf")) for k, q in qs.items()}
 
 
 def resolve_cutoff(lengths: list[int], cfg: SftConfig, memory_limit: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -102,7 +102,7 @@ def resolve_cutoff(lengths: list[int], cfg: SftConfig, memory_limit: int | None 
     """
     if cfg.cutoff_len != "auto":
         return cfg.cutoff_len, {"cutoff_len_setting": cfg.cutoff_len}
-    percentile = int(np.percentile(lengths, cfg.cutoff_percentile * 100, method="higher")) if lengths else 0
+    percentile = int(np.percentile(lengths, cfg.cutoff_percentile * 100, method="inverted_cdf")) if lengths else 0
     cutoff, limited_by = percentile, "percentile"
     if memory_limit is not None and memory_limit < cutoff:
         cutoff, limited_by = memory_limit, "memory"

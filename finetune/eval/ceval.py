@@ -119,14 +119,16 @@ def _continuation_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     context_ids = _encode(tokenizer, context)
     wholes = [_encode(tokenizer, context + LM_EVAL_TARGET_DELIMITER + letter) for letter in LETTERS]
     if all(len(w) == len(context_ids) + 1 and w[:-1] == context_ids for w in wholes):  # one token each: one pass
-        logits = model(input_ids=torch.tensor([context_ids], device=model.device)).logits[0, -1].float()
+        ids = torch.tensor([context_ids], device=model.device)
+        logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
         scores = torch.log_softmax(logits, dim=-1)[[w[-1] for w in wholes]].tolist()
     else:
         scores = []
         for whole in wholes:
             n_cont = max(len(whole) - len(context_ids), 1)
             ids = torch.tensor([whole], device=model.device)
-            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, -n_cont - 1 : -1].float(), dim=-1)
+            logits = model(input_ids=ids, logits_to_keep=n_cont + 1).logits[0, -n_cont - 1 : -1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             scores.append(float(logprobs.gather(1, ids[0, -n_cont:, None]).sum()))
     return LETTERS[max(range(len(LETTERS)), key=scores.__getitem__)]
 
@@ -169,7 +171,8 @@ def score_ceval(
             if by == "logit" and prompt == "lm-eval":
                 choice = _continuation_choice(model, tokenizer, text)
             elif by == "logit":
-                choice = LETTERS[int(model(**enc).logits[0, -1, letter_ids].argmax())]
+                # Only the last position's logits: a 150k-token vocabulary makes all of them ~0.6 GB per prompt.
+                choice = LETTERS[int(model(**enc, logits_to_keep=1).logits[0, -1, letter_ids].argmax())]
             else:
                 out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
                 text = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -101,19 +101,21 @@ def target_shortfalls(model: torch.nn.Module, method: str) -> list[str]:
     from some decoder layer (a fused architecture, a renamed module). Empty when every layer has each kind."""
     config = getattr(model, "peft_config", {}).get("default")
     requested = getattr(config, "target_modules", None)
-    if not requested or isinstance(requested, str):  # "all-linear" takes whatever linear layers exist
+    if not requested or isinstance(requested, str):
         return []
-    adapted: dict[str, set[int]] = {name: set() for name in requested}
+    # "all-linear" comes back from peft as whatever it found, sometimes as full module paths: only kinds count.
+    kinds = [t for t in requested if not _LAYER.search(f".{t}.")]
+    adapted: dict[str, set[int]] = {kind: set() for kind in kinds}
     for name, module in model.named_modules():
         if not isinstance(module, BaseTunerLayer) or not (layer := _LAYER.search(name + ".")):
             continue
-        for target in requested:
-            if name == target or name.endswith("." + target):
-                adapted[target].add(int(layer.group(1)))
+        for kind in kinds:
+            if name.endswith("." + kind):
+                adapted[kind].add(int(layer.group(1)))
     n_layers = len({int(m.group(1)) for n, _ in model.named_modules() if (m := _LAYER.search(n + "."))})
     return [
-        f"{method}: target module {target!r} is adapted in {len(layers)} of {n_layers} decoder layers"
-        for target, layers in sorted(adapted.items())
+        f"{method}: target module {kind!r} is adapted in {len(layers)} of {n_layers} decoder layers"
+        for kind, layers in sorted(adapted.items())
         if len(layers) < n_layers
     ]
 
@@ -187,9 +189,10 @@ def build_trainable_model(base_path: str, cfg: TrainConfig, trust_remote_code: b
     elif cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     torch.manual_seed(cfg.seed)
+    kinds = _module_kinds(model)
     model = get_peft_model(model, peft_config(cfg, base_path))
     for problem in target_shortfalls(model, cfg.method):
-        log.warning("%s; its modules are named %s", problem, _module_kinds(model))
+        log.warning("%s; this model's linear modules are %s (train.method)", problem, kinds)
     return model
 
 
