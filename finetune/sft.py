@@ -155,13 +155,13 @@ def build_sft_splits(
     trained_tokens, truncated, previews = 0, 0, []
     for record, full in encoded:
         example = {"input_ids": full["input_ids"][:cutoff], "labels": full["labels"][:cutoff]}
+        truncated += full["full_length"] > cutoff  # of every tokenized example, kept or dropped below
         n_trained = sum(1 for label in example["labels"] if label != IGNORE_INDEX)
         if n_trained == 0:
             result.drop(record, "no_trainable_tokens", cutoff_len=cutoff)
             continue
         result.kept.append({**record, "split": split_of(record["id"], cfg)})
         trained_tokens += n_trained
-        truncated += full["full_length"] > cutoff
         if len(previews) < 3:
             previews.append(mask_preview(tokenizer, example))
     splits = splits_of(result)

@@ -23,7 +23,7 @@ from finetune.eval.ceval import (
     subject_info,
     subject_names,
 )
-from finetune.model.chat_template import template_info
+from finetune.model.chat_template import template_info, template_text
 from finetune.model.loading import load_causal_lm, load_chat_tokenizer, load_tokenizer
 from finetune.sft import (
     IGNORE_INDEX,
@@ -310,3 +310,40 @@ def test_ceval_scores_real_models_with_both_prompts_and_no_chat_template(arch, r
         scores.append(sum(float(logp[i - 1, whole[i]]) for i in range(len(ctx), len(whole))))
     one = score_ceval(model, tok, {"computer_network": [q]}, subject_names(data), dev, shots=2, prompt="lm-eval")
     assert one["accuracy"] == float("ABCD"[max(range(4), key=scores.__getitem__)] == q.answer)
+
+
+def test_cli_refuses_to_train_a_base_model_without_template_until_sft_template_names_one(llama_ds, tmp_path, capsys):
+    from finetune.cli import main
+
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {"instruction": f"{a}加{b}等于多少？", "input": "", "output": f"{a + b}。"} for a in range(10) for b in range(4)
+    ]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    common = ["train", "--data", str(data), "--output", str(tmp_path / "out"), "--set", f"model.base={llama_ds}"]
+    common += [
+        "--set",
+        f"paths.work_dir={tmp_path / 'work'}",
+        "--set",
+        "train.method=lora",
+        "--set",
+        "train.max_steps=2",
+    ]
+    common += ["--set", "train.device=cpu", "--set", "train.tensorboard=false", "--set", "sft.cutoff_len=auto"]
+    assert main(common) == 2
+    assert "sft.template" in capsys.readouterr().err
+    assert main([*common, "--set", "sft.template=deepseek3"]) == 0
+    out = capsys.readouterr().out
+    assert "chat template: deepseek3" in out and "output:" in out
+    saved = load_tokenizer(str(tmp_path / "out" / "adapter"))
+    assert saved.chat_template == template_text("deepseek3")[1]  # the release carries the template it trained with
+
+
+def test_cli_scores_ceval_on_a_base_model_without_template(llama_ds, tmp_path, capsys):
+    from finetune.cli import main
+
+    data = _ceval_dir(tmp_path)
+    args = ["eval", "ceval", "--model", llama_ds, "--data-dir", str(data), "--prompt", "lm-eval", "--json"]
+    assert main([*args, "--set", f"paths.work_dir={tmp_path / 'work'}"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["prompt"] == "lm-eval" and set(scored["per_category"]) == {"STEM", "Humanities"}

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetune.model.chat_template import stop_token_ids
+from finetune.model.conversation import hf_conversation
 
 
 @torch.no_grad()
@@ -28,8 +29,11 @@ def generate_responses(
     batches = range(0, len(conversations), batch_size)
     stops = stop_token_ids(tokenizer)
     for i in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+        # Tool-calling turns (function_call / observation) take the template's shape, as in training.
         prompts = [
-            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                hf_conversation(tokenizer, c, None)[0], tokenize=False, add_generation_prompt=True
+            )
             for c in conversations[i : i + batch_size]
         ]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
