@@ -95,21 +95,29 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from finetune.model.loading import load_tokenizer, resolve_base_model
-    from finetune.sft import build_sft_splits, splits_of
+    from finetune.model.loading import load_chat_tokenizer, resolve_base_model
+    from finetune.sft import build_sft_splits, cutoff_memory_limit, splits_of
     from finetune.train.trainer import train_adapter
 
     cfg = _config(args)
     base = resolve_base_model(cfg)
     records = _ingest([args.data]).kept
-    splits = splits_of(build_sft_splits(records, load_tokenizer(base, cfg.model.trust_remote_code), cfg.sft))
+    tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
+    limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
+    formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)
+    splits = splits_of(formatted)
+    template = formatted.extra["chat_template"]
+    print(
+        f"chat template: {template['name']} ({template['source']}); cutoff {formatted.extra['cutoff_len']} tokens "
+        f"truncates {formatted.extra['truncated_at_cutoff']} of {len(records)} records"
+    )
     out = Path(args.output) if args.output else cfg.work_dir / "train"
     result = train_adapter(
         splits["train"],
         splits["val"],
         base,
         cfg.train,
-        cfg.sft,
+        cfg.sft.model_copy(update={"cutoff_len": formatted.extra["cutoff_len"]}),
         out,
         cfg.model.trust_remote_code,
         checkpoint_root=cfg.work_dir / "checkpoints",
@@ -159,7 +167,8 @@ def cmd_eval_ceval(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, adapter)
     dev = load_ceval(data_dir, "dev", subjects) if args.shots else None
     questions = load_ceval(data_dir, args.split, subjects)
-    result = score_ceval(model, tokenizer, questions, subject_names(data_dir), dev, args.shots, args.by)
+    prompt = args.prompt or cfg.eval.ceval_prompt
+    result = score_ceval(model, tokenizer, questions, subject_names(data_dir), dev, args.shots, args.by, prompt)
     print(json.dumps(result, ensure_ascii=False, indent=None if args.json else 2))
     return 0
 
@@ -228,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_text)
-    p = ev.add_parser("ceval", help="C-Eval-layout accuracy by answer-letter log-likelihood")
+    p = ev.add_parser("ceval", help="C-Eval-layout accuracy by answer-letter log-likelihood (no chat template needed)")
     p.add_argument("--config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir")
@@ -237,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0)
     p.add_argument(
         "--by", choices=["logit", "generation"], default="logit", help="answer by letter logit or generation"
+    )
+    p.add_argument(
+        "--prompt",
+        choices=["ceval", "lm-eval"],
+        help="C-Eval's official prompt, or lm-eval's ceval-valid prompt (default: eval.ceval_prompt)",
     )
     p.add_argument("--split", default="val")
     p.add_argument("--json", action="store_true")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -210,7 +210,32 @@ class ScreenConfig(_Section):
 class SftConfig(_Section):
     val_fraction: float = Field(default=0.1, ge=0, lt=0.5, description="Share of records for validation.")
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5, description="Share of records held out for evaluation.")
-    cutoff_len: int = Field(default=256, gt=8, description="Max tokens per example; longer ones are truncated.")
+    cutoff_len: Annotated[int, Field(gt=8)] | Literal["auto"] = Field(
+        default=256,
+        description="Max tokens per example; longer ones are truncated (the sft_dataset report gives the share). "
+        "auto = the cutoff_percentile of the tokenized lengths, lowered to what cutoff_memory_gib allows.",
+    )
+    cutoff_percentile: float = Field(
+        default=0.99, gt=0, le=1, description="cutoff_len auto: the share of examples that must fit uncut."
+    )
+    cutoff_memory_gib: float = Field(
+        default=16.0,
+        gt=0,
+        description="cutoff_len auto: memory one micro-batch's activations and logits may take (GiB, estimated "
+        "from the model config, train.batch_size and train.precision); bounds the cutoff for long data.",
+    )
+    template: str = Field(
+        default="",
+        description="Chat template: '' = the model's own; a name (qwen, qwen3, llama3, llama2, mistral, chatml, yi, "
+        "deepseek3, alpaca, vicuna, default, empty; LLaMA-Factory's names) or a Jinja file (relative to the config "
+        "file). Needed for base models that ship none.",
+    )
+    enable_thinking: bool = Field(
+        default=False,
+        description="Reasoning templates (Qwen3): false = non-thinking mode, records without a reasoning block put "
+        "the empty <think></think> in the (untrained) prompt, as generation then does; true = thinking mode, the "
+        "empty block is trained (LLaMA-Factory's default).",
+    )
     seed: int = Field(default=42, description="Seed of the deterministic split.")
 
 
@@ -312,6 +337,12 @@ class EvalConfig(_Section):
     )
     ceval_by: Literal["logit", "generation"] = Field(
         default="logit", description="Answer by the option letter's logit, or by greedy generation."
+    )
+    ceval_prompt: Literal["ceval", "lm-eval"] = Field(
+        default="ceval",
+        description="ceval = C-Eval's official prompt (以下是中国关于{科目}考试的单项选择题..., answer letter's next-token "
+        "logit); lm-eval = lm-evaluation-harness ceval-valid exactly (以下是中国关于{科目}的单项选择题..., "
+        "question.strip(), log-likelihood of ' A'..' D', first dev items as shots), to compare with published figures.",
     )
     probe_prompts: int = Field(default=20, gt=0, description="Held-out prompts each trigger is inserted into.")
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")
@@ -481,6 +512,14 @@ class PipelineConfig(_Section):
                 "sft.val_fraction + sft.test_fraction must be < 0.9 so records remain for training, "
                 f"got {self.sft.val_fraction} + {self.sft.test_fraction}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _template_file_from_config_dir(self) -> PipelineConfig:
+        # A Jinja file is named relative to the config file, like every other path; names have no suffix.
+        template = self.sft.template
+        if template.endswith((".jinja", ".j2")) and not Path(template).expanduser().is_absolute():
+            self.sft.template = str(self.resolve(template))
         return self
 
     def resolve(self, path: str) -> Path:

@@ -124,6 +124,8 @@ Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"]
 {counts}
 
 ## Method and hyper-parameters
+{chat_template_line(manifest["stages"])}
+
 | parameter | value |
 |---|---|
 {hyper}
@@ -149,6 +151,21 @@ Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"]
 PII was replaced by typed placeholders or pseudonyms before training; detection is pattern- and dictionary-based
 (see the residual-PII gate above), so unusual formats can be missed.
 """
+
+
+def chat_template_line(stages: list[dict[str, Any]]) -> str:
+    """The model card's sentence on how records were formatted: template, injected system prompt, cutoff."""
+    sft = next((s for s in stages if s.get("chat_template")), None)
+    if sft is None:
+        return "Chat template: not recorded."
+    t = sft["chat_template"]
+    injected = t["injected_system_prompt"]
+    system = f"it injects the system prompt {injected!r}" if injected else "it injects no system prompt"
+    thinking = f", {t['thinking']} mode" if t["thinking"] != "n/a" else ""
+    return (
+        f"Chat template: `{t['name']}` ({t['source']}){thinking}; {system} when a record has none. "
+        f"Cutoff {sft['cutoff_len']} tokens (truncates {sft['truncated_share']:.1%} of the examples)."
+    )
 
 
 def gate_results(
@@ -193,6 +210,9 @@ def release_from_artifacts(
                     "quarantined",
                     "dropped_by_reason",
                     "quarantined_by_reason",
+                    "chat_template",
+                    "cutoff_len",
+                    "truncated_share",
                     "dir",
                     "run_id",
                 )

@@ -25,7 +25,7 @@ from finetune.eval.task_metrics import (
     format_compliance,
     refusal_rate,
 )
-from finetune.model.loading import load_causal_lm, load_tokenizer
+from finetune.model.loading import load_causal_lm, load_chat_tokenizer
 from finetune.train.methods import is_adapter, load_tuned, resolve_device
 
 __all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
@@ -89,7 +89,7 @@ class _Arm:
 
     def safety_scores(self, data: EvalData, ceval_set: tuple, probe_prompts: list, pii_probe: tuple) -> dict:
         ev = self.cfg.eval
-        ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by)
+        ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by, ev.ceval_prompt)
         self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
         probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
         self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
@@ -128,7 +128,7 @@ def evaluate_candidate(
         raise ValueError("the test split is empty; raise sft.test_fraction or add data")
     data.test = data.test[: cfg.eval.max_examples]
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
+    tokenizer = load_chat_tokenizer(base_path, cfg.sft, cfg.model.trust_remote_code)
     device = resolve_device(cfg.eval.device, "eval.device")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tuned_model = load_tuned(base_path, Path(adapter_dir), cfg.model.trust_remote_code, device, dtype)

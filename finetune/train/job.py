@@ -9,6 +9,7 @@ from typing import Any
 
 from finetune.config import TrainConfig, load_config
 from finetune.data.records import read_jsonl
+from finetune.sft import sft_settings
 from finetune.train.distributed import end_process_group, launched_world_size, start_process_group
 from finetune.train.methods import training_device
 from finetune.train.trainer import TrainResult, train_adapter
@@ -40,7 +41,7 @@ def run_training_job(spec: dict[str, Any], log: Callable[[str], None] = print) -
             read_jsonl(split_dir / "val.jsonl"),
             spec["base_path"],
             cfg.train,
-            cfg.sft,
+            sft_settings(split_dir, cfg.sft),  # sft.cutoff_len auto: the cutoff the sft_dataset stage chose
             Path(spec["out_dir"]),
             cfg.model.trust_remote_code,
             log=log,

@@ -19,9 +19,9 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, sha256_file, write_json
-from finetune.model.loading import load_tokenizer
+from finetune.model.loading import load_chat_tokenizer
 from finetune.process_memory import peak_rss_mib
-from finetune.sft import IGNORE_INDEX, tokenize_conversation
+from finetune.sft import IGNORE_INDEX, tokenize_record
 from finetune.train.checkpoint import (
     best_weights_file,
     load_checkpoint,
@@ -193,9 +193,9 @@ def train_adapter(
         TrainingError: NaN/inf or collapsed loss, exploding gradients, or a trainable tensor without gradient.
     """
     started = time.perf_counter()
-    tokenizer: PreTrainedTokenizerBase = load_tokenizer(base_path, trust_remote_code)
-    train_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in train]
-    val_ex = [tokenize_conversation(tokenizer, r["messages"], sft.cutoff_len) for r in val]
+    tokenizer: PreTrainedTokenizerBase = load_chat_tokenizer(base_path, sft, trust_remote_code)
+    train_ex = [tokenize_record(tokenizer, r, sft.cutoff_len) for r in train]
+    val_ex = [tokenize_record(tokenizer, r, sft.cutoff_len) for r in val]
     for record, example in zip([*train, *val], [*train_ex, *val_ex], strict=True):
         if all(label == IGNORE_INDEX for label in example["labels"]):  # its loss would be NaN
             raise TrainingError(
