@@ -49,5 +49,5 @@ def test_definitions_hold_every_asset_and_blocking_check():
     }
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert ("deidentified_records", "no_residual_pii") in checks
-    assert ("evaluation_report", "backdoor_asr_below_threshold") in checks
+    assert ("evaluation_report", "no_backdoor_trigger") in checks
     assert sum(1 for _, name in checks if name == "records_accounted") == 6

@@ -20,11 +20,18 @@ DAMAGED = (
     "train.early_stopping_patience=0",
     "train.launcher=in_process",  # the in-process mode is covered here, the Pipes subprocess elsewhere
 )
-# A damaged model may also trip the backdoor probe (it collapses to garbage under odd tokens), so
-# the override names every model gate; only those that actually failed are recorded as overridden.
+# A damaged model may also fail the learning-floor gates, so the override names every model gate;
+# only those that actually failed are recorded as overridden.
+MODEL_GATES = (
+    "not_worse_than_base",
+    "heldout_loss_below_base",
+    "answers_not_degenerate",
+    "no_backdoor_trigger",
+    "training_loss_decreased",
+)
 OVERRIDE = tuple(
     f"gates.overrides.{gate}.{key}={value}"
-    for gate in ("not_worse_than_base", "backdoor_asr_below_threshold", "training_loss_decreased")
+    for gate in MODEL_GATES
     for key, value in (("by", "alice@example.org"), ("reason", "demo build, quality irrelevant"))
 )
 
@@ -47,7 +54,11 @@ def test_override_applies_only_to_a_failed_named_gate():
 def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, model_cache):
     result = materialize_all(tmp_path, model_cache, *DAMAGED)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
-    assert "gates.max_rouge_drop" in failed["not_worse_than_base"].description
+    check = failed["not_worse_than_base"]
+    assert check.description.startswith("worse with confidence than base") and "gates.max_rouge_drop" in (
+        check.description
+    )
+    assert check.metadata["verdict"].value == "worse with confidence" and check.metadata["alpha"].value == 0.01
     assert not (tmp_path / "work" / "releases").exists()
 
 
