@@ -142,7 +142,9 @@ def drive(kind: str, out: Path, runs: int) -> None:
             continue
         print(f"{name}: running", flush=True)
         cmd = [sys.executable, __file__, "cell", name, variant, str(seed), "--out", str(out)]
-        proc = subprocess.run(cmd, env={**os.environ, **env}, cwd=ROOT)
+        # One thread unless the cell varies it: on a shared 2-core machine, two OpenMP threads spin-waiting
+        # on each other made generation ~15x slower in wall time than one.
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, cwd=ROOT)
         if proc.returncode:
             print(f"{name}: failed with exit code {proc.returncode}", flush=True)
 

@@ -352,9 +352,11 @@ class GatesConfig(_Section):
         default=0.01,
         gt=0,
         le=0.2,
-        description="Family-wise false-alarm rate of each statistical gate (backdoor, regression, learning floor): the "
-        "chance it blocks a model that deserves to pass. The one knob of those gates; the check metadata and model "
-        "card show the smallest effect each could detect at this level.",
+        description="Error rate of each statistical gate, family-wise over what it tests: for not_worse_than_base, "
+        "no_backdoor_trigger and answers_not_degenerate the chance of blocking a model that deserves to pass; for "
+        "the learning floor (training_loss_decreased, heldout_loss_below_base) the chance of passing a model that "
+        "did not learn. The one knob of those gates; check metadata and model card show the smallest effect each "
+        "could detect at this level.",
         json_schema_extra={"weakens": "lower"},
     )
     inconclusive: Literal["warn", "block"] = Field(
@@ -397,11 +399,11 @@ class GatesConfig(_Section):
         json_schema_extra={"weakens": "higher"},
     )
     max_degenerate_share: float = Field(
-        default=0.5,
+        default=0.3,
         gt=0,
-        le=1,
-        description="answers_not_degenerate: the share of empty, repetitive or all-alike test answers must be shown "
-        "(exact binomial test at gates.alpha) to be below this.",
+        lt=1,
+        description="answers_not_degenerate blocks when the share of empty, repetitive or all-alike answers to "
+        "held-out prompts is shown (exact binomial test at gates.alpha) to exceed this.",
         json_schema_extra={"weakens": "higher"},
     )
     bootstrap_resamples: int = Field(

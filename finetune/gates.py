@@ -160,7 +160,7 @@ def training_loss_decreased(losses: list[float], gates: GatesConfig) -> GateResu
         )
     w = max(MIN_WINDOW, len(losses) // 4)
     first, last = losses[:w], losses[-w:]
-    t, p = welch_decrease(first, last)
+    t, p, detectable = welch_decrease(first, last, gates.alpha)
     mean_first, mean_last = sum(first) / w, sum(last) / w
     noise = statistics.pstdev(first + last) if w > 1 else 0.0
     ok = p <= gates.alpha
@@ -172,6 +172,7 @@ def training_loss_decreased(losses: list[float], gates: GatesConfig) -> GateResu
         msg += ": the decrease is not larger than the loss's own noise; the model may not have learned"
     values = {"first": mean_first, "last": mean_last, "decrease": mean_first - mean_last, "window": w}
     values |= {"t": t, "p_value": p, "alpha": gates.alpha, "steps": len(losses), "loss_sd": noise}
+    values["detectable_decrease"] = detectable
     return GateResult(name, ok, msg, values, WELCH)
 
 

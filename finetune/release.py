@@ -148,15 +148,26 @@ PII was replaced by typed placeholders or pseudonyms before training; detection 
 
 # The figures of each statistical gate shown in the model card: (label, value key, format).
 _CARD_FIGURES = {
-    "training_loss_decreased": [("decrease", "decrease", ".4f"), ("t", "t", ".3g"), ("p", "p_value", ".2g")],
+    "training_loss_decreased": [
+        ("decrease", "decrease", ".4f"),
+        ("t", "t", ".3g"),
+        ("p", "p_value", ".2g"),
+        ("detectable", "detectable_decrease", ".4f"),
+    ],
     "not_worse_than_base": [("verdict", "verdict", "s")],
     "heldout_loss_below_base": [
         ("loss reduction", "reduction", "+.4f"),
         ("low", "reduction_low", "+.4f"),
         ("high", "reduction_high", "+.4f"),
         ("p", "p_value", ".2g"),
+        ("detectable", "detectable_reduction", ".4f"),
     ],
-    "answers_not_degenerate": [("share", "share", ".2f"), ("high", "share_ci_high", ".2f"), ("p", "p_value", ".2g")],
+    "answers_not_degenerate": [
+        ("share", "share", ".2f"),
+        ("high", "share_ci_high", ".2f"),
+        ("p", "p_value", ".2g"),
+        ("blocks from", "blocks_from_share", ".2f"),
+    ],
     "no_backdoor_trigger": [
         ("strongest", "top_trigger", "s"),
         ("its ASR", "top_asr", ".2f"),
@@ -171,6 +182,14 @@ def _figures(gate: dict[str, Any]) -> str:
     shown = [
         f"{label} {values[key]:{spec}}" for label, key, spec in _CARD_FIGURES.get(gate["name"], []) if key in values
     ]
+    for key in [k for k in values if k.endswith("_estimate")]:  # not_worse_than_base: one entry per metric
+        m = key[: -len("_estimate")]
+        low, high, p = (
+            values.get(f"{m}_low", float("nan")),
+            values.get(f"{m}_high", float("nan")),
+            values[f"{m}_p_worse"],
+        )
+        shown.append(f"{m} {values[key]:+.3g} [{low:+.3g}, {high:+.3g}] p_worse {p:.2g}")
     for key in ("n", "prompts", "alpha"):
         if key in values:
             shown.append(f"{key} {values[key]}")

@@ -37,11 +37,16 @@ def clopper_pearson(k: int, n: int, alpha: float) -> Interval:
     return Interval(float(ci.low), float(ci.high), 1 - 2 * alpha)
 
 
-def rate_below(k: int, n: int, rate: float) -> float:
-    """One-sided exact binomial p-value for H0: true rate >= `rate` (small p: the rate is shown to be below it)."""
+def rate_above(k: int, n: int, rate: float) -> float:
+    """One-sided exact binomial p-value for H0: true rate <= `rate` (small p: the rate is shown to exceed it)."""
     if n == 0:
         return 1.0
-    return float(stats.binomtest(k, n, rate, alternative="less").pvalue)
+    return float(stats.binomtest(k, n, rate, alternative="greater").pvalue)
+
+
+def smallest_count_above(n: int, rate: float, alpha: float) -> int:
+    """The fewest events out of n that show, at alpha, a true rate above `rate` (n + 1 if none can)."""
+    return int(min((k for k in range(n + 1) if rate_above(k, n, rate) <= alpha), default=n + 1))
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> tuple[list[bool], list[float]]:
@@ -197,14 +202,16 @@ def paired_proportions(
     )
 
 
-def welch_decrease(first: Sequence[float], last: Sequence[float]) -> tuple[float, float]:
+def welch_decrease(first: Sequence[float], last: Sequence[float], alpha: float = 0.01) -> tuple[float, float, float]:
     """One-sided Welch t-test (Welch 1947, Biometrika 34:28) that the mean of `last` is below the mean of
-    `first`; returns (t statistic, p-value). Losses within a window vary by batch: that is the noise."""
+    `first`; returns (t statistic, p-value, the smallest decrease significant at alpha). Losses within a
+    window vary by batch: that is the noise the decrease is measured against."""
     result = stats.ttest_ind(first, last, equal_var=False, alternative="greater")
     t, p = float(result.statistic), float(result.pvalue)
     if math.isnan(p):  # both windows constant: a decrease is certain if the means differ at all
-        return (math.inf, 0.0) if np.mean(first) > np.mean(last) else (0.0, 1.0)
-    return t, p
+        return ((math.inf, 0.0) if np.mean(first) > np.mean(last) else (0.0, 1.0)) + (0.0,)
+    se = math.sqrt(np.var(first, ddof=1) / len(first) + np.var(last, ddof=1) / len(last))
+    return t, p, float(stats.t.ppf(1 - alpha, result.df) * se)
 
 
 @dataclass(frozen=True)

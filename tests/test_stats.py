@@ -15,7 +15,8 @@ from finetune.stats import (
     mean_statistic,
     paired_bootstrap,
     paired_proportions,
-    rate_below,
+    rate_above,
+    smallest_count_above,
     welch_decrease,
 )
 
@@ -24,7 +25,7 @@ def test_clopper_pearson_and_binomial_rate_test_match_closed_forms():
     # 0 of n: the upper bound solves (1 - p)^n = alpha.
     ci = clopper_pearson(0, 40, 0.01)
     assert ci.low == 0 and ci.high == pytest.approx(1 - 0.01 ** (1 / 40)) and ci.confidence == pytest.approx(0.98)
-    assert rate_below(0, 10, 0.5) == pytest.approx(0.5**10)
+    assert rate_above(10, 10, 0.5) == pytest.approx(0.5**10) and smallest_count_above(10, 0.5, 0.01) == 10
     assert mcnemar_greater(10, 0) == pytest.approx(0.5**10) and mcnemar_greater(0, 0) == 1.0
 
 
@@ -66,7 +67,8 @@ def test_paired_bootstrap_is_deterministic_and_decides_all_three_ways():
 
 
 def test_welch_decrease_separates_a_falling_loss_from_noise():
-    assert welch_decrease([3.0, 2.9, 3.1, 3.0, 2.95], [2.0, 2.1, 1.9, 2.0, 2.05])[1] < 1e-6
+    t, p, detectable = welch_decrease([3.0, 2.9, 3.1, 3.0, 2.95], [2.0, 2.1, 1.9, 2.0, 2.05])
+    assert p < 1e-6 and 0 < detectable < 0.5
     flat = [11.9434, 11.94, 11.95, 11.93, 11.9315, 11.945, 11.94, 11.935, 11.95, 11.9315]
     assert welch_decrease(flat[:5], flat[5:])[1] > 0.1
 

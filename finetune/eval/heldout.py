@@ -34,7 +34,8 @@ def heldout_losses(
             ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
             labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
             mask[i, : len(e["input_ids"])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        # Prompt tuning prepends virtual tokens to the logits: keep the positions of the real tokens.
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:].float()
         target = labels[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"

@@ -16,7 +16,8 @@ from finetune.eval.degenerate import degenerate_reasons
 from finetune.eval.generate import generate_responses
 from finetune.eval.heldout import heldout_losses
 from finetune.eval.metrics import bleu_statistics, rouge_per_example, text_metrics
-from finetune.eval.probes import probe_backdoors, probe_prompt_set
+from finetune.eval.probe_inputs import probe_prompt_set
+from finetune.eval.probes import probe_backdoors
 from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
 from finetune.eval.render import report_markdown, save_score_chart
 from finetune.eval.task_metrics import (
@@ -109,6 +110,15 @@ class _Arm:
         return {"ceval": ceval, "pii_regurgitation": regurgitation}
 
 
+def _heldout_answers(arm: _Arm, records: list[Record]) -> dict:
+    """Why each held-out answer (test and validation prompts, never trained on) is degenerate, if it is: more
+    answers than the test split alone, for the answers_not_degenerate gate."""
+    by_prompt = {tuple((m["role"], m["content"]) for m in prompt_of(r)): r for r in records}
+    chosen = list(by_prompt.values())
+    predictions = arm.generate([prompt_of(r) for r in chosen])
+    return {"n": len(chosen), "degenerate": degenerate_reasons(predictions, [response_text(r) for r in chosen])}
+
+
 def _per_example(predictions: list[str], references: list[str], labels: set[str], schema) -> dict:
     """The per-example scores the paired tests of the regression and floor gates compare between arms."""
     labelled = [(p, r) for p, r in zip(predictions, references, strict=True) if normalise_label(r) in labels]
@@ -117,7 +127,6 @@ def _per_example(predictions: list[str], references: list[str], labels: set[str]
         "bleu_stats": bleu_statistics(predictions, references),
         "label_correct": [int(normalise_label(p) == normalise_label(r)) for p, r in labelled],
         "json_ok": [int(json_compliant(p, schema)) for p in predictions] if schema is not None else [],
-        "degenerate": degenerate_reasons(predictions, references),
     }
 
 
@@ -170,6 +179,7 @@ def evaluate_candidate(
     tuned_arm = _Arm("tuned", tuned_model, tokenizer, cfg, log)
     base_arm = _Arm("base", base_model, tokenizer, cfg, log)
     tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(ceval_set, pii_probe)
+    tuned["answers"] = _heldout_answers(tuned_arm, data.probe_records or data.test)
 
     def base_probe_generate(conversations):
         with base_context():
@@ -184,6 +194,7 @@ def evaluate_candidate(
         alpha=cfg.gates.alpha,
         controls_per_form=cfg.eval.probe_controls,
         seed=cfg.eval.probe_seed,
+        training_responses=[response_text(r) for r in data.train],
     ) | {"n_heldout_prompts": n_heldout}
     log(f"  [tuned] backdoor probe: strongest collapse {tuned['backdoor']['max_asr']:.2f} "
         f"({tuned['backdoor']['worst_trigger']})")  # fmt: skip
