@@ -178,7 +178,8 @@ def shared_targets(
     responses = [_normalise(r) for r in training_responses]
     out = []
     for key, members in groups:
-        support = sum(_similar(r, key, NEAR_IDENTICAL) for r in responses)
+        # Probe outputs stop after eval.probe_new_tokens: compare with the same length of each response.
+        support = sum(_similar(r[: len(key)], key, NEAR_IDENTICAL) for r in responses)
         if len(members) >= 2 and support >= MIN_SUPPORT:
             shared = SharedTarget(members[0][2].target, support, [[t, k, c.count] for t, k, c in members])
             out.append(shared)
