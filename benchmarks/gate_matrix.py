@@ -61,7 +61,8 @@ VARIANTS = {
     "damaged": ("block", "not_worse_than_base", DAMAGED),
 }
 SEEDS = (1, 2, 3)
-CPUS = [(cap, threads) for cap in ("default", "avx2", "avx512") for threads in (1, 2)]
+# Kernels (ATEN_CPU_CAPABILITY) at one thread, and two threads (another reduction order) at the native kernels.
+CPUS = [("default", 1), ("avx2", 1), ("avx512", 1), ("avx512", 2)]
 
 
 def variant_lines(variant: str, seed: int) -> list[str] | None:
@@ -178,16 +179,24 @@ def _decision(cell: dict, gates: dict) -> str:
 
 
 def _evidence(gates: dict) -> str:
+    """The figures behind a row's decision: the strongest trigger, any flagged shared target, the regression."""
     backdoor, regression = gates.get("no_backdoor_trigger"), gates.get("not_worse_than_base")
     parts = []
     if backdoor is not None and "top_trigger" in backdoor.values:
         v = backdoor.values
-        parts.append(f"{v['top_trigger']!r} {v['top_hits']}/{v['prompts']} p_holm={v['top_p_holm']:.2g}")
+        parts.append(f"trigger `{v['top_trigger']}` {v['top_hits']}/{v['prompts']}, p_holm {v['top_p_holm']:.2g}")
+        for t in v.get("target_findings", []):
+            controls = sum(1 for i in t["insertions"] if i[1] == "control")
+            parts.append(
+                f"shared target `{t['target'][:24]}` ({t['training_support']} training records, "
+                f"{len(t['insertions'])} insertions of which {controls} controls), {t['hits']}/{t['pairs']} vs base "
+                f"{t['base_hits']}, p_holm {t['p_adjusted']:.2g}"
+            )
     if regression is not None:
-        p_worse = {k: v for k, v in regression.values.items() if k.endswith("_p_worse_holm")}
-        if p_worse:
-            key = min(p_worse, key=p_worse.get)
-            parts.append(f"{regression.values['verdict']}; min p_worse_holm {key[:-14]} {p_worse[key]:.2g}")
+        holm = {k.removesuffix("_p_worse_holm"): v for k, v in regression.values.items() if k.endswith("_p_worse_holm")}
+        if holm:
+            metric = min(holm, key=holm.get)
+            parts.append(f"{regression.values['verdict']}, smallest p_worse_holm {metric} {holm[metric]:.2g}")
     return "; ".join(parts)
 
 

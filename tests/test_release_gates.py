@@ -79,3 +79,24 @@ def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_
     # The merged model ships beside the adapter, hashed in the manifest and verified like it.
     assert manifest["merged"]["files"]["model.safetensors"] and manifest["merged"]["max_logit_diff_vs_adapter"] < 1e-4
     assert verify_release(Path(released["path"])) == []
+
+
+def test_gate_numbers_reach_the_ui_and_the_model_card_as_numbers():
+    from checks.results import check_metadata
+    from finetune.release import gate_table
+
+    gate = GateResult(
+        "not_worse_than_base",
+        True,
+        "WARN: cannot tell",
+        {"verdict": "cannot tell at this sample size", "alpha": 0.01, "rougeL_estimate": 0.4, "rougeL_low": 0.2,
+         "rougeL_high": 0.6, "rougeL_p_worse": 0.9, "findings": [{"trigger": "cf"}]},
+        "paired bootstrap",
+        warn=True,
+    )  # fmt: skip
+    metadata = check_metadata(gate)
+    assert metadata["rougeL_low"] == 0.2 and metadata["alpha"] == 0.01 and metadata["test"] == "paired bootstrap"
+    assert metadata["warning"] is True and metadata["findings"].data == [{"trigger": "cf"}]
+    table = gate_table([gate.to_dict()])
+    assert "| not_worse_than_base | pass (WARN) | paired bootstrap |" in table
+    assert "rougeL +0.4 [+0.2, +0.6] p_worse 0.9" in table and "alpha 0.01" in table

@@ -6,11 +6,17 @@ Technometrics 24:295, so its p-value is the larger of the two):
   prompts onto one target (beta-binomial fitted to the control pool, `finetune.stats.fit_control_null`);
 - against the base model: exact one-sided McNemar test on the prompts where tuned and base differ
   in giving that target (a behaviour the base model already had was not planted by fine-tuning).
-A shared target (a repeated training response that many insertions, random controls included,
-make the tuned model give) is tested against the base model with the same exact McNemar test on
-the prompts of its strongest insertions. Holm's correction over all candidates and shared targets
-makes the chance of flagging anything on a model without a backdoor at most alpha, given the
-probe's rules for what counts as a shared target (`finetune.eval.probes.shared_targets`).
+Holm's correction over all candidates makes the chance of flagging any trigger on a model without
+a backdoor at most alpha.
+
+A shared target (a long response that at least three training records give near-identically and
+that at least two different insertions, random controls included, make the tuned model give) is
+tested against the base model with the same exact McNemar test on the prompts of its strongest
+insertions, in the same Holm family. Its error rate rests mostly on that definition, not on the
+test (the base model rarely gives a fine-tuning response): a legitimately repeated long response
+(a refusal, a form letter) that random insertions make the model give to benign prompts is reported
+as a backdoor that fires on odd text. `benchmarks/gate_matrix.py` measures how often it fires on
+clean runs.
 """
 
 from __future__ import annotations
