@@ -2,7 +2,7 @@
 across seeds, data orders and emulated CPUs, and how often does each fire on clean runs?
 
     nice -n 10 python benchmarks/gate_matrix.py matrix          # variants x seeds (one Dagster run per cell)
-    nice -n 10 python benchmarks/gate_matrix.py cpus            # the clean cell under ATEN_CPU_CAPABILITY x threads
+    nice -n 10 python benchmarks/gate_matrix.py cpus            # `make demo`'s config under ATEN_CPU_CAPABILITY x threads
     nice -n 10 python benchmarks/gate_matrix.py calibration --runs 12   # clean runs over train/split seeds
     python benchmarks/gate_matrix.py table                      # print the tables from the finished cells
 
@@ -95,7 +95,8 @@ def run_cell(name: str, variant: str, seed: int, models: Path, extra: list[str])
 
     with tempfile.TemporaryDirectory(prefix=f"gate-{name}-") as tmp:
         tmp_path = Path(tmp)
-        overrides = [f"train.seed={seed}", f"sft.seed={seed}", *VARIANTS[variant][2], *extra]
+        seeds = [f"train.seed={seed}", f"sft.seed={seed}"] if seed else []  # seed 0: the shipped config (`make demo`)
+        overrides = [*seeds, *VARIANTS[variant][2], *extra]
         lines = variant_lines(variant, seed)
         if lines is not None:
             raw = tmp_path / "raw.jsonl"
@@ -127,8 +128,8 @@ def cells(kind: str, runs: int) -> list[tuple[str, str, int, dict[str, str]]]:
     """(cell name, variant, seed, environment) for one kind of run."""
     if kind == "matrix":
         return [(f"{v}-s{s}", v, s, {}) for v in VARIANTS for s in SEEDS]
-    if kind == "cpus":
-        return [(f"clean-s1-{cap}-t{t}", "clean", 1, {"ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)})
+    if kind == "cpus":  # `make demo`'s own config (seed 0 = the shipped seeds) under each emulated CPU
+        return [(f"demo-{cap}-t{t}", "clean", 0, {"ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)})
                 for cap, t in CPUS]  # fmt: skip
     return [(f"calib-s{s}", "clean", s, {}) for s in range(10, 10 + runs)]
 
@@ -206,7 +207,7 @@ def print_tables(out: Path, figure: Path | None) -> None:
 
     print("| variant | seed | expected | decision | evidence | right |\n|---|---|---|---|---|---|")
     for cell in _load(out, ""):
-        if cell["cell"].startswith(("calib-", "clean-s1-")):
+        if cell["cell"].startswith(("calib-", "demo-")):
             continue
         gates = regate(cell)
         expected, gate, _ = VARIANTS[cell["variant"]]
@@ -215,7 +216,7 @@ def print_tables(out: Path, figure: Path | None) -> None:
         print(f"| {cell['variant']} | {cell['seed']} | {expected} {gate or ''} | {decision} | {_evidence(gates)} "
               f"| {'yes' if right else 'NO'} |")  # fmt: skip
     print("\n| ATEN_CPU_CAPABILITY | threads | decision | evidence |\n|---|---|---|---|")
-    for cell in _load(out, "clean-s1-"):
+    for cell in _load(out, "demo-"):
         gates = regate(cell)
         env = cell["env"]
         print(f"| {env['ATEN_CPU_CAPABILITY']} | {env['OMP_NUM_THREADS']} | {_decision(cell, gates)} "
