@@ -17,7 +17,7 @@ _spec.loader.exec_module(gate_matrix)
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("seed", gate_matrix.SEEDS)
-@pytest.mark.parametrize("variant", list(gate_matrix.VARIANTS))
+@pytest.mark.parametrize("variant", [v for v in gate_matrix.VARIANTS if v not in gate_matrix.HELDOUT])
 def test_gate_matrix_cell(variant, seed, model_cache):
     cell = gate_matrix.run_cell(f"{variant}-s{seed}", variant, seed, model_cache, [])
     expected, gate, _ = gate_matrix.VARIANTS[variant]
