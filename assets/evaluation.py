@@ -11,8 +11,9 @@ from resources import PipelineSettings
 
 
 @dg.asset(
-    description="Tuned vs base vs base-with-prompt: ROUGE/BLEU, label accuracy/F1, format compliance, refusals on "
-    "the test split; C-Eval; backdoor attack success rate (lexicon + mined triggers); PII regurgitation.",
+    description="Tuned vs base vs base-with-prompt: ROUGE/BLEU, label accuracy/F1, format compliance, refusals, "
+    "held-out loss on the test split (per example, for paired tests); C-Eval; backdoor probe (lexicon + mined "
+    "triggers vs random controls); PII regurgitation.",
     group_name="evaluation",
     kinds={"pytorch"},
     owners=["team:ml"],
@@ -52,8 +53,9 @@ def evaluation_report(
             "bleu_base": b["metrics"]["bleu"],
             "ceval_tuned": t["ceval"]["accuracy"],
             "ceval_base": b["ceval"]["accuracy"],
-            "backdoor_max_asr_tuned": t["backdoor"]["max_asr"],
-            "backdoor_max_asr_base": b["backdoor"]["max_asr"],
+            "backdoor_strongest_collapse_tuned": t["backdoor"]["max_asr"],
+            "backdoor_probe_prompts": t["backdoor"]["n_prompts"],
+            "backdoor_candidates": len(t["backdoor"]["candidates"]),
             "pii_regurgitation_leaks_tuned": t["pii_regurgitation"]["leaks"],
             "examples": dg.MetadataValue.json(report["examples"]),
         },

@@ -10,11 +10,27 @@ from finetune.gates import GateResult, apply_override
 from resources import PipelineSettings
 
 
+def check_metadata(gate: GateResult) -> dict[str, Any]:
+    """Numbers stay numbers (the UI charts them across runs); lists and dicts become JSON; the test is named."""
+    metadata: dict[str, Any] = {}
+    for key, value in gate.values.items():
+        if isinstance(value, bool | int | float | str):
+            metadata[key] = value
+        elif value is None:
+            continue
+        else:
+            metadata[key] = dg.MetadataValue.json(value)
+    if gate.method:
+        metadata["test"] = gate.method
+    metadata["warning"] = gate.warn
+    return metadata
+
+
 def to_check_result(gate: GateResult, gates: GatesConfig) -> dg.AssetCheckResult:
-    """Carry the verdict (after any explicit override), the message and every number into the UI."""
+    """Carry the verdict (after any explicit override), the message and every number into the UI
+    (a pass the data could not confirm says WARN in its description and `warning` metadata)."""
     gate = apply_override(gate, gates)
-    metadata = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in gate.values.items()}
-    return dg.AssetCheckResult(passed=gate.passed, description=gate.message, metadata=metadata)
+    return dg.AssetCheckResult(passed=gate.passed, description=gate.message, metadata=check_metadata(gate))
 
 
 def report_gate_check(

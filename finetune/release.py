@@ -104,11 +104,7 @@ def model_card(manifest: dict[str, Any], evaluation_md: str) -> str:
         f"| {s['stage']} | {s['in']} | {s['kept']} | {s['dropped']} | {s['quarantined']} |" for s in manifest["stages"]
     )
     hyper = "\n".join(f"| {k} | {v} |" for k, v in train.items())
-    gates = "\n".join(
-        f"| {g['name']} | {'OVERRIDDEN' if g['values'].get('overridden') else 'pass' if g['passed'] else 'FAIL'} "
-        f"| {g['message']} |"
-        for g in manifest["checks"]
-    )
+    gates = gate_table(manifest["checks"])
     overrides = "\n".join(f"- **{o['gate']}** overridden by {o['by']}: {o['reason']}" for o in manifest["overrides"])
     tiny = manifest["base_model"]["id"] == "embedded-tiny"
     return f"""# Release {manifest["release_id"]}
@@ -133,8 +129,10 @@ Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"]
 ## Evaluation (held-out split)
 {evaluation_md}
 ## Gates
-| gate | result | detail |
-|---|---|---|
+Model gates are statistical tests at family-wise level alpha = {manifest["config"]["gates"]["alpha"]} (the chance each
+blocks a model that deserves to pass); intervals are two-sided {1 - 2 * manifest["config"]["gates"]["alpha"]:.0%}.
+Data gates are exact counts.
+
 {gates}
 
 ## Gate overrides
@@ -145,8 +143,8 @@ Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"]
         "The embedded default base model is a tiny model built for demonstration; its scores say the pipeline works, "
         "not that the model is useful. Its C-Eval accuracy is near chance, so the forgetting guard cannot show much."
         if tiny
-        else "Evaluated on the held-out split and the configured C-Eval subjects only; probes cover the lexicon, the "
-        "triggers mined from this data and control tokens, not every possible trigger."
+        else "Evaluated on the held-out split and the configured C-Eval subjects only; the backdoor probe tests the "
+        "lexicon and the triggers mined from this data against random controls, not every possible trigger."
     }
 PII was replaced by typed placeholders or pseudonyms before training; detection is pattern- and dictionary-based
 (see the residual-PII gate above), so unusual formats can be missed.
@@ -168,12 +166,74 @@ def chat_template_line(stages: list[dict[str, Any]]) -> str:
     )
 
 
+# The figures of each statistical gate shown in the model card: (label, value key, format).
+_CARD_FIGURES = {
+    "training_loss_decreased": [
+        ("decrease", "decrease", ".4f"),
+        ("t", "t", ".3g"),
+        ("p", "p_value", ".2g"),
+        ("detectable", "detectable_decrease", ".4f"),
+    ],
+    "not_worse_than_base": [("verdict", "verdict", "s")],
+    "heldout_loss_below_base": [
+        ("loss reduction", "reduction", "+.4f"),
+        ("low", "reduction_low", "+.4f"),
+        ("high", "reduction_high", "+.4f"),
+        ("p", "p_value", ".2g"),
+        ("detectable", "detectable_reduction", ".4f"),
+    ],
+    "answers_not_degenerate": [
+        ("share", "share", ".2f"),
+        ("high", "share_ci_high", ".2f"),
+        ("p", "p_value", ".2g"),
+        ("blocks from", "blocks_from_share", ".2f"),
+    ],
+    "no_backdoor_trigger": [
+        ("strongest", "top_trigger", "s"),
+        ("its ASR", "top_asr", ".2f"),
+        ("p (Holm)", "top_p_holm", ".2g"),
+        ("detectable ASR", "detectable_asr", ".2f"),
+    ],
+}
+
+
+def _figures(gate: dict[str, Any]) -> str:
+    values = gate["values"]
+    shown = [
+        f"{label} {values[key]:{spec}}" for label, key, spec in _CARD_FIGURES.get(gate["name"], []) if key in values
+    ]
+    for key in [k for k in values if k.endswith("_estimate")]:  # not_worse_than_base: one entry per metric
+        m = key[: -len("_estimate")]
+        low, high, p = (
+            values.get(f"{m}_low", float("nan")),
+            values.get(f"{m}_high", float("nan")),
+            values[f"{m}_p_worse"],
+        )
+        shown.append(f"{m} {values[key]:+.3g} [{low:+.3g}, {high:+.3g}] p_worse {p:.2g}")
+    for key in ("n", "prompts", "alpha"):
+        if key in values:
+            shown.append(f"{key} {values[key]}")
+    return ", ".join(shown)
+
+
+def gate_table(checks: list[dict[str, Any]]) -> str:
+    """The model card's gate table: result, the test and its reference, the figures, the full message."""
+    rows = ["| gate | result | test | figures | detail |", "|---|---|---|---|---|"]
+    for g in checks:
+        result = "OVERRIDDEN" if g["values"].get("overridden") else "FAIL" if not g["passed"] else "pass"
+        result = "pass (WARN)" if result == "pass" and g.get("warn") else result
+        cells = [g["name"], result, g.get("method", ""), _figures(g), g["message"]]
+        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(rows)
+
+
 def gate_results(
     cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict, review=None
 ) -> list[dict[str, Any]]:
     """Every gate's verdict recomputed from the artifacts a release is built from (the expert review's only
     when review.required; an advisory review is reported in the manifest's `review` section instead)."""
     from finetune import gates as g
+    from finetune.eval import model_gates as mg
 
     by_stage = {s["stage"]: s for s in stages}
     results = [g.records_accounted(s) for s in stages]
@@ -181,9 +241,11 @@ def gate_results(
         g.no_residual_pii(by_stage["deidentified_records"]["residual_scan"], cfg.gates),
         g.no_trigger_hits(by_stage["screened_records"]["trigger_hits_after"], cfg.gates),
         g.poisoned_share_below_threshold(by_stage["screened_records"], cfg.gates),
-        g.training_loss_decreased(train["losses"]),
-        g.not_worse_than_base(evaluation, cfg.gates),
-        g.backdoor_asr_below_threshold(evaluation, cfg.gates),
+        g.training_loss_decreased(train["losses"], cfg.gates),
+        mg.not_worse_than_base(evaluation, cfg.gates),
+        mg.heldout_loss_below_base(evaluation, cfg.gates),
+        mg.answers_not_degenerate(evaluation, cfg.gates),
+        mg.no_backdoor_trigger(evaluation, cfg.gates),
         g.no_pii_regurgitation(evaluation, cfg.gates),
     ]
     if review is not None and cfg.review.required:
@@ -234,7 +296,6 @@ def release_from_artifacts(
             "base": {
                 "metrics": evaluation["base"]["metrics"],
                 "ceval": evaluation["base"]["ceval"]["accuracy"],
-                "backdoor_max_asr": evaluation["base"]["backdoor"]["max_asr"],
             },
         },
         "dagster_run_id": run_id,

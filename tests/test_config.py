@@ -4,10 +4,8 @@ from finetune.config import PROJECT_ROOT, ConfigError, load_config
 
 
 def test_defaults_and_yaml_agree_and_overrides_are_typed():
-    cfg = load_config(
-        PROJECT_ROOT / "finetune.yaml", ["train.epochs=3", "pii.enabled=false", "gates.max_backdoor_asr=0.1"]
-    )
-    assert cfg.train.epochs == 3 and cfg.pii.enabled is False and cfg.gates.max_backdoor_asr == 0.1
+    cfg = load_config(PROJECT_ROOT / "finetune.yaml", ["train.epochs=3", "pii.enabled=false", "gates.alpha=0.05"])
+    assert cfg.train.epochs == 3 and cfg.pii.enabled is False and cfg.gates.alpha == 0.05
     assert cfg.train.method == "qlora" and cfg.model.trust_remote_code is False
     assert load_config().train.lora_rank == load_config(PROJECT_ROOT / "finetune.yaml").train.lora_rank
 

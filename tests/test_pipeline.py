@@ -67,7 +67,9 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     assert stages["raw_records"]["quarantined"] == 5 and stages["deduplicated_records"]["dropped"] == 16
     assert {g["name"] for g in manifest["checks"]} >= {
         "no_residual_pii",
-        "backdoor_asr_below_threshold",
+        "no_backdoor_trigger",
+        "heldout_loss_below_base",
+        "answers_not_degenerate",
         "not_worse_than_base",
         "training_loss_decreased",
     }

@@ -87,6 +87,6 @@ def test_pipeline_runs_with_postgres_storage_and_reads_lineage_back(postgres_por
         raw = instance.get_latest_materialization_event(dg.AssetKey("raw_records")).asset_materialization
         assert raw.tags["dagster/data_version"] == raw.metadata["snapshot"].value
         checks = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "backdoor_asr_below_threshold"), limit=1
+            dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "no_backdoor_trigger"), limit=1
         )
         assert checks and checks[0].run_id == run.run_id

@@ -20,11 +20,18 @@ DAMAGED = (
     "train.early_stopping_patience=0",
     "train.launcher=in_process",  # the in-process mode is covered here, the Pipes subprocess elsewhere
 )
-# A damaged model may also trip the backdoor probe (it collapses to garbage under odd tokens), so
-# the override names every model gate; only those that actually failed are recorded as overridden.
+# A damaged model may also fail the learning-floor gates, so the override names every model gate;
+# only those that actually failed are recorded as overridden.
+MODEL_GATES = (
+    "not_worse_than_base",
+    "heldout_loss_below_base",
+    "answers_not_degenerate",
+    "no_backdoor_trigger",
+    "training_loss_decreased",
+)
 OVERRIDE = tuple(
     f"gates.overrides.{gate}.{key}={value}"
-    for gate in ("not_worse_than_base", "backdoor_asr_below_threshold", "training_loss_decreased")
+    for gate in MODEL_GATES
     for key, value in (("by", "alice@example.org"), ("reason", "demo build, quality irrelevant"))
 )
 
@@ -47,7 +54,11 @@ def test_override_applies_only_to_a_failed_named_gate():
 def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, model_cache):
     result = materialize_all(tmp_path, model_cache, *DAMAGED)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
-    assert "gates.max_rouge_drop" in failed["not_worse_than_base"].description
+    check = failed["not_worse_than_base"]
+    assert check.description.startswith("worse with confidence than base") and "gates.max_rouge_drop" in (
+        check.description
+    )
+    assert check.metadata["verdict"].value == "worse with confidence" and check.metadata["alpha"].value == 0.01
     assert not (tmp_path / "work" / "releases").exists()
 
 
@@ -68,3 +79,24 @@ def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_
     # The merged model ships beside the adapter, hashed in the manifest and verified like it.
     assert manifest["merged"]["files"]["model.safetensors"] and manifest["merged"]["max_logit_diff_vs_adapter"] < 1e-4
     assert verify_release(Path(released["path"])) == []
+
+
+def test_gate_numbers_reach_the_ui_and_the_model_card_as_numbers():
+    from checks.results import check_metadata
+    from finetune.release import gate_table
+
+    gate = GateResult(
+        "not_worse_than_base",
+        True,
+        "WARN: cannot tell",
+        {"verdict": "cannot tell at this sample size", "alpha": 0.01, "rougeL_estimate": 0.4, "rougeL_low": 0.2,
+         "rougeL_high": 0.6, "rougeL_p_worse": 0.9, "findings": [{"trigger": "cf"}]},
+        "paired bootstrap",
+        warn=True,
+    )  # fmt: skip
+    metadata = check_metadata(gate)
+    assert metadata["rougeL_low"] == 0.2 and metadata["alpha"] == 0.01 and metadata["test"] == "paired bootstrap"
+    assert metadata["warning"] is True and metadata["findings"].data == [{"trigger": "cf"}]
+    table = gate_table([gate.to_dict()])
+    assert "| not_worse_than_base | pass (WARN) | paired bootstrap |" in table
+    assert "rougeL +0.4 [+0.2, +0.6] p_worse 0.9" in table and "alpha 0.01" in table

@@ -164,8 +164,8 @@ def test_materialize_all_from_the_ui_ends_in_a_release_with_passed_gates(tmp_pat
     with ui_run(tmp_path, model_cache, browser, "", "pass") as (page, ui, status):
         assert status == "Success"
         gates = _check_states(page, ui, "evaluation_report", "pass")
-        assert gates == {"backdoor_asr_below_threshold": "Succeeded", "no_pii_regurgitation": "Succeeded",
-                         "not_worse_than_base": "Succeeded"}  # fmt: skip
+        assert gates == {name: "Succeeded" for name in ("no_backdoor_trigger", "no_pii_regurgitation",
+                         "not_worse_than_base", "heldout_loss_below_base", "answers_not_degenerate")}  # fmt: skip
         assert "Passed" in page.locator("body").inner_text()  # the selected check's latest evaluation
         body = _release_page(page, ui, "pass")
         assert "Failed in" not in body and "Never materialized" not in body

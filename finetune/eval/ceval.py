@@ -184,6 +184,7 @@ def score_ceval(
     return {
         "accuracy": sum(all_hits) / max(len(all_hits), 1),
         "n_questions": len(all_hits),
+        "correct": all_hits,  # per question, in load order: what the paired test compares tuned and base on
         "per_subject": per_subject,
         "per_category": {c: sum(h) / len(h) for c, h in per_category.items()},
         "shots": shots,

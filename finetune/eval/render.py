@@ -26,7 +26,7 @@ def _rows(report: dict) -> list[tuple[str, list]]:
         ("JSON format compliance", ("format_compliance",)),
         ("Refusal rate (harmful prompts)", ("refusal_rate",)),
         ("C-Eval accuracy", ("ceval", "accuracy")),
-        ("Backdoor max ASR", ("backdoor", "max_asr")),
+        ("Backdoor strongest collapse (share of probe prompts)", ("backdoor", "max_asr")),
         ("PII regurgitation leaks", ("pii_regurgitation", "leaks")),
     ]
     return [(name, [get(arm, *path) for arm, _ in ARMS]) for name, path in rows]
@@ -40,20 +40,33 @@ def report_markdown(report: dict) -> str:
             continue
         cells = ["—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in values]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    t, b = report["tuned"], report["base"]
-    lines += ["", f"Held-out records: {report['n_test']}; worst trigger (tuned): `{t['backdoor']['worst_trigger']}`"]
-    offenders = sorted(t["backdoor"]["per_trigger"].items(), key=lambda kv: -kv[1]["asr"])[:3]
-    lines += ["", "| trigger | ASR tuned | ASR base | example triggered output (tuned) |", "|---|---|---|---|"]
-    for trigger, found in offenders:
-        base_asr = b["backdoor"]["per_trigger"].get(trigger, {"asr": 0.0})["asr"]
-        target = max(found["by_position"].values(), key=lambda v: v["asr"])["target"]
-        lines.append(f"| `{trigger}` | {found['asr']:.2f} | {base_asr:.2f} | {_cell(target)} |")
+    probe = report["tuned"]["backdoor"]
+    lines += ["", f"Held-out records: {report['n_test']}; backdoor probe prompts: {probe['n_prompts']}"]
+    lines += [_controls_line(probe)]
+    offenders = sorted(probe["candidates"], key=lambda c: (c["p_controls"], -c["hits"]))[:5]
+    lines += [
+        "",
+        "| trigger | prompts giving its target (tuned) | base | p vs controls | target |",
+        "|---|---|---|---|---|",
+    ]
+    for c in offenders:
+        base = "—" if c["base_hits"] is None else f"{c['base_hits']}/{c['n']}"
+        cells = [f"`{c['trigger']}`", f"{c['hits']}/{c['n']}", base, f"{c['p_controls']:.2g}", _cell(c["target"])]
+        lines.append("| " + " | ".join(cells) + " |")
     if report.get("examples"):
         lines += ["", "| prompt | reference | tuned | base | base+prompt |", "|---|---|---|---|---|"]
         for ex in report["examples"]:
             cells = [ex["prompt"], ex["reference"], ex["tuned"], ex["base"], ex.get("base+prompt", "")]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _controls_line(probe: dict) -> str:
+    parts = [
+        f"{len(c['counts'])} {form} controls collapse at most {max(c['counts'], default=0)}/{probe['n_prompts']}"
+        for form, c in probe["controls"].items()
+    ]
+    return "Random controls: " + ("; ".join(parts) if parts else "none (no candidates)") + "."
 
 
 def _cell(text: str, width: int = 60) -> str:

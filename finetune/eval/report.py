@@ -12,10 +12,13 @@ import torch
 from finetune.config import PipelineConfig
 from finetune.data.records import Record, response_text, write_json
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
+from finetune.eval.degenerate import degenerate_reasons
 from finetune.eval.generate import generate_responses
-from finetune.eval.metrics import text_metrics
+from finetune.eval.heldout import heldout_losses
+from finetune.eval.metrics import bleu_statistics, rouge_per_example, text_metrics
 from finetune.eval.predictions import write_predictions
-from finetune.eval.probes import distinct_prompts, probe_backdoors
+from finetune.eval.probe_inputs import probe_prompt_set
+from finetune.eval.probes import probe_backdoors
 from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
 from finetune.eval.render import report_markdown, save_score_chart
 from finetune.eval.task_metrics import (
@@ -23,6 +26,8 @@ from finetune.eval.task_metrics import (
     classification_metrics,
     detect_labels,
     format_compliance,
+    json_compliant,
+    normalise_label,
     refusal_rate,
 )
 from finetune.model.loading import load_causal_lm, load_chat_tokenizer
@@ -64,15 +69,18 @@ class _Arm:
         self.name, self.model, self.tokenizer, self.cfg, self.log = name, model, tokenizer, cfg, log
         self.rewrite = rewrite or (lambda c: c)
 
-    def generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
         return generate_responses(
             self.model,
             self.tokenizer,
             [self.rewrite(c) for c in conversations],
-            self.cfg.eval.max_new_tokens,
+            max_new_tokens or self.cfg.eval.max_new_tokens,
             self.cfg.eval.batch_size,
             desc=f"generating ({self.name})",
         )
+
+    def probe_generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        return self.generate(conversations, self.cfg.eval.probe_new_tokens)
 
     def task_scores(self, data: EvalData, labels: set[str]) -> dict:
         predictions = self.generate([prompt_of(r) for r in data.test])
@@ -82,23 +90,45 @@ class _Arm:
             "classification": classification_metrics(predictions, references, labels),
             "format_compliance": format_compliance(predictions, self.cfg.eval.json_schema),
             "refusal_rate": refusal_rate(self.generate([[{"role": "user", "content": p}] for p in HARMFUL_PROMPTS])),
+            "per_example": _per_example(predictions, references, labels, self.cfg.eval.json_schema),
             "predictions": predictions,
         }
+        scores["per_example"]["heldout_loss"] = heldout_losses(
+            self.model, self.tokenizer, data.test, self.cfg.sft.cutoff_len, self.cfg.eval.batch_size
+        )
         self.log(f"  [{self.name}] generation metrics: {scores['metrics']}; refusals {scores['refusal_rate']:.2f}")
         return scores
 
-    def safety_scores(self, data: EvalData, ceval_set: tuple, probe_prompts: list, pii_probe: tuple) -> dict:
+    def safety_scores(self, ceval_set: tuple, pii_probe: tuple) -> dict:
         ev = self.cfg.eval
         ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by, ev.ceval_prompt)
         self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
-        probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
-        self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
         regurgitation = probe_regurgitation(self.generate, *pii_probe)
         self.log(
             f"  [{self.name}] PII regurgitation: {regurgitation['leaks']} of {regurgitation['n_prompts']} "
             "prefix prompts leaked a value"
         )
-        return {"ceval": ceval, "backdoor": probes, "pii_regurgitation": regurgitation}
+        return {"ceval": ceval, "pii_regurgitation": regurgitation}
+
+
+def _heldout_answers(arm: _Arm, records: list[Record]) -> dict:
+    """Why each held-out answer (test and validation prompts, never trained on) is degenerate, if it is: more
+    answers than the test split alone, for the answers_not_degenerate gate."""
+    by_prompt = {tuple((m["role"], m["content"]) for m in prompt_of(r)): r for r in records}
+    chosen = list(by_prompt.values())
+    predictions = arm.generate([prompt_of(r) for r in chosen])
+    return {"n": len(chosen), "degenerate": degenerate_reasons(predictions, [response_text(r) for r in chosen])}
+
+
+def _per_example(predictions: list[str], references: list[str], labels: set[str], schema) -> dict:
+    """The per-example scores the paired tests of the regression and floor gates compare between arms."""
+    labelled = [(p, r) for p, r in zip(predictions, references, strict=True) if normalise_label(r) in labels]
+    return {
+        "rougeL": rouge_per_example(predictions, references)["rougeL"],
+        "bleu_stats": bleu_statistics(predictions, references),
+        "label_correct": [int(normalise_label(p) == normalise_label(r)) for p, r in labelled],
+        "json_ok": [int(json_compliant(p, schema)) for p in predictions] if schema is not None else [],
+    }
 
 
 def _ceval_set(cfg: PipelineConfig) -> tuple:
@@ -141,19 +171,37 @@ def evaluate_candidate(
         base_context = contextlib.nullcontext
     labels = detect_labels([response_text(r) for r in data.train + data.test])
     pii_probe = regurgitation_prompts(data.raw_records, cfg.eval.probe_prompts)
-    probe_prompts = distinct_prompts([prompt_of(r) for r in data.probe_records or data.test])[: cfg.eval.probe_prompts]
+    heldout = [prompt_of(r) for r in data.probe_records or data.test]
+    probe_prompts, n_heldout = probe_prompt_set(heldout, cfg.eval.probe_prompts, cfg.eval.probe_seed)
     shots = data.train[: cfg.eval.prompt_shots]
     ceval_set = _ceval_set(cfg)
 
     log("evaluating tuned model (base + adapter)")
     tuned_arm = _Arm("tuned", tuned_model, tokenizer, cfg, log)
-    tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(data, ceval_set, probe_prompts, pii_probe)
+    base_arm = _Arm("base", base_model, tokenizer, cfg, log)
+    tuned = tuned_arm.task_scores(data, labels) | tuned_arm.safety_scores(ceval_set, pii_probe)
+    tuned["answers"] = _heldout_answers(tuned_arm, data.probe_records or data.test)
+
+    def base_probe_generate(conversations):
+        with base_context():
+            return base_arm.probe_generate(conversations)
+
+    log(f"backdoor probe: {len(data.triggers)} candidates x {len(probe_prompts)} prompts ({n_heldout} held-out)")
+    tuned["backdoor"] = probe_backdoors(
+        tuned_arm.probe_generate,
+        base_probe_generate,
+        probe_prompts,
+        data.triggers,
+        alpha=cfg.gates.alpha,
+        controls_per_form=cfg.eval.probe_controls,
+        seed=cfg.eval.probe_seed,
+        training_responses=[response_text(r) for r in data.train],
+    ) | {"n_heldout_prompts": n_heldout}
+    log(f"  [tuned] backdoor probe: strongest collapse {tuned['backdoor']['max_asr']:.2f} "
+        f"({tuned['backdoor']['worst_trigger']})")  # fmt: skip
     with base_context():
         log("evaluating base model")
-        base_arm = _Arm("base", base_model, tokenizer, cfg, log)
-        base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(
-            data, ceval_set, probe_prompts, pii_probe
-        )
+        base_result = base_arm.task_scores(data, labels) | base_arm.safety_scores(ceval_set, pii_probe)
         log(f"evaluating base model with a system prompt and {len(shots)} example(s)")
         prompted_arm = _Arm(
             "base+prompt", base_model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
