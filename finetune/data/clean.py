@@ -15,7 +15,7 @@ from typing import Any
 
 from finetune.config import CleanConfig
 from finetune.data.language import detect_language
-from finetune.data.records import Record, StageResult, full_text, make_record, prompt_text, response_text
+from finetune.data.records import Record, StageResult, full_text, prompt_text, response_text, with_messages
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import (
     MOJIBAKE_LEFT,
@@ -99,13 +99,15 @@ class Cleaner:
             messages.append({"role": m["role"], "content": text})
         source = record["source"]
         if changed:
-            cleaned = make_record(messages, source["file"], source["line"])
+            cleaned = with_messages(record, messages)
         else:  # the id is a hash of the turns: unchanged turns keep the raw record's
             cleaned = {
                 "id": record["id"],
                 "source": {"file": source["file"], "line": source["line"]},
                 "messages": messages,
             }
+            if "tools" in record:
+                cleaned["tools"] = record["tools"]
         cleaned["raw_id"] = record["id"]
         return cleaned, left
 
