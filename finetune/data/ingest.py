@@ -205,14 +205,14 @@ def ingest_files(paths: list[Path], cfg: IngestConfig | None = None) -> tuple[St
 
 
 def snapshot_raw_files(paths: list[Path], cfg: IngestConfig | None = None) -> dict[str, str]:
-    """sha256 of every raw data file under the given paths (what a new-data sensor compares);
-    a file that cannot be read is marked so, and is seen again once it can."""
+    """sha256 of every raw data file under the given paths (what a new-data sensor compares); a file that
+    cannot be read hashes to "" as in the ingest report, so the sensor's snapshot id is the data version."""
     snapshot = {}
     for raw, _ in plan_sources(paths, cfg or IngestConfig()).files:
         try:
-            snapshot[str(raw.path)] = f"unreadable: {raw.problem}" if raw.problem else file_sha256(raw.path)
-        except IngestError as exc:
-            snapshot[str(raw.path)] = f"unreadable: {exc}"
+            snapshot[str(raw.path)] = "" if raw.problem else file_sha256(raw.path)
+        except IngestError:
+            snapshot[str(raw.path)] = ""
     return snapshot
 
 
