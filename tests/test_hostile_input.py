@@ -302,19 +302,23 @@ def test_an_unreadable_file_and_folder_are_quarantined_for_a_non_root_user():
     os.chmod(folder / "locked", 0)
     try:
         if os.geteuid() != 0:
-            out = _ingest_counts([folder])
+            out = _ingest_counts([folder, folder / "locked"])  # the locked folder also named directly
         else:
             user = _unprivileged_user()
             if user is None:
                 pytest.skip("running as root and no unprivileged user exists or can be created (useradd failed)")
-            out = _ingest_as(*user, [folder])
+            out = _ingest_as(*user, [folder, folder / "locked"])
     finally:
         os.chmod(folder / "locked", 0o755)
         shutil.rmtree(folder)
     assert "error" not in out, out
     assert out["kept"] == 2
     reasons = sorted((Path(f).name, reason) for f, reason, _ in out["quarantined"])
-    assert reasons == [("locked", "unreadable_file"), ("secret.jsonl", "unreadable_file")]
+    assert reasons == [
+        ("locked", "unreadable_file"),
+        ("locked", "unreadable_file"),
+        ("secret.jsonl", "unreadable_file"),
+    ]
     assert all("permission denied" in detail for _, _, detail in out["quarantined"])
 
 

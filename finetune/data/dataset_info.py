@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.data.raw_files import SUPPORTED_SUFFIXES
+from finetune.data.raw_files import SUPPORTED_SUFFIXES, open_regular, os_reason
 
 ALPACA_COLUMNS = {
     "prompt": "instruction",
@@ -124,8 +124,9 @@ def read_dataset_info(path: Path, names: list[str] | None = None, confine: bool 
         DatasetInfoError: the file cannot be read or is not an object of entries.
     """
     try:
-        info = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        with open_regular(Path(path)) as fh:
+            info = json.loads(fh.read().decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # UnreadableFile is a ValueError
         raise DatasetInfoError(f"{path}: cannot read dataset_info.json: {exc}") from None
     if not isinstance(info, dict):
         raise DatasetInfoError(f"{path}: dataset_info.json must be an object of dataset entries")
@@ -161,10 +162,13 @@ def _unreadable_path(entry: dict[str, Any], folder: Path, confine: bool) -> str 
             f"file_name {entry['file_name']!r} resolves outside the dataset folder {folder} "
             "(set ingest.confine_to_dataset_dir: false to read files outside it)"
         )
-    if not path.exists():
-        return f"file not found: {path}"
-    if path.is_file() and not path.name.lower().endswith(SUPPORTED_SUFFIXES):
-        return f"file type {path.suffix!r} is not read; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+    try:
+        if not path.exists():
+            return f"file not found: {path}"
+        if path.is_file() and not path.name.lower().endswith(SUPPORTED_SUFFIXES):
+            return f"file type {path.suffix!r} is not read; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+    except OSError as exc:  # e.g. a folder on the way that the user cannot enter
+        return f"cannot reach file_name {entry['file_name']!r}: {os_reason(exc)}"
     return None
 
 

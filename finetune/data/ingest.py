@@ -61,6 +61,13 @@ def _entry_files(source: DatasetSource) -> list[RawFile]:
     ]
 
 
+def _holds_dataset_info(path: Path) -> bool:
+    try:
+        return path.is_dir() and (path / DATASET_INFO).is_file()
+    except OSError:  # an unreadable folder: discover() lists it with the reason
+        return False
+
+
 def plan_sources(paths: list[Path], cfg: IngestConfig) -> SourcePlan:
     """Expand the input paths into the files to read.
 
@@ -69,7 +76,7 @@ def plan_sources(paths: list[Path], cfg: IngestConfig) -> SourcePlan:
     """
     plan = SourcePlan()
     for path in map(Path, paths):
-        info_file = path / DATASET_INFO if path.is_dir() and (path / DATASET_INFO).is_file() else path
+        info_file = path / DATASET_INFO if _holds_dataset_info(path) else path
         if info_file.name != DATASET_INFO:
             plan.files += [(f, None) for f in discover(path)]
             continue
