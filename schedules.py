@@ -28,7 +28,7 @@ weekly_retrain = dg.ScheduleDefinition(
 def raw_data_sensor(context: dg.SensorEvaluationContext, settings: PipelineSettings):
     cfg = settings.load()
     try:
-        snapshot = snapshot_raw_files([cfg.resolve(p) for p in cfg.paths.raw_data])
+        snapshot = snapshot_raw_files([cfg.resolve(p) for p in cfg.paths.raw_data], cfg.ingest)
     except (IngestError, DatasetInfoError) as exc:
         return dg.SkipReason(str(exc))
     digest = snapshot_digest(snapshot)

@@ -42,19 +42,22 @@ def stage_output(
 
 @dg.asset(
     description="Raw instruction records read from the configured files and folders (JSONL/JSON/CSV/Parquet, "
-    "Alpaca/ShareGPT/OpenAI messages, or a LLaMA-Factory dataset_info.json); unreadable rows quarantined.",
+    "Alpaca/ShareGPT/OpenAI messages with tool calls, or a LLaMA-Factory dataset_info.json); unreadable rows "
+    "and files quarantined with file, line and reason.",
     **DATA,
 )
 def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.Output:
     cfg = settings.load()
     out = settings.stage_dir("raw_records", context.run_id)
-    report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info))
+    report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info), cfg.ingest)
     # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
     # every downstream asset was computed from.
     version = snapshot_digest({f["path"]: f["sha256"] for f in report["files"]})
     output = report_output(context, report | {"snapshot": version})
     output.metadata["raw_files"] = dg.MetadataValue.json(report["files"])
     output.metadata["snapshot"] = version
+    if "datasets" in report:  # a LLaMA-Factory dataset_info.json: what each entry gave, or why it was skipped
+        output.metadata["datasets"] = dg.MetadataValue.json(report["datasets"])
     return dg.Output(output.value, metadata=output.metadata, data_version=dg.DataVersion(version))
 
 

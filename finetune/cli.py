@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from finetune.config import PROJECT_ROOT, ConfigError, load_config
@@ -16,11 +17,21 @@ def _config(args: argparse.Namespace):
     return load_config(args.config or (default if default.is_file() else None), args.overrides)
 
 
-def _ingest(paths: list[str]):
+def _ingest(paths: list[str], cfg):
     from finetune.data.ingest import ingest_files
 
-    result, _ = ingest_files([Path(p) for p in paths])
+    result, _ = ingest_files([Path(p) for p in paths], cfg.ingest)
     return result
+
+
+def _quarantine_lines(result, limit: int = 5) -> str:
+    shown = [f"  {q['file']}:{q['line']}: {q['reason']}: {q.get('detail', '')}" for q in result.quarantined[:limit]]
+    more = len(result.quarantined) - limit
+    return "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else []))
+
+
+class InputRefused(ValueError):
+    """The records given to a command cannot be used as they are; the message says which and why."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -48,10 +59,15 @@ def cmd_curate(args: argparse.Namespace) -> int:
         if stage == "raw_records":
             bar.update(1)
 
-    report = curate([Path(p) for p in args.input], cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress)
+    inputs = [Path(p) for p in args.input]
+    report = curate(inputs, cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress, cfg.ingest)
     bar.close()
     for stage in report["stages"]:
         print(describe_counts(stage))
+    if skipped := report.get("skipped_datasets"):
+        kinds = Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped).most_common()
+        print(f"skipped {len(skipped)} dataset_info.json entries (report.json names each with its reason): "
+              + "; ".join(f"{n} {kind}" for kind, n in kinds))  # fmt: skip
     for pair in report["dedup"]["sample_pairs"][:3]:
         print(f"  {pair['reason']} ({pair['similarity']}): {pair['dropped_text'][:50]!r} ~ {pair['kept_text'][:50]!r}")
     print(f"wrote {args.output}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
@@ -63,7 +79,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
     from finetune.data.records import write_json, write_jsonl
 
     cfg = _config(args)
-    ingested = _ingest([args.input])
+    ingested = _ingest([args.input], cfg)
     result = deidentify_records(ingested.kept, cfg.pii, pseudonym_salt(cfg))
     write_jsonl(Path(args.output), result.kept)
     report = {**result.counts(), "quarantined_at_ingest": len(ingested.quarantined), **result.extra}
@@ -81,17 +97,48 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from finetune.data.records import write_json, write_jsonl
 
     cfg = _config(args)
-    result = screen_records(_ingest([args.input]).kept, cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
+    ingested = _ingest([args.input], cfg)
+    result = screen_records(ingested.kept, cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "clean.jsonl", result.kept)
-    write_jsonl(out / "quarantined.jsonl", result.quarantined)
-    write_json(out / "report.json", {**result.counts(), **result.extra})
+    # Rows that could not be read are quarantined beside the screened ones, tagged with their stage,
+    # so every input row is in clean.jsonl or quarantined.jsonl.
+    quarantine = [{"stage": "raw_records", **q} for q in ingested.quarantined]
+    write_jsonl(
+        out / "quarantined.jsonl", quarantine + [{"stage": "screened_records", **q} for q in result.quarantined]
+    )
+    report = {**result.counts(), **result.extra, "stages": [ingested.counts(), result.counts()]}
+    write_json(out / "report.json", report | {"rows_in": ingested.n_in, "quarantined_at_ingest": len(quarantine)})
     print(f"screened {result.n_in}: clean {len(result.kept)}, quarantined {len(result.quarantined)}")
+    if quarantine:
+        print(f"unreadable input rows, quarantined before screening: {len(quarantine)}\n{_quarantine_lines(ingested)}")
     for detector, n in result.extra["flagged_by_detector"].items():
         print(f"  {detector:<20} {n:>7}")
     print(f"lexicon trigger hits {result.extra['trigger_hits']}; mined triggers {result.extra['mined_triggers']}")
     return 0
+
+
+def _training_records(path: str, cfg) -> list:
+    """The records `train --data` trains on; a file with any unreadable row is refused, not half-used."""
+    ingested = _ingest([path], cfg)
+    if ingested.quarantined:
+        raise InputRefused(
+            f"--data {path}: {len(ingested.quarantined)} of {ingested.n_in} rows cannot be read as records, so "
+            f"this is not a curated file; fix them, or run `finetune curate` on it and train on its kept.jsonl\n"
+            + _quarantine_lines(ingested)
+        )
+    return ingested.kept
+
+
+def _require_validation_split(splits: dict[str, list], path: str, cfg) -> None:
+    # An empty validation split makes the validation loss NaN, and early stopping and `ship: best` blind.
+    if cfg.sft.val_fraction > 0 and not splits["val"]:
+        sizes = {name: len(rows) for name, rows in splits.items()}
+        raise InputRefused(
+            f"--data {path}: the records give an empty validation split {sizes} at sft.val_fraction="
+            f"{cfg.sft.val_fraction}; add records, or set --set sft.val_fraction=0 to train without validation"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,12 +147,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from finetune.train.trainer import train_adapter
 
     cfg = _config(args)
+    records = _training_records(args.data, cfg)  # before the base model: a bad file is refused at once
     base = resolve_base_model(cfg)
-    records = _ingest([args.data]).kept
     tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)
     splits = splits_of(formatted)
+    _require_validation_split(splits, args.data, cfg)
     template = formatted.extra["chat_template"]
     print(
         f"chat template: {template['name']} ({template['source']}); cutoff {formatted.extra['cutoff_len']} tokens "

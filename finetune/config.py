@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.data.injection import REFUSAL_PATTERNS
 
@@ -26,7 +26,8 @@ class _Section(BaseModel):
 class PathsConfig(_Section):
     raw_data: list[str] = Field(
         default=["data/sample/instructions.jsonl"],
-        description="Raw instruction files or folders (JSONL/JSON/CSV/Parquet). Relative to the config file.",
+        description="Raw instruction files or folders (JSONL/JSON/CSV/Parquet), or a LLaMA-Factory dataset_info.json "
+        "(or the folder holding one). Relative to the config file.",
     )
     work_dir: str = Field(
         default="var", description="Where artifacts, models and releases are written. Relative to the config file."
@@ -42,6 +43,35 @@ class PathsConfig(_Section):
         default="data/sample/pretrain_corpus.txt",
         description="Text the embedded tiny base model is pre-trained on when it is built.",
     )
+
+
+class IngestConfig(_Section):
+    dataset: list[str] = Field(
+        default=[],
+        description="Entries of a LLaMA-Factory dataset_info.json to read, by name (its own `dataset: "
+        "[alpaca_zh_demo, identity]`; a comma-separated string works too); empty = every entry that can be read.",
+    )
+    template_variables: dict[str, str] = Field(
+        default={},
+        description="Values for {{placeholders}} left in the data, e.g. LLaMA-Factory's identity.json: "
+        "{name: MyBot, author: MyOrg}. Filled in prose, never inside code.",
+    )
+    flag_template_variables: bool = Field(
+        default=True,
+        description="Quarantine a record holding a {{placeholder}} outside code that template_variables does "
+        "not fill (it would be trained literally).",
+    )
+    confine_to_dataset_dir: bool = Field(
+        default=True,
+        description="A dataset_info.json file_name must resolve inside its own folder (no ../ or absolute "
+        "paths); false reads files anywhere the entry points.",
+        json_schema_extra={"weakens": "false"},
+    )
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
 
 class CleanConfig(_Section):
@@ -554,6 +584,7 @@ class PipelineConfig(_Section):
     """Everything a run needs; every field has a working default."""
 
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)

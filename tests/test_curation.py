@@ -13,9 +13,8 @@ from finetune.cli import main as cli_main
 from finetune.config import CleanConfig, DedupConfig
 from finetune.data.clean import clean_records
 from finetune.data.curate import token_counter
-from finetune.data.dataset_info import DatasetInfoError
 from finetune.data.dedup import deduplicate_records
-from finetune.data.ingest import ingest_files
+from finetune.data.ingest import IngestError, ingest_files
 from finetune.data.records import make_record
 from finetune.data.text_quality import normalise_text
 from finetune.gates import records_accounted
@@ -86,7 +85,7 @@ def test_llamafactory_dataset_info_reads_the_same_records_as_the_direct_route(tm
     remote = tmp_path / "remote" / "dataset_info.json"
     remote.parent.mkdir()
     remote.write_text(json.dumps({"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"}}), encoding="utf-8")
-    with pytest.raises(DatasetInfoError, match="'alpaca_en' has no local file_name .*hf_hub_url"):
+    with pytest.raises(IngestError, match="every dataset_info.json entry was skipped.*alpaca_en: needs the network"):
         ingest_files([remote])
 
 
@@ -103,15 +102,17 @@ def test_malformed_input_is_quarantined_with_file_line_and_reason_never_lost(tmp
     reasons = sorted((q["file"].rsplit("/", 1)[1], q["line"], q["reason"]) for q in result.quarantined)
     assert reasons == [("a.jsonl", 2, "unparseable_row"), ("a.jsonl", 3, "invalid_shape"),
                        ("a.jsonl", 4, "invalid_shape"), ("a.jsonl", 5, "invalid_shape"),
-                       ("a.jsonl", 6, "unparseable_row"), ("broken.json", 0, "unreadable_file")]  # fmt: skip
+                       ("a.jsonl", 6, "unparseable_row"), ("broken.json", 1, "unparseable_row"),
+                       ("c.csv", 3, "unparseable_row")]  # fmt: skip
     details = {q["line"]: q["detail"] for q in result.quarantined if q["file"].endswith("a.jsonl")}
     assert "missing field 'output'" in details[4] and "invalid UTF-8" in details[6]
-    assert len(result.kept) == 4  # a.jsonl lines 1 and 7 (BOM), both c.csv rows (bad bytes replaced, not lost)
+    assert len(result.kept) == 3  # a.jsonl lines 1 and 7 (BOM), the good c.csv row
     assert result.extra["empty_files"] == [str(tmp_path / "empty.jsonl")]
     assert sum(f["rows"] for f in lineage) == result.n_in and records_accounted(result.counts()).passed
-    # The bad bytes become U+FFFD, which cleaning drops as mojibake with a reason, not silently.
-    cleaned = clean_records(result.kept, CleanConfig(languages=[]))
-    assert [d["reason"] for d in cleaned.dropped] == ["mojibake"]
+    # Bad bytes are quarantined at ingest, in CSV as in JSONL, so nothing reaches cleaning as U+FFFD.
+    assert {q["detail"] for q in result.quarantined if q["file"].endswith("c.csv")} == {
+        "invalid UTF-8 bytes in this row"
+    }
 
 
 _rows = st.one_of(

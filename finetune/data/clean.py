@@ -21,7 +21,17 @@ from typing import Any
 
 from finetune.config import CleanConfig
 from finetune.data.language import detect_language
-from finetune.data.records import Record, StageResult, full_text, make_record
+from finetune.data.records import (
+    ASSISTANT,
+    FUNCTION_CALL,
+    OBSERVATION,
+    Record,
+    StageResult,
+    full_text,
+    prompt_text,
+    response_text,
+    with_messages,
+)
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import (
     MOJIBAKE_LEFT,
@@ -37,10 +47,8 @@ from finetune.data.text_quality import (
 )
 
 CHUNK = 1024  # records normalised and measured together; bounds the memory a chunk adds
-# The turns a model is trained on; `function_call` is an assistant turn whose content is call JSON.
-TRAINED_ROLES = ("assistant", "function_call")
-PROSE_ROLES = ("assistant",)  # trained turns written as text, which the prose rules judge
-TOOL_ROLES = ("function_call", "observation")  # JSON or tool output: not prose, not a language sample
+PROSE_ROLES = (ASSISTANT,)  # trained turns written as text, which the prose rules judge
+TOOL_ROLES = (FUNCTION_CALL, OBSERVATION)  # JSON or tool output: not prose, not a language sample
 
 
 @dataclass(frozen=True)
@@ -58,22 +66,9 @@ class TokenCounter:
         return {"tokenizer": self.name, "vocab_size": self.vocab_size}
 
 
-def last_trained_turn(record: Record) -> str:
-    """The last assistant or function_call turn: the response the token and length rules measure."""
-    for m in reversed(record["messages"]):
-        if m["role"] in TRAINED_ROLES:
-            return m["content"]
-    return ""
-
-
 def response_prose(record: Record) -> list[str]:
     """Each assistant turn's text outside code blocks (a block becomes a line break)."""
     return [without_code(m["content"], "\n") for m in record["messages"] if m["role"] in PROSE_ROLES]
-
-
-def prompt_side(record: Record) -> str:
-    """Everything the model reads but is not trained on: system, user and observation turns."""
-    return "\n".join(m["content"] for m in record["messages"] if m["role"] not in TRAINED_ROLES)
 
 
 def _language_samples(record: Record) -> list[str]:
@@ -101,7 +96,7 @@ def broken_rule(
     empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
     if empty:
         return "empty_turn", {"turn": empty[0]}
-    text, response = full_text(record), last_trained_turn(record)
+    text, response = full_text(record), response_text(record)
     if mojibake_left or has_mojibake(text):
         return "mojibake", {}
     if len(response) < cfg.min_chars:
@@ -117,7 +112,7 @@ def broken_rule(
 
 def _broken_prose_rule(record: Record, cfg: CleanConfig, ngram_fractions: Sequence[float] | None) -> tuple | None:
     """The markup, repetition, echo and language rules, which judge what the record says, not its size."""
-    prose, prompt = response_prose(record), prompt_side(record)
+    prose, prompt = response_prose(record), prompt_text(record)
     if not prose:  # only function calls: nothing written to judge
         return None
     if cfg.max_markup and (n := max(map(markup_count, prose))) > cfg.max_markup and not markup_requested(prompt):
@@ -130,7 +125,7 @@ def _broken_prose_rule(record: Record, cfg: CleanConfig, ngram_fractions: Sequen
         ngram_fractions = repeated_ngram_fractions(prose).tolist()
     if (f := max(ngram_fractions)) > cfg.max_repeated_ngram_fraction:
         return "repeated_ngrams", {"fraction": round(f, 3)}
-    response = last_trained_turn(record)
+    response = response_text(record)
     if cfg.drop_prompt_echo and echoes_prompt(prompt, response):
         return "prompt_echo", {}
     if cfg.languages:
@@ -177,13 +172,15 @@ class Cleaner:
             messages.append({"role": m["role"], "content": text})
         source = record["source"]
         if changed:
-            cleaned = make_record(messages, source["file"], source["line"])
+            cleaned = with_messages(record, messages)
         else:  # the id is a hash of the turns: unchanged turns keep the raw record's
             cleaned = {
                 "id": record["id"],
                 "source": {"file": source["file"], "line": source["line"]},
                 "messages": messages,
             }
+            if "tools" in record:
+                cleaned["tools"] = record["tools"]
         cleaned["raw_id"] = record["id"]
         return cleaned, left
 

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from finetune.config import CleanConfig, DedupConfig
+from finetune.config import CleanConfig, DedupConfig, IngestConfig
 from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
 from finetune.data.ingest import RawReader
@@ -32,9 +32,11 @@ def token_counter(tokenizer) -> TokenCounter:
     return TokenCounter(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), name, vocab)
 
 
-def ingest_stage(paths: list[Path], out_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
+def ingest_stage(
+    paths: list[Path], out_dir: Path, progress: ProgressFn | None = None, cfg: IngestConfig | None = None
+) -> dict[str, Any]:
     """Read raw files into records, quarantining what cannot be read; writes the stage files."""
-    reader = RawReader(paths)
+    reader = RawReader(paths, cfg)
     return spool_stage("raw_records", reader, out_dir, progress, reader.extra)
 
 
@@ -74,6 +76,7 @@ def curate(
     out_dir: Path,
     count_tokens: TokenCounter | None = None,
     progress: ProgressFn | None = None,
+    ingest: IngestConfig | None = None,
 ) -> dict[str, Any]:
     """Ingest, clean and deduplicate in one streaming pass.
 
@@ -82,7 +85,7 @@ def curate(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader, cleaner = RawReader(paths), Cleaner(clean, count_tokens)
+    reader, cleaner = RawReader(paths, ingest), Cleaner(clean, count_tokens)
     deduplicator = Deduplicator(dedup, index_dir=out_dir)  # on disk beside the outputs, removed at the end
     files = OutcomeFiles(out_dir, stage_field=True)
     counters = [

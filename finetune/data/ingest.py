@@ -1,257 +1,226 @@
 """Read raw instruction files (Alpaca, ShareGPT, OpenAI messages) into conversation records.
 
-A row that cannot be understood is quarantined with its file, line and the reason;
-a file that cannot be opened at all raises one error naming it.
+Nothing an input folder holds may crash or hang the run, or cost the good records beside it: a row
+that cannot be understood is quarantined with its file, line and the reason; a file that cannot be
+read at all (permission, symlink loop, FIFO, broken Parquet footer) is one quarantined item naming
+it. A damaged `.json` array or CSV loses only its damaged rows. A LLaMA-Factory `dataset_info.json`
+(or a folder holding one) is read entry by entry; entries that cannot be trained on here are skipped
+with their reason in the report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.data.dataset_info import DatasetSource, read_dataset_info
-from finetune.data.records import ROLES, StageResult, make_record, sha256_file
-from finetune.data.stream import Outcome, collect, kept, quarantined
+from finetune.config import IngestConfig
+from finetune.data import raw_json
+from finetune.data.dataset_info import DatasetInfo, DatasetSource, read_dataset_info
+from finetune.data.raw_files import (
+    DATASET_INFO,
+    SUPPORTED_SUFFIXES,
+    IngestError,
+    RawFile,
+    discover,
+    file_sha256,
+)
+from finetune.data.raw_rows import file_rows
+from finetune.data.records import StageResult, make_record
+from finetune.data.row_formats import RowError, TurnOrderError, row_to_conversation, row_to_messages
+from finetune.data.stream import KEPT, Outcome, collect, kept, quarantined
+from finetune.data.template_vars import TemplateVariables
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's dataset description, read as-is
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+__all__ = ["SUPPORTED_SUFFIXES", "DATASET_INFO", "IngestError", "RowError", "RawReader", "ingest_files"]
+__all__ += ["row_to_messages", "snapshot_raw_files", "snapshot_digest"]
+
+Parsed = raw_json.Parsed
 
 
-class IngestError(ValueError):
-    """A raw data path cannot be read at all."""
+@dataclass
+class SourcePlan:
+    """Which files to read (each with the dataset_info.json entry describing it) and which entries are skipped."""
+
+    files: list[tuple[RawFile, DatasetSource | None]] = field(default_factory=list)
+    infos: list[DatasetInfo] = field(default_factory=list)
+    undescribed: list[str] = field(default_factory=list)  # data files beside a dataset_info.json it does not list
 
 
-class RowError(ValueError):
-    """One row has the wrong shape; the message names the field."""
+def _entry_files(source: DatasetSource) -> list[RawFile]:
+    files = discover(source.path)
+    if source.root is None:
+        return files
+    root = source.root.resolve()
+    return [
+        f if f.problem or f.path.resolve().is_relative_to(root) else RawFile(f.path, f"resolves outside {root}")
+        for f in files
+    ]
 
 
-def list_raw_files(paths: list[Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of supported data files."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES and p.name != DATASET_INFO)
-            )
-        elif path.is_file():
-            files.append(path)
-        else:
+def _holds_dataset_info(path: Path) -> bool:
+    try:
+        return path.is_dir() and (path / DATASET_INFO).is_file()
+    except OSError:  # an unreadable folder: discover() lists it with the reason
+        return False
+
+
+def plan_sources(paths: list[Path], cfg: IngestConfig) -> SourcePlan:
+    """Expand the input paths into the files to read.
+
+    Raises:
+        IngestError: a path does not exist, or a selected dataset name is in no dataset_info.json.
+    """
+    plan = SourcePlan()
+    for path in map(Path, paths):
+        info_file = path / DATASET_INFO if _holds_dataset_info(path) else path
+        if info_file.name != DATASET_INFO:
+            plan.files += [(f, None) for f in discover(path)]
+            continue
+        info = read_dataset_info(info_file, cfg.dataset or None, cfg.confine_to_dataset_dir)
+        plan.infos.append(info)
+        for source in info.sources:
+            plan.files += [(f, source) for f in _entry_files(source)]
+        if info_file is not path:  # a LLaMA-Factory dataset_dir: say which of its files no entry reads
+            named = [s.path for s in info.sources] + [s.path for s in info.skipped if s.path]
+            plan.undescribed += [
+                str(f.path) for f in discover(path) if not any(f.path == n or n in f.path.parents for n in named)
+            ]
+    if cfg.dataset:
+        known = {name for info in plan.infos for name in info.names}
+        if missing := [n for n in cfg.dataset if n not in known]:
+            where = [str(i.path) for i in plan.infos] or "no dataset_info.json among the inputs"
             raise IngestError(
-                f"data path does not exist: {path} (check --input/--data, or paths.raw_data in the config)"
+                f"ingest.dataset names {missing} that are not entries of {where}; entries: {sorted(known)}"
             )
-    return files
-
-
-def _text(row: dict[str, Any], key: str, required: bool) -> str:
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and value != value):  # NaN from CSV/Parquet
-        if required:
-            raise RowError(f"missing field '{key}'")
-        return ""
-    if not isinstance(value, str):
-        raise RowError(f"field '{key}' must be a string, got {type(value).__name__}")
-    return value
-
-
-def _from_alpaca(row: dict[str, Any]) -> list[dict[str, str]]:
-    messages = []
-    system = _text(row, "system", required=False)
-    if system:
-        messages.append({"role": "system", "content": system})
-    history = row.get("history") or []
-    if not isinstance(history, list):
-        raise RowError("field 'history' must be a list of [prompt, response] pairs")
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise RowError(f"field 'history[{i}]' must be a [prompt, response] pair of strings")
-        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    instruction = _text(row, "instruction", required=True)
-    extra_input = _text(row, "input", required=False)
-    prompt = f"{instruction}\n{extra_input}" if extra_input else instruction
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row, "output", True)}]
-    return messages
-
-
-def _from_turns(turns: Any, field: str, role_key: str, text_key: str, role_map: dict[str, str]) -> list[dict[str, str]]:
-    if not isinstance(turns, list) or not turns:
-        raise RowError(f"field '{field}' must be a non-empty list")
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise RowError(f"field '{field}[{i}]' must be an object")
-        role = role_map.get(str(turn.get(role_key)))
-        if role is None:
-            raise RowError(f"field '{field}[{i}].{role_key}' has unknown role {turn.get(role_key)!r}")
-        content = turn.get(text_key)
-        if not isinstance(content, str):
-            raise RowError(f"field '{field}[{i}].{text_key}' must be a string")
-        messages.append({"role": role, "content": content})
-    if messages[-1]["role"] != "assistant":
-        raise RowError(f"field '{field}' must end with an assistant turn")
-    return messages
-
-
-def row_to_messages(row: Any) -> list[dict[str, str]]:
-    """Normalise one Alpaca / ShareGPT / OpenAI-messages row to a list of messages.
-
-    Raises:
-        RowError: the row matches no known shape or a field has the wrong type.
-    """
-    if not isinstance(row, dict):
-        raise RowError(f"a record must be a JSON object, got {type(row).__name__}")
-    if "messages" in row:
-        return _from_turns(row["messages"], "messages", "role", "content", {r: r for r in ROLES})
-    if "conversations" in row:
-        return _from_turns(row["conversations"], "conversations", "from", "value", SHAREGPT_ROLES)
-    if "instruction" in row or "output" in row:
-        return _from_alpaca(row)
-    raise RowError(f"unknown record shape with keys {sorted(row)[:8]}; expected Alpaca, ShareGPT or OpenAI messages")
-
-
-CHUNK_ROWS = 10_000  # CSV/Parquet are read in chunks so a large file never sits in memory whole
-
-
-def _iter_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line or row number, parsed row, parse error) for each row of a file.
-
-    Raises:
-        IngestError: the file as a whole cannot be parsed (its rows cannot be told apart).
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(raw.decode("utf-8-sig")), None  # -sig: tolerate a BOM (Windows exports)
-                except UnicodeDecodeError as exc:
-                    yield lineno, raw.decode("utf-8", errors="replace"), f"invalid UTF-8 at byte {exc.start}"
-                except json.JSONDecodeError as exc:
-                    yield (
-                        lineno,
-                        raw.decode("utf-8", errors="replace"),
-                        f"invalid JSON: {exc.msg} at column {exc.colno}",
-                    )
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IngestError(f"{path}: cannot parse JSON file: {exc}") from exc
-        rows = data if isinstance(data, list) else [data]
-        for i, row in enumerate(rows, start=1):
-            yield i, row, None
-    elif suffix == ".csv":
-        import pandas as pd
-
-        try:
-            # CSV rows are numbered as file lines (header is line 1) so a user can jump to them;
-            # a quoted field spanning lines makes that approximate.
-            line = 2
-            for chunk in pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                chunksize=CHUNK_ROWS,
-                encoding="utf-8-sig",
-                encoding_errors="replace",  # bad bytes become U+FFFD, which cleaning drops as mojibake
-            ):
-                for row in chunk.to_dict(orient="records"):
-                    yield line, row, None
-                    line += 1
-        except pd.errors.EmptyDataError:
-            return
-        except (ValueError, OSError, UnicodeDecodeError) as exc:
-            raise IngestError(f"{path}: cannot read CSV file: {exc}") from exc
-    elif suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(path)
-            row = 1
-            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
-                for item in batch.to_pylist():
-                    yield row, item, None
-                    row += 1
-        except (pa.ArrowException, OSError) as exc:
-            raise IngestError(f"{path}: cannot read Parquet file: {exc}") from exc
-    else:
-        raise IngestError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-
-
-def _sources(paths: list[Path]) -> list[tuple[Path, DatasetSource | None]]:
-    """Data files to read, each with the dataset_info.json entry that describes it (if any)."""
-    out: list[tuple[Path, DatasetSource | None]] = []
-    for path in paths:
-        if path.name == DATASET_INFO:
-            for source in read_dataset_info(path):
-                out += [(file, source) for file in list_raw_files([source.path])]
-        else:
-            out += [(file, None) for file in list_raw_files([path])]
-    return out
+    return plan
 
 
 class RawReader:
     """Streams every raw file's rows as ingest outcomes; `files` fills with lineage as files finish."""
 
-    def __init__(self, paths: list[Path]):
-        self.sources = _sources(paths)
-        if not self.sources:
-            raise IngestError(f"no raw data files found under {[str(p) for p in paths]}")
+    def __init__(self, paths: list[Path], cfg: IngestConfig | None = None):
+        cfg = cfg or IngestConfig()
+        self.plan = plan_sources(paths, cfg)
+        if not self.plan.files:
+            skipped = [f"{s.name}: {s.reason}" for info in self.plan.infos for s in info.skipped]
+            raise IngestError(
+                f"no raw data files found under {[str(p) for p in paths]}"
+                + (f"; every dataset_info.json entry was skipped: {skipped}" if skipped else "")
+            )
+        self.templates = TemplateVariables(cfg.template_variables, cfg.flag_template_variables)
         self.files: list[dict[str, Any]] = []
         self.empty_files: list[str] = []
+        self.per_dataset: dict[str, Counter[str]] = {}
 
     def __iter__(self) -> Iterator[Outcome]:
-        for path, source in self.sources:
+        for raw, source in self.plan.files:
+            stats: dict[str, Any] = {"path": str(raw.path)}
             n_rows = 0
-            try:
-                for line, row, error in _iter_rows(path):
-                    n_rows += 1
-                    yield _row_outcome(path, line, row, error, source)
-            except IngestError as exc:
-                # The run goes on with the other files; the file is accounted for as one quarantined item.
+            for outcome in self._file_outcomes(raw, source, stats):
                 n_rows += 1
-                yield quarantined({"file": str(path)}, "unreadable_file", detail=str(exc), file=str(path), line=0)
+                if source:
+                    counter = self.per_dataset.setdefault(source.name, Counter())
+                    counter[KEPT if outcome[0] == KEPT else outcome[1]["reason"]] += 1
+                yield outcome
             if n_rows == 0:
-                self.empty_files.append(str(path))
-            entry = {"path": str(path), "sha256": sha256_file(path), "rows": n_rows}
-            self.files.append(entry | ({"dataset": source.name} if source else {}))
+                self.empty_files.append(str(raw.path))
+            self.files.append(_lineage(raw, stats, n_rows, source))
+
+    def _file_outcomes(self, raw: RawFile, source: DatasetSource | None, stats: dict[str, Any]) -> Iterator[Outcome]:
+        where = {"file": str(raw.path), "line": 0}
+        if raw.problem:
+            yield quarantined({"file": str(raw.path)}, "unreadable_file", detail=raw.problem, **where)
+            return
+        line = 0
+        try:
+            for parsed in file_rows(raw.path, stats):
+                line = parsed.line
+                yield self._outcome(raw.path, parsed, source)
+        except (IngestError, OSError) as exc:
+            # The run goes on with the other files; what could not be read is one quarantined item.
+            detail = str(exc) if line == 0 else f"read error after line {line}: {exc}"
+            yield quarantined({"file": str(raw.path)}, "unreadable_file", detail=detail, **where)
+
+    def _outcome(self, path: Path, parsed: Parsed, source: DatasetSource | None) -> Outcome:
+        where = {"file": str(path), "line": parsed.line}
+        if parsed.error is not None:
+            return quarantined(parsed.text, "unparseable_row", detail=parsed.error, **where)
+        try:
+            conversation = row_to_conversation(source.to_native(parsed.value) if source else parsed.value)
+        except TurnOrderError as exc:
+            return quarantined(parsed.value, exc.rule, detail=str(exc), **where)
+        except RowError as exc:
+            return quarantined(parsed.value, "invalid_shape", detail=str(exc), **where)
+        messages, unfilled = self.templates.fill_messages(conversation.messages)
+        if unfilled:
+            return quarantined(parsed.value, "unfilled_template_variable", detail=unfilled, **where)
+        return kept(make_record(messages, str(path), parsed.line, conversation.tools))
 
     def extra(self) -> dict[str, Any]:
-        return {"files": self.files} | ({"empty_files": self.empty_files} if self.empty_files else {})
+        """Report keys: lineage of every file, and per dataset_info.json entry what was read or skipped."""
+        out: dict[str, Any] = {"files": self.files}
+        if self.empty_files:
+            out["empty_files"] = self.empty_files
+        if self.plan.infos:
+            out["datasets"] = [row for info in self.plan.infos for row in self._dataset_rows(info)]
+            out["skipped_datasets"] = [{"name": s.name, "reason": s.reason} for i in self.plan.infos for s in i.skipped]
+        if self.plan.undescribed:
+            out["undescribed_files"] = self.plan.undescribed
+        if self.templates.filled:
+            out["template_variables_filled"] = dict(self.templates.filled)
+        return out
+
+    def _dataset_rows(self, info: DatasetInfo) -> list[dict[str, Any]]:
+        rows = []
+        for source in info.sources:
+            counts = self.per_dataset.get(source.name, Counter())
+            reasons = {r: n for r, n in counts.items() if r != KEPT}
+            row = {"name": source.name, "dataset_info": str(info.path), "status": "read", "kept": counts[KEPT]}
+            row |= {"quarantined": sum(reasons.values()), "quarantined_by_reason": reasons}
+            rows.append(row | ({"ignored_keys": source.ignored_keys} if source.ignored_keys else {}))
+        rows += [{"name": s.name, "dataset_info": str(info.path), "status": "skipped", "reason": s.reason}
+                 for s in info.skipped]  # fmt: skip
+        return rows
 
 
-def _row_outcome(path: Path, line: int, row: Any, error: str | None, source: DatasetSource | None) -> Outcome:
-    where = {"file": str(path), "line": line}
-    if error is not None:
-        return quarantined(row, "unparseable_row", detail=error, **where)
+def _lineage(raw: RawFile, stats: dict[str, Any], n_rows: int, source: DatasetSource | None) -> dict[str, Any]:
+    entry = stats | {"rows": n_rows}
     try:
-        messages = row_to_messages(source.to_native(row) if source else row)
-    except RowError as exc:
-        return quarantined(row, "invalid_shape", detail=str(exc), **where)
-    return kept(make_record(messages, str(path), line))
+        entry["sha256"] = "" if raw.problem else file_sha256(raw.path)
+    except IngestError as exc:
+        entry["sha256"] = ""
+        entry["error"] = str(exc)
+    if raw.problem:
+        entry["error"] = raw.problem
+    return entry | ({"dataset": source.name} if source else {})
 
 
-def ingest_files(paths: list[Path]) -> tuple[StageResult, list[dict[str, Any]]]:
+def ingest_files(paths: list[Path], cfg: IngestConfig | None = None) -> tuple[StageResult, list[dict[str, Any]]]:
     """Read every raw file into records; bad rows (and unreadable files) are quarantined, never lost.
 
     Returns:
         The stage result and a list of `{"path", "sha256", "rows"}` for each raw file (for lineage).
     """
-    reader = RawReader(paths)
+    reader = RawReader(paths, cfg)
     result = collect("raw_records", reader)
     result.extra.update(reader.extra())
     return result, reader.files
 
 
-def snapshot_raw_files(paths: list[Path]) -> dict[str, str]:
-    """sha256 of every raw data file under the given paths (what a new-data sensor compares)."""
-    return {str(p): sha256_file(p) for p, _ in _sources(paths)}
+def snapshot_raw_files(paths: list[Path], cfg: IngestConfig | None = None) -> dict[str, str]:
+    """sha256 of every raw data file under the given paths (what a new-data sensor compares); a file that
+    cannot be read hashes to "" as in the ingest report, so the sensor's snapshot id is the data version."""
+    snapshot = {}
+    for raw, _ in plan_sources(paths, cfg or IngestConfig()).files:
+        try:
+            snapshot[str(raw.path)] = "" if raw.problem else file_sha256(raw.path)
+        except IngestError:
+            snapshot[str(raw.path)] = ""
+    return snapshot
 
 
 def snapshot_digest(snapshot: dict[str, str]) -> str:

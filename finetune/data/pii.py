@@ -29,7 +29,7 @@ from finetune.data.pii_recognizers import (
     is_valid_cn_resident_id,
     luhn_valid,
 )
-from finetune.data.records import Record, StageResult, make_record
+from finetune.data.records import Record, StageResult, with_messages
 
 __all__ = [
     "build_analyzer",
@@ -168,7 +168,7 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
             by_entity.update(h.entity_type for h in hits)
             drop_entities |= {h.entity_type for h in hits if cfg.operator_for(h.entity_type) == "drop"}
             messages.append({"role": m["role"], "content": anonymize(m["content"], hits, cfg, salt)})
-        new = make_record(messages, record["source"]["file"], record["source"]["line"])
+        new = with_messages(record, messages)
         new["raw_id"] = record.get("raw_id", record["id"])
         if drop_entities:
             result.drop(new, "pii_drop:" + ",".join(sorted(drop_entities)))

@@ -10,33 +10,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
+# Tool calling: a `function_call` turn is the assistant calling a tool, its content the JSON text
+# `{"name": ..., "arguments": {...}}`; an `observation` turn is what the tool returned.
+FUNCTION_CALL, OBSERVATION = "function_call", "observation"
+ROLES = (SYSTEM, USER, ASSISTANT, FUNCTION_CALL, OBSERVATION)
+TRAINED_ROLES = (ASSISTANT, FUNCTION_CALL)  # the turns the model learns to produce
 
 # A record is a plain dict so it round-trips through JSONL unchanged:
-#   {"id": <content hash>, "source": {"file": str, "line": int}, "messages": [{"role", "content"}, ...]}
+#   {"id": <content hash>, "source": {"file": str, "line": int}, "messages": [{"role", "content"}, ...],
+#    "tools": [<function schema: {"name", "description", "parameters"}>, ...]}   ("tools" only when present)
 Record = dict[str, Any]
 
 
-def record_id(messages: list[dict[str, str]]) -> str:
-    """Stable id of a conversation: sha256 of its canonical JSON, so the same content gets the same id."""
-    blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+def record_id(messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None) -> str:
+    """Stable id of a conversation: sha256 of its canonical JSON, so the same content gets the same id.
+
+    The tools a conversation may call are part of what is trained, so they are part of the id (a record
+    without tools keeps the id it had before tools were supported).
+    """
+    turns: list[Any] = [[m["role"], m["content"]] for m in messages]
+    if tools:
+        turns.append(["tools", json.dumps(tools, ensure_ascii=False, sort_keys=True)])
+    blob = json.dumps(turns, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
-def make_record(messages: list[dict[str, str]], file: str, line: int) -> Record:
-    """Build a record from normalised messages and its source position."""
-    return {"id": record_id(messages), "source": {"file": file, "line": line}, "messages": messages}
+def make_record(
+    messages: list[dict[str, str]], file: str, line: int, tools: list[dict[str, Any]] | None = None
+) -> Record:
+    """Build a record from normalised messages (and the tools it may call) and its source position."""
+    record = {"id": record_id(messages, tools), "source": {"file": file, "line": line}, "messages": messages}
+    if tools:
+        record["tools"] = tools
+    return record
+
+
+def with_messages(record: Record, messages: list[dict[str, str]]) -> Record:
+    """A stage's rewrite of a record's turns: new id, same source and tools (a stage never loses them)."""
+    return make_record(messages, record["source"]["file"], record["source"]["line"], record.get("tools"))
 
 
 def prompt_text(record: Record) -> str:
-    """All non-assistant text of a record, joined."""
-    return "\n".join(m["content"] for m in record["messages"] if m["role"] != "assistant")
+    """All text the model is not trained to produce (system, user, tool results), joined."""
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] not in TRAINED_ROLES)
 
 
 def response_text(record: Record) -> str:
-    """The last assistant turn (the response being trained)."""
+    """The last trained turn: the final assistant answer, or the tool call a conversation ends with."""
     for m in reversed(record["messages"]):
-        if m["role"] == "assistant":
+        if m["role"] in TRAINED_ROLES:
             return m["content"]
     return ""
 

@@ -17,8 +17,8 @@ from typing import Any
 from jinja2 import TemplateError as JinjaTemplateError
 from transformers import PreTrainedTokenizerBase
 
-FUNCTION_CALL, OBSERVATION = "function_call", "observation"
-TRAINED_ROLES = ("assistant", FUNCTION_CALL)  # the turns the model learns to produce
+from finetune.data.records import FUNCTION_CALL, OBSERVATION, TRAINED_ROLES
+
 TOOLS_PREAMBLE = (
     "You can call the functions described below (JSON schemas). To call one, answer with only a JSON object "
     '{"name": <function name>, "arguments": <arguments object>}; its result comes back in the next turn.\n'
