@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from finetune.release import release_from_artifacts
+from finetune.data.records import sha256_file
+from finetune.release import MANIFEST, release_from_artifacts
+from release_ledger import MANIFEST_SHA256
 from resources import PipelineSettings
 
 
@@ -30,10 +32,12 @@ def release(
     path = release_from_artifacts(settings.load(), stages, base_model, adapter, evaluation_report, context.run_id)
     context.log.info(f"release written to {path}")
     return dg.Output(
-        {"path": str(path), "release_id": path.name, "manifest": str(path / "manifest.json")},
+        {"path": str(path), "release_id": path.name, "manifest": str(path / MANIFEST)},
         metadata={
             "release_dir": dg.MetadataValue.path(str(path)),
             "release_id": path.name,
+            # Recorded outside the release folder: `finetune audit --verify` compares the manifest with it.
+            MANIFEST_SHA256: sha256_file(path / MANIFEST),
             "model_card": dg.MetadataValue.md((path / "MODEL_CARD.md").read_text(encoding="utf-8")),
         },
     )
