@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
 from finetune.data.records import Record, StageResult, write_jsonl
+from finetune.redaction import redact_text
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
@@ -100,7 +101,7 @@ def build_sft_splits(records: list[Record], tokenizer: PreTrainedTokenizerBase, 
         trained_tokens += n_trained
         truncated += example["full_length"] > cfg.cutoff_len
         if len(previews) < 3:
-            previews.append(mask_preview(tokenizer, example))
+            previews.append(redact_text(mask_preview(tokenizer, example)))  # shown in metadata: no raw PII
     splits = splits_of(result)
     if not splits["train"]:
         raise ValueError("no records left for the train split; add data or lower sft.val_fraction/test_fraction")
