@@ -171,7 +171,8 @@ class ScreenConfig(_Section):
     )
     lexicon_file: str = Field(
         default="builtin",
-        description="Trigger lexicon, one per line ('builtin' = the shipped list of published triggers, '' = none).",
+        description="Trigger lexicon, one per line ('builtin' = the shipped list of published triggers, '' = none). "
+        "Any other value replaces the shipped list (a weakened setting); add triggers with trigger_lexicon instead.",
         json_schema_extra={"weakens": "changed"},
     )
     trigger_lexicon: list[str] = Field(default=[], description="Extra known triggers, added to the lexicon file.")
