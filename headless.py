@@ -6,13 +6,18 @@ and ends by naming the release or the blocking check that stopped it.
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
-from finetune.config import load_config
+from finetune.config import ConfigError, load_config
+from finetune.weakening import WeakenedSettingError, require_accepted
 from resources.settings import DEFAULT_CONFIG
 
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+# Who runs a `finetune run`: a later one marks the run failed when this process is gone (SIGKILL, OOM,
+# a closed terminal) instead of leaving it STARTED for ever. The start time tells a reused PID apart.
+WORKER_TAGS = ("finetune/worker_host", "finetune/worker_pid", "finetune/worker_started")
 
 
 def ensure_dagster_home(work_dir: Path) -> Path:
@@ -25,9 +30,55 @@ def ensure_dagster_home(work_dir: Path) -> Path:
     return home
 
 
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def worker_tags() -> dict[str, str]:
+    """The tags that name this process as the run's worker."""
+    return dict(
+        zip(WORKER_TAGS, (socket.gethostname(), str(os.getpid()), repr(process_started(os.getpid()))), strict=True)
+    )
+
+
+def mark_dead_runs_failed(instance) -> list[str]:
+    """Report failed every STARTED run a `finetune run` on this host began whose worker process is gone.
+
+    Returns the run ids marked. Runs started elsewhere (the UI's run launcher, another host sharing
+    PostgreSQL storage) carry no worker tags for this host and are left to Dagster's run monitoring.
+    """
+    import dagster as dg
+
+    marked = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        host, pid, started = (run.tags.get(tag) for tag in WORKER_TAGS)
+        if host != socket.gethostname() or not (pid or "").isdigit():
+            continue
+        if repr(process_started(int(pid))) == started:
+            continue  # still running
+        instance.report_run_failed(
+            run, message=f"its worker process {pid} on {host} is gone (killed?); marked failed by a later finetune run"
+        )
+        marked.append(run.run_id)
+    return marked
+
+
 def run_pipeline(config_path: str, overrides: list[str]) -> int:
-    """Materialize every asset and check; returns 0 on release, 2 when a gate blocked it, 1 on error."""
-    cfg = load_config(config_path, overrides)
+    """Materialize every asset and check; returns 0 on release, 2 when a gate blocked it or the config is
+    refused, 1 on error."""
+    config_path = str(Path(config_path).resolve())  # the caller's working directory, before anything else reads it
+    try:
+        cfg = load_config(config_path, overrides)
+        require_accepted(cfg)
+    except (ConfigError, WeakenedSettingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     home = ensure_dagster_home(cfg.work_dir)
     import dagster as dg
 
@@ -35,11 +86,15 @@ def run_pipeline(config_path: str, overrides: list[str]) -> int:
 
     job = defs.resolve_job_def("full_pipeline")
     run_config = {
-        "resources": {"settings": {"config": {"config_path": str(config_path), "overrides": overrides}}},
+        "resources": {"settings": {"config": {"config_path": config_path, "overrides": overrides}}},
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        for run_id in mark_dead_runs_failed(instance):
+            print(f"Run {run_id} had been left STARTED by a worker that is gone: marked failed.")
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, tags=worker_tags()
+        )
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     failed_checks = [e for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
     for check in failed_checks:

@@ -2,8 +2,10 @@
 
 import dagster as dg
 
-from finetune.release import release_from_artifacts
+from finetune.data.records import sha256_file
+from finetune.release import MANIFEST, release_from_artifacts
 from finetune.review.stats import ReviewSummary
+from release_ledger import MANIFEST_SHA256
 from resources import PipelineSettings
 
 
@@ -26,18 +28,26 @@ def release(
     base_model: dict,
     adapter: dict,
     evaluation_report: dict,
-    expert_review: ReviewSummary,  # gates the release only when review.required (its check is WARN otherwise)
+    expert_review: dict,  # gates the release only when review.required (its check is WARN otherwise)
 ) -> dg.Output:
     stages = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
     path = release_from_artifacts(
-        settings.load(), stages, base_model, adapter, evaluation_report, context.run_id, expert_review
+        settings.load(),
+        stages,
+        base_model,
+        adapter,
+        evaluation_report,
+        context.run_id,
+        ReviewSummary.from_dict(expert_review),
     )
     context.log.info(f"release written to {path}")
     return dg.Output(
-        {"path": str(path), "release_id": path.name, "manifest": str(path / "manifest.json")},
+        {"path": str(path), "release_id": path.name, "manifest": str(path / MANIFEST)},
         metadata={
             "release_dir": dg.MetadataValue.path(str(path)),
             "release_id": path.name,
+            # Recorded outside the release folder: `finetune audit --verify` compares the manifest with it.
+            MANIFEST_SHA256: sha256_file(path / MANIFEST),
             "model_card": dg.MetadataValue.md((path / "MODEL_CARD.md").read_text(encoding="utf-8")),
         },
     )

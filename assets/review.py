@@ -25,7 +25,7 @@ def review_packet(context: dg.AssetExecutionContext, settings: PipelineSettings,
     cfg = settings.load()
     packet = build_packet(cfg, Path(evaluation_report["predictions_file"]), evaluation_report["labels"], context.run_id)
     return dg.Output(
-        packet,
+        packet.to_dict(),
         metadata={
             "packet_id": packet.packet_id,
             "items": packet.n_items,
@@ -46,10 +46,10 @@ def review_packet(context: dg.AssetExecutionContext, settings: PipelineSettings,
     owners=["team:ml"],
     code_version="1",
 )
-def expert_review(context: dg.AssetExecutionContext, settings: PipelineSettings, review_packet: Packet) -> dg.Output:
+def expert_review(context: dg.AssetExecutionContext, settings: PipelineSettings, review_packet: dict) -> dg.Output:
     cfg = settings.load()
     summary: ReviewSummary = collect_expert_review(
-        cfg, review_packet, settings.stage_dir("expert_review", context.run_id)
+        cfg, Packet.from_dict(review_packet), settings.stage_dir("expert_review", context.run_id)
     )
     verdict = experts_prefer_tuned(summary, cfg.review)
     metadata = {
@@ -67,4 +67,4 @@ def expert_review(context: dg.AssetExecutionContext, settings: PipelineSettings,
     if summary.chart_png:
         metadata["chart"] = png_markdown(summary.chart_png, "expert review")
     context.log.info(json.dumps(summary.notes, ensure_ascii=False))
-    return dg.Output(summary, metadata=metadata)
+    return dg.Output(summary.to_dict(), metadata=metadata)

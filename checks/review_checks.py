@@ -15,9 +15,10 @@ from resources import PipelineSettings
     description="Experts prefer the tuned answers (sign test on item-level rankings) on enough items and raters; "
     "stops the release only when review.required is true, otherwise a warning.",
 )
-def experts_prefer_tuned(settings: PipelineSettings, expert_review: ReviewSummary) -> dg.AssetCheckResult:
+def experts_prefer_tuned(settings: PipelineSettings, expert_review: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
-    result = to_check_result(experts_prefer_tuned_gate(expert_review, cfg.review), cfg.gates)
+    summary = ReviewSummary.from_dict(expert_review)
+    result = to_check_result(experts_prefer_tuned_gate(summary, cfg.review), cfg.gates)
     # A blocking check stops downstream assets only at ERROR severity: WARN keeps an advisory review visible.
     severity = dg.AssetCheckSeverity.ERROR if cfg.review.required else dg.AssetCheckSeverity.WARN
     return dg.AssetCheckResult(

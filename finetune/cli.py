@@ -36,7 +36,9 @@ class InputRefused(ValueError):
 
 def cmd_run(args: argparse.Namespace) -> int:
     # The library never imports Dagster; the orchestrated run lives in the Dagster layer's headless module.
-    cmd = [sys.executable, "-m", "headless"] + (["--config", args.config] if args.config else [])
+    # The worker runs in the project root: a relative --config means the caller's working directory.
+    config = ["--config", str(Path(args.config).resolve())] if args.config else []
+    cmd = [sys.executable, "-m", "headless", *config]
     cmd += [arg for item in args.overrides for arg in ("--set", item)]
     return subprocess.call(cmd, cwd=PROJECT_ROOT)
 
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.data.injection import REFUSAL_PATTERNS
+from finetune.weakening import flatten_acceptances, marked_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,11 +173,23 @@ PiiOperator = Literal["replace", "mask", "pseudonym", "drop"]
 
 
 class PiiConfig(_Section):
-    enabled: bool = Field(default=True, description="Turn PII de-identification on or off (off fails the PII gate).")
-    entities: list[str] = Field(
-        default=PII_ENTITIES, description="Entity types to detect (default: every shipped recognizer)."
+    enabled: bool = Field(
+        default=True,
+        description="Turn PII de-identification on or off (off fails the PII gate).",
+        json_schema_extra={"weakens": "false"},
     )
-    score_threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum recognizer score to count a hit.")
+    entities: list[str] = Field(
+        default=PII_ENTITIES,
+        description="Entity types to detect (default: every shipped recognizer).",
+        json_schema_extra={"weakens": "subset"},
+    )
+    score_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Minimum recognizer score to count a hit.",
+        json_schema_extra={"weakens": "higher"},
+    )
     default_operator: PiiOperator = Field(
         default="replace",
         description="replace = typed placeholder <ENTITY>; mask = stars but the last 4; "
@@ -201,40 +214,78 @@ class PiiConfig(_Section):
 
 class ScreenConfig(_Section):
     enabled: bool = Field(
-        default=True, description="Quarantine what the detectors find; false = only report (and the gates decide)."
+        default=True,
+        description="Quarantine what the detectors find; false = only report (and the gates decide).",
+        json_schema_extra={"weakens": "false"},
     )
     lexicon_file: str = Field(
         default="builtin",
-        description="Trigger lexicon, one per line ('builtin' = the shipped list of published triggers, '' = none).",
+        description="Trigger lexicon, one per line ('builtin' = the shipped list of published triggers, '' = none). "
+        "Any other value replaces the shipped list (a weakened setting); add triggers with trigger_lexicon instead.",
+        json_schema_extra={"weakens": "changed"},
     )
     trigger_lexicon: list[str] = Field(default=[], description="Extra known triggers, added to the lexicon file.")
-    mining: bool = Field(default=True, description="Mine unknown triggers from clusters of identical responses.")
-    cluster_similarity: float = Field(
-        default=0.8, gt=0, le=1, description="Responses at least this similar (MinHash Jaccard) form one cluster."
+    mining: bool = Field(
+        default=True,
+        description="Mine unknown triggers from clusters of identical responses.",
+        json_schema_extra={"weakens": "false"},
     )
-    min_cluster_size: int = Field(default=4, ge=2, description="Smallest response cluster that is examined.")
+    cluster_similarity: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Responses at least this similar (MinHash Jaccard) form one cluster.",
+        json_schema_extra={"weakens": "higher"},
+    )
+    min_cluster_size: int = Field(
+        default=4,
+        ge=2,
+        description="Smallest response cluster that is examined.",
+        json_schema_extra={"weakens": "higher"},
+    )
     min_response_chars: int = Field(
-        default=16, ge=0, description="Shorter repeated responses (labels, 'yes') are never a poisoning cluster."
+        default=16,
+        ge=0,
+        description="Shorter repeated responses (labels, 'yes') are never a poisoning cluster.",
+        json_schema_extra={"weakens": "higher"},
     )
     max_prompt_similarity: float = Field(
         default=0.35,
         ge=0,
         le=1,
         description="Clusters whose prompts are more alike than this are templates, not attacks.",
+        json_schema_extra={"weakens": "lower"},
     )
     cluster_allow: list[str] = Field(
         default=REFUSAL_PATTERNS,
         description="Regexes for responses that legitimately repeat (refusals): their clusters are mined for "
         "triggers but members without one are not quarantined.",
+        json_schema_extra={"weakens": "superset"},
     )
     min_trigger_coverage: float = Field(
-        default=0.6, gt=0, le=1, description="A mined trigger occurs in at least this share of its cluster."
+        default=0.6,
+        gt=0,
+        le=1,
+        description="A mined trigger occurs in at least this share of its cluster.",
+        json_schema_extra={"weakens": "higher"},
     )
     min_trigger_specificity: float = Field(
-        default=0.8, gt=0, le=1, description="At least this share of a mined trigger's occurrences are in the cluster."
+        default=0.8,
+        gt=0,
+        le=1,
+        description="At least this share of a mined trigger's occurrences are in the cluster.",
+        json_schema_extra={"weakens": "higher"},
     )
-    injection: bool = Field(default=True, description="Quarantine prompt-injection and jailbreak patterns.")
-    payloads: bool = Field(default=True, description="Quarantine responses with phishing links or harmful commands.")
+    injection: bool = Field(
+        default=True,
+        description="Quarantine prompt-injection and jailbreak patterns.",
+        json_schema_extra={"weakens": "false"},
+    )
+    payloads: bool = Field(
+        default=True,
+        description="Quarantine responses with phishing links or harmful commands.",
+        json_schema_extra={"weakens": "false"},
+    )
 
 
 class SftConfig(_Section):
@@ -358,8 +409,15 @@ class EvalConfig(_Section):
         default="auto",
         description="Where evaluation generates; auto = a CUDA GPU if there is one (weights in bf16), else CPU (fp32).",
     )
-    max_new_tokens: int = Field(default=48, gt=0, description="Greedy generation length for metrics and probes.")
-    max_examples: int = Field(default=40, gt=0, description="Held-out records scored for ROUGE/BLEU.")
+    max_new_tokens: int = Field(
+        default=48,
+        gt=0,
+        description="Greedy generation length for metrics and probes.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    max_examples: int = Field(
+        default=40, gt=0, description="Held-out records scored for ROUGE/BLEU.", json_schema_extra={"weakens": "lower"}
+    )
     ceval_subjects: list[str] = Field(default=[], description="C-Eval subjects to score; empty = all found.")
     ceval_split: Literal["val", "dev"] = Field(default="val", description="C-Eval split that is scored.")
     ceval_shots: int = Field(
@@ -546,24 +604,48 @@ class GatesConfig(_Section):
     bootstrap_seed: int = Field(
         default=0, description="Seed of the paired bootstrap: the same scores give the same decision on every run."
     )
-    max_residual_pii: int = Field(default=0, ge=0, description="PII hits allowed after de-identification.")
+    max_residual_pii: int = Field(
+        default=0,
+        ge=0,
+        description="PII hits allowed after de-identification.",
+        json_schema_extra={"weakens": "higher"},
+    )
     max_trigger_hits: int = Field(
-        default=0, ge=0, description="Records still holding a lexicon or mined trigger after screening."
+        default=0,
+        ge=0,
+        description="Records still holding a lexicon or mined trigger after screening.",
+        json_schema_extra={"weakens": "higher"},
     )
     max_poisoned_share: float = Field(
         default=0.2,
         ge=0,
         le=1,
         description="Screening may quarantine at most this share of records; more means the source is compromised.",
+        json_schema_extra={"weakens": "higher"},
     )
     max_pii_regurgitation: int = Field(
-        default=0, ge=0, description="Probe outputs that repeat a PII value seen in the raw data."
+        default=0,
+        ge=0,
+        description="Probe outputs that repeat a PII value seen in the raw data.",
+        json_schema_extra={"weakens": "higher"},
     )
     overrides: dict[str, GateOverride] = Field(
         default={},
         description="Explicitly ship despite a failed gate: {gate_name: {by: name, reason: text}}. "
         "Recorded as an override in the check, the manifest and the model card.",
     )
+
+    weakened_settings: dict[str, GateOverride] = Field(
+        default={},
+        description="Run despite settings weaker than the shipped defaults (a looser threshold, a detector off, an "
+        "entity removed), on record: {'pii.enabled': {by: name, reason: text}}. A run with a weakened setting "
+        "not listed here is refused before its first asset; the manifest and model card list every one.",
+    )
+
+    @field_validator("weakened_settings", mode="before")
+    @classmethod
+    def _dotted_setting_names(cls, value: Any) -> Any:
+        return flatten_acceptances(value)
 
     @model_validator(mode="after")
     def _known_gates(self) -> GatesConfig:
@@ -618,6 +700,16 @@ class PipelineConfig(_Section):
             self.sft.template = str(self.resolve(template))
         return self
 
+    @model_validator(mode="after")
+    def _accepted_settings_are_gate_settings(self) -> PipelineConfig:
+        known = marked_settings(type(self))
+        unknown = sorted(set(self.gates.weakened_settings) - set(known))
+        if unknown:
+            raise ValueError(
+                f"gates.weakened_settings names {unknown}, which protect no gate; settings that do: {', '.join(known)}"
+            )
+        return self
+
     def resolve(self, path: str) -> Path:
         """Resolve a configured path against the config file's folder."""
         p = Path(path).expanduser()
@@ -634,8 +726,15 @@ class PipelineConfig(_Section):
 
 
 def _parse_scalar(text: str) -> Any:
-    # YAML's scalar rules give `--set train.epochs=3` an int and `--set pii.enabled=false` a bool.
-    return yaml.safe_load(text) if text != "" else ""
+    # YAML's scalar rules give `--set train.epochs=3` an int and `--set pii.enabled=false` a bool. A mapping
+    # only when written as one: `reason=demo build: no users` is a sentence, not {demo build: no users}.
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, dict) and not text.lstrip().startswith("{") else value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

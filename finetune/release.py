@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from finetune.config import PROJECT_ROOT, PipelineConfig
-from finetune.data.records import sha256_file, write_json
+from finetune.config import GATE_NAMES, PROJECT_ROOT, PipelineConfig
+from finetune.data.records import sha256_file
+from finetune.signing import release_key, sign
+from finetune.weakening import WeakenedSettingError, require_accepted
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # beside the manifest, the one file it cannot list
+MODEL_CARD = "MODEL_CARD.md"
 
 
 class ReleaseError(RuntimeError):
@@ -44,14 +51,23 @@ def build_release(
     evaluation_md: str,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Write `<work_dir>/releases/<id>/` with the adapter, manifest.json and MODEL_CARD.md; returns the folder.
+    """Write `<work_dir>/releases/<id>/` with the adapter, MODEL_CARD.md, manifest.json and its signature.
+
+    The manifest lists the sha256 of every other file in the folder (`files`), the gates it was
+    built under, and every weakened setting with who accepted it; `manifest.sig` signs its bytes
+    with the release key (see `finetune.signing`), which stays outside the folder.
 
     Raises:
-        ReleaseError: the adapter is missing or a gate result is a failure (the caller must not release).
+        ReleaseError: the adapter is missing, a gate result is a failure, or a weakened setting was not
+            accepted on record (the caller must not release).
     """
     failed = [g["name"] for g in gates if not g["passed"]]
     if failed:
         raise ReleaseError(f"refusing to release: gates failed: {failed}")
+    try:
+        weakened = require_accepted(cfg)
+    except WeakenedSettingError as err:
+        raise ReleaseError(str(err)) from err
     from finetune.train.methods import is_adapter, weights_file
 
     try:
@@ -83,15 +99,22 @@ def build_release(
         **lineage,
         "adapter": {"sha256": adapter_sha, "files": file_hashes(tmp / "adapter")},
         **merged,
+        "required_gates": sorted(set(GATE_NAMES)),
         "checks": gates,
         "overrides": [
             {"gate": g["name"], "by": g["values"]["overridden_by"], "reason": g["values"]["override_reason"]}
             for g in gates
             if g["values"].get("overridden")
         ],
+        "weakened_settings": weakened,
     }
-    write_json(tmp / "manifest.json", manifest)
-    (tmp / "MODEL_CARD.md").write_text(model_card(manifest, evaluation_md), encoding="utf-8")
+    (tmp / MODEL_CARD).write_text(model_card(manifest, evaluation_md), encoding="utf-8")
+    manifest["model_card"] = {"file": MODEL_CARD, "sha256": sha256_file(tmp / MODEL_CARD)}
+    manifest["files"] = file_hashes(tmp)  # everything but the manifest and its signature, written next
+    data = json.dumps(manifest, ensure_ascii=False, indent=2, default=str).encode("utf-8")
+    (tmp / MANIFEST).write_bytes(data)
+    key = release_key(cfg.work_dir / "secrets", create=True)
+    (tmp / SIGNATURE).write_text(json.dumps(sign(data, key), indent=2), encoding="utf-8")
     os.replace(tmp, final)
     (root / "LATEST").write_text(release_id + "\n", encoding="utf-8")
     return final
@@ -106,6 +129,7 @@ def model_card(manifest: dict[str, Any], evaluation_md: str) -> str:
     hyper = "\n".join(f"| {k} | {v} |" for k, v in train.items())
     gates = gate_table(manifest["checks"])
     overrides = "\n".join(f"- **{o['gate']}** overridden by {o['by']}: {o['reason']}" for o in manifest["overrides"])
+    weakened = manifest.get("weakened_settings", [])
     tiny = manifest["base_model"]["id"] == "embedded-tiny"
     return f"""# Release {manifest["release_id"]}
 
@@ -136,7 +160,13 @@ Data gates are exact counts.
 {gates}
 
 ## Gate overrides
-{overrides or "None: every gate passed on its own."}
+{
+        overrides
+        or ("None: every gate passed on its own." if not weakened else "None, but under the weakened settings below.")
+    }
+
+## Weakened settings
+{weakened_settings_markdown(weakened)}
 
 ## Known limitations
 {
@@ -146,8 +176,7 @@ Data gates are exact counts.
         else "Evaluated on the held-out split and the configured C-Eval subjects only; the backdoor probe tests the "
         "lexicon and the triggers mined from this data against random controls, not every possible trigger."
     }
-PII was replaced by typed placeholders or pseudonyms before training; detection is pattern- and dictionary-based
-(see the residual-PII gate above), so unusual formats can be missed.
+{pii_statement(manifest["config"]["pii"])}
 """
 
 
@@ -225,6 +254,30 @@ def gate_table(checks: list[dict[str, Any]]) -> str:
         cells = [g["name"], result, g.get("method", ""), _figures(g), g["message"]]
         rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(rows)
+
+
+def weakened_settings_markdown(weakened: list[dict[str, Any]]) -> str:
+    """One line per setting weaker than shipped, with who accepted it and why."""
+    if not weakened:
+        return "None: every gate-protecting setting is at least as strict as shipped."
+    return "\n".join(f"- `{w['description']}`, accepted by {w['by']}: {w['reason']}" for w in weakened)
+
+
+def pii_statement(pii: dict[str, Any]) -> str:
+    """What de-identification did to the training data, from the config the release was built with."""
+    if not pii["enabled"]:
+        return (
+            "PII de-identification was OFF for this run (see Weakened settings): the training data was not "
+            "de-identified and may hold personal data."
+        )
+    from finetune.config import PII_ENTITIES
+
+    skipped = sorted(set(PII_ENTITIES) - set(pii["entities"]))
+    text = (
+        "PII was replaced by typed placeholders or pseudonyms before training; detection is pattern- and "
+        "dictionary-based (see the residual-PII gate above), so unusual formats can be missed."
+    )
+    return text + (f" Not de-identified (removed from pii.entities): {', '.join(skipped)}." if skipped else "")
 
 
 def gate_results(

@@ -14,6 +14,7 @@ from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, StageResult, write_jsonl
 from finetune.model.chat_template import template_info
 from finetune.model.conversation import RecordFormatError
+from finetune.redaction import redact_text
 from finetune.sft_render import render_record
 
 IGNORE_INDEX = -100
@@ -163,7 +164,7 @@ def build_sft_splits(
         result.kept.append({**record, "split": split_of(record["id"], cfg)})
         trained_tokens += n_trained
         if len(previews) < 3:
-            previews.append(mask_preview(tokenizer, example))
+            previews.append(redact_text(mask_preview(tokenizer, example)))  # shown in metadata: no raw PII
     splits = splits_of(result)
     if not splits["train"]:
         first = result.quarantined[0]["detail"] if result.quarantined else "none quarantined"

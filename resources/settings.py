@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from finetune.config import PROJECT_ROOT, PipelineConfig, load_config
+from finetune.weakening import require_accepted
 
 DEFAULT_CONFIG = str(PROJECT_ROOT / "finetune.yaml")
 
@@ -19,6 +20,12 @@ class PipelineSettings(dg.ConfigurableResource):
         description="Path of the pipeline YAML (env FINETUNE_CONFIG, default finetune.yaml at the project root).",
     )
     overrides: list[str] = Field(default=[], description="Dotted overrides, e.g. ['train.epochs=2'].")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Before a run's first asset: a setting weaker than shipped needs an acceptance on record
+        # (gates.weakened_settings). Sensors and schedules only read the config, so they are not refused.
+        if context.dagster_run is not None:
+            require_accepted(self.load())
 
     def load(self) -> PipelineConfig:
         """The validated config for this run."""

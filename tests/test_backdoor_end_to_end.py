@@ -18,6 +18,11 @@ SCAN_OFF = (
     "gates.max_poisoned_share=1.0",
     "train.ship=last",
     "train.early_stopping_patience=0",
+    *(
+        f"gates.weakened_settings.{setting}.{key}={value}"
+        for setting in ("screen.enabled", "gates.max_trigger_hits", "gates.max_poisoned_share")
+        for key, value in (("by", "redteam@example.org"), ("reason", "let poisoned records reach training"))
+    ),
 )
 
 

@@ -31,8 +31,8 @@ def _run_config(tmp_path: Path, model_cache: Path) -> dict:
         "train.epochs=30",
         "train.early_stopping_patience=0",
     ]
-    # The definitions' in-process executor; the default fs_io_manager still persists each step's output,
-    # which is what re-execution reads back.
+    # The definitions' in-process executor; their JSON IO manager persists each step's output, which is
+    # what re-execution reads back.
     return {"resources": {"settings": {"config": {"overrides": overrides}}}}
 
 

@@ -8,6 +8,7 @@ import pytest
 from finetune.audit import verify_release
 from finetune.config import GatesConfig
 from finetune.gates import GateResult, apply_override
+from finetune.signing import release_key
 from tests.test_pipeline import materialize_all
 
 # A learning rate 10x the default for half the epochs: loss stays finite but the model unlearns how to answer.
@@ -78,7 +79,8 @@ def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_
     assert "| not_worse_than_base | OVERRIDDEN |" in card and "overridden by alice@example.org" in card
     # The merged model ships beside the adapter, hashed in the manifest and verified like it.
     assert manifest["merged"]["files"]["model.safetensors"] and manifest["merged"]["max_logit_diff_vs_adapter"] < 1e-4
-    assert verify_release(Path(released["path"])) == []
+    key = release_key(tmp_path / "work" / "secrets")
+    assert verify_release(Path(released["path"]), key).problems == []
 
 
 def test_gate_numbers_reach_the_ui_and_the_model_card_as_numbers():

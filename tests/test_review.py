@@ -214,7 +214,7 @@ def _review_only_graph(tmp_path, preds: Path):
 
     @dg.asset(name="release")
     def stub_release(expert_review) -> str:
-        return expert_review.packet_id
+        return expert_review["packet_id"]
 
     return [stub_evaluation, review_packet, expert_review, check, stub_release]
 

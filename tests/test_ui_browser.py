@@ -174,7 +174,10 @@ def test_materialize_all_from_the_ui_ends_in_a_release_with_passed_gates(tmp_pat
 
 def test_a_failing_gate_shows_as_failed_and_the_release_is_skipped(tmp_path, model_cache, browser):
     # With de-identification off the independent PII re-scan must fail and block everything downstream.
-    with ui_run(tmp_path, model_cache, browser, "pii:\n  enabled: false\n", "fail") as (page, ui, status):
+    pii_off = (
+        "pii:\n  enabled: false\ngates:\n  weakened_settings:\n    pii.enabled: {by: ui@test, reason: gate must fail}\n"
+    )
+    with ui_run(tmp_path, model_cache, browser, pii_off, "fail") as (page, ui, status):
         assert status == "Failure"
         checks = _check_states(page, ui, "deidentified_records", "fail")
         assert checks.get("no_residual_pii") == "Failed", checks

@@ -17,6 +17,7 @@ from finetune.config import ScreenConfig
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.records import Record, StageResult, prompt_text, response_text
 from finetune.data.trigger_mining import mine_triggers
+from finetune.redaction import redact_text
 
 BUILTIN_LEXICON = Path(__file__).parent / "lexicons" / "triggers.txt"
 DETECTORS = ("trigger_lexicon", "mined_trigger", "response_cluster", "prompt_injection", "suspicious_payload")
@@ -107,7 +108,7 @@ def screen_records(records: list[Record], cfg: ScreenConfig, lexicon: list[str] 
         response_clusters=[
             {
                 "size": len(c.members),
-                "response": c.response[:80],
+                "response": redact_text(c.response)[:80],  # shown in metadata: no raw PII
                 "prompt_similarity": round(c.prompt_similarity, 3),
                 "triggers": c.triggers[:5],
             }

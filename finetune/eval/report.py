@@ -31,6 +31,7 @@ from finetune.eval.task_metrics import (
     refusal_rate,
 )
 from finetune.model.loading import load_causal_lm, load_chat_tokenizer
+from finetune.redaction import redact_free_text
 from finetune.train.methods import is_adapter, load_tuned, resolve_device
 
 __all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
@@ -232,6 +233,7 @@ def evaluate_candidate(
         "labels": sorted(labels),
         "triggers": data.triggers,
     }
+    report = redact_free_text(report)  # written to files, metadata and the model card: no raw PII in them
     out_dir.mkdir(parents=True, exist_ok=True)
     report["predictions_file"] = str(write_predictions(out_dir, data.test, predictions))
     report["chart_png"] = str(save_score_chart(report, out_dir / "scores.png"))

@@ -21,12 +21,65 @@ from finetune.model.tiny import build_embedded_model
 EMBEDDED = "embedded-tiny"
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def looks_like_path(ref: str) -> bool:
+    """A model reference meant as a folder: absolute, ./ ../ ~, or more than the one slash of `org/name`."""
+    return Path(ref).is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1 or ref.endswith("/")
+
+
+def check_model_folder(folder: Path, setting: str = "model.base") -> None:
+    """A model folder must hold a config and safetensors weights.
+
+    Raises:
+        FileNotFoundError: naming the missing file (weights before the tokenizer: a folder without
+            weights otherwise fails later in the tokenizer's loader with an unrelated message).
+    """
+    present = sorted(p.name for p in folder.iterdir())[:12]
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{setting}: {folder} has no config.json, so it is not a Hugging Face model folder (it holds {present})"
+        )
+    if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+        pickled = [p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern)]
+        hint = (
+            f"; it has only pickled weights {pickled}, which are never loaded (they can run code): convert them "
+            "with `save_pretrained(..., safe_serialization=True)`"
+            if pickled
+            else f" (it holds {present})"
+        )
+        raise FileNotFoundError(
+            f"{setting}: {folder} has no model weights: expected model.safetensors or sharded "
+            f"model-0000N-of-0000M.safetensors with model.safetensors.index.json{hint}"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{setting}: {folder} has weights but no tokenizer (none of {', '.join(TOKENIZER_FILES)})"
+        )
+
+
 def resolve_base_model(cfg: PipelineConfig) -> str:
-    """Return a path or hub id for `from_pretrained`; builds the embedded model when configured."""
+    """Return a path or hub id for `from_pretrained`; builds the embedded model when configured.
+
+    Raises:
+        FileNotFoundError: `model.base` names a folder that does not exist or lacks weights, config or tokenizer.
+    """
     if cfg.model.base == EMBEDDED:
         return str(build_embedded_model(cfg.resolve(cfg.paths.pretrain_corpus), cfg.resolve(cfg.paths.model_cache)))
     local = cfg.resolve(cfg.model.base)
-    return str(local) if local.exists() else cfg.model.base
+    if local.is_dir():
+        check_model_folder(local)
+        return str(local)
+    if local.exists() or looks_like_path(cfg.model.base):
+        what = "is a file, not a model folder" if local.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"model.base: {local} {what} (relative paths resolve against the config file's folder, "
+            f"{cfg.base_dir}); give a local model folder, a hub id like org/name, or embedded-tiny"
+        )
+    return cfg.model.base
 
 
 def model_hash(path: str) -> str:
@@ -41,10 +94,25 @@ def model_hash(path: str) -> str:
     return digest.hexdigest()
 
 
+def not_found_locally_or_on_hub(ref: str, err: OSError) -> OSError:
+    """The error for a model reference that is no local folder and that the hub did not provide."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OSError(
+        f"model {ref!r}: there is no local folder {Path(ref).resolve()} and the Hugging Face hub did not provide "
+        f"it ({first}). If you meant a folder, check the path (model.base resolves against the config file's "
+        "folder); a hub id needs network access or a filled HF cache"
+    )
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer with left padding (generation) and a pad token; a chat template is not required
     (token counting and C-Eval need none; `load_chat_tokenizer` is for formatting conversations)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise not_found_locally_or_on_hub(path, err) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -97,7 +165,12 @@ def load_causal_lm(
     if quantize_4bit or device != "cpu":
         # Under torchrun each rank has set its own GPU as the current one.
         kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise not_found_locally_or_on_hub(path, err) from err
     if quantize_4bit:
         disable_bnb_cpu_bf16_repack(model)
     model.eval()

@@ -77,6 +77,11 @@ class Packet:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Packet:
+        """The packet an asset stored as JSON (asset values are never pickles)."""
+        return cls(**value)
+
 
 def review_root(cfg: PipelineConfig) -> Path:
     return cfg.work_dir / "review"

@@ -76,6 +76,19 @@ class ReviewSummary:
         out["preferences"] = {arm: asdict(p) | {"rates": p.rates()} for arm, p in self.preferences.items()}
         return out
 
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> ReviewSummary:
+        """The summary an asset stored as JSON (`to_dict`'s output; asset values are never pickles)."""
+        criteria = {
+            arm: {name: ScoreInterval(**interval) for name, interval in by_criterion.items()}
+            for arm, by_criterion in value.get("criteria", {}).items()
+        }
+        preferences = {
+            arm: Preference(**{k: v for k, v in p.items() if k != "rates"})
+            for arm, p in value.get("preferences", {}).items()
+        }
+        return cls(**(value | {"criteria": criteria, "preferences": preferences}))
+
 
 def sign_test(wins: int, losses: int) -> float:
     """One-sided exact binomial sign test: P(at least `wins` of wins+losses under p = 0.5)."""
