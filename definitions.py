@@ -7,7 +7,7 @@ import dagster as dg
 from assets import data, evaluation, release, training
 from checks import data_checks, model_checks
 from jobs import full_pipeline_job
-from resources import PipelineSettings
+from resources import PipelineSettings, launcher_from_env, tracker_from_env
 from schedules import raw_data_sensor, weekly_retrain
 
 defs = dg.Definitions(
@@ -16,9 +16,9 @@ defs = dg.Definitions(
     jobs=[full_pipeline_job],
     schedules=[weekly_retrain],
     sensors=[raw_data_sensor],
-    # The training asset launches its trainer through this client; swap in dagster-k8s'
-    # PipesK8sClient (same interface) to train in a pod on a GPU node.
-    resources={"settings": PipelineSettings(), "pipes_client": dg.PipesSubprocessClient()},
+    # FINETUNE_LAUNCHER picks how the trainer starts (subprocess, in_process, torchrun, accelerate) and
+    # FINETUNE_TRACKER where its metrics go (tensorboard, mlflow, none); both are editable in the launchpad.
+    resources={"settings": PipelineSettings(), "trainer_launcher": launcher_from_env(), "tracker": tracker_from_env()},
     # One process per run by default: the chain is sequential and a process per step would spend most of
     # its time importing torch. FINETUNE_EXECUTOR=multiprocess runs independent steps side by side.
     executor=dg.multiprocess_executor

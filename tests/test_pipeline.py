@@ -14,13 +14,13 @@ from checks import data_checks, model_checks
 from finetune.cli import main as cli_main
 from finetune.config import PROJECT_ROOT
 from finetune.data.records import read_jsonl
-from resources import PipelineSettings
+from resources import PipelineSettings, SubprocessLauncher, TensorBoardTracker, TrainerLauncher
 
 ASSETS = dg.load_assets_from_modules([data, training, evaluation, release])
 CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks])
 
 
-def materialize_all(tmp_path, model_cache, *overrides):
+def materialize_all(tmp_path, model_cache, *overrides, launcher: TrainerLauncher | None = None):
     settings = PipelineSettings(
         config_path=str(PROJECT_ROOT / "finetune.yaml"),
         overrides=[f"paths.work_dir={tmp_path / 'work'}", f"paths.model_cache={model_cache}", *overrides],
@@ -30,7 +30,11 @@ def materialize_all(tmp_path, model_cache, *overrides):
     with dg.instance_for_test(temp_dir=str(home), overrides={"telemetry": {"enabled": False}}) as instance:
         result = dg.materialize(
             [*ASSETS, *CHECKS],
-            resources={"settings": settings, "pipes_client": dg.PipesSubprocessClient()},
+            resources={
+                "settings": settings,
+                "trainer_launcher": launcher or SubprocessLauncher(),
+                "tracker": TensorBoardTracker(),
+            },
             instance=instance,
             raise_on_error=False,
         )
