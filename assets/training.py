@@ -44,5 +44,5 @@ def adapter(
 ) -> dg.MaterializeResult:
     out_dir = settings.stage_dir("adapter", context.run_id)
     spec = training_spec(settings.load(), sft_dataset["dir"], base_model["path"], out_dir, tracker.tracking())
-    reported = trainer_launcher.train(context, spec)  # the trainer's own report, relayed as it came
+    reported = trainer_launcher.launch(context, spec)  # the trainer's own report, relayed as it came
     return dg.MaterializeResult(value=reported.value | {"run_id": context.run_id}, metadata=reported.metadata)

@@ -24,7 +24,7 @@ class TrainerLauncher(dg.ConfigurableResource, ABC):
     """Runs one training job for the adapter asset."""
 
     @abstractmethod
-    def train(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
         """Train `spec`; the result's value is the TrainResult as a dict, its metadata what the trainer reported."""
 
 
@@ -36,7 +36,7 @@ def _with_value(reported: dg.MaterializeResult) -> dg.MaterializeResult:
 class InProcessLauncher(TrainerLauncher):
     """Train inside the asset's own process (no Pipes subprocess; the quickest for tests and notebooks)."""
 
-    def train(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
         from finetune.train.recipe import run_training
         from finetune.train.result import result_metadata
 
@@ -64,7 +64,7 @@ class SubprocessLauncher(TrainerLauncher):
     def command(self) -> list[str]:
         return python_command()
 
-    def train(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
         client = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), env=child_env())
         invocation = client.run(command=self.command(), context=context, extras=pipes_extras(spec))
         return _with_value(invocation.get_materialize_result())

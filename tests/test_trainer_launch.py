@@ -40,7 +40,9 @@ def test_launch_commands_are_built_from_checked_values_only(monkeypatch):
     assert torchrun_command(4, nnodes=2, node_rank=1, rdzv_endpoint="node0.lan:29500")[4:-2] == [
         "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d", "--rdzv-endpoint=node0.lan:29500",
     ]  # fmt: skip
-    assert accelerate_command(2)[3:-2] == ["accelerate", "--num_processes=2", "--mixed_precision=no", "--multi_gpu"]
+    assert accelerate_command(2)[3:-2] == [
+        "accelerate", "--num_processes=2", "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "--multi_gpu",
+    ]  # fmt: skip
     for bad in (0, -1, True, "2; rm -rf ~"):
         with pytest.raises(ValueError, match="nproc_per_node must be a whole number >= 1"):
             torchrun_command(bad)
@@ -133,7 +135,7 @@ WORKER = """
 import sys
 import dagster as dg
 from assets.training import adapter
-from resources import NoTracker, PipelineSettings, SubprocessLauncher, TorchrunLauncher
+from resources import AccelerateLauncher, NoTracker, PipelineSettings, SubprocessLauncher, TorchrunLauncher
 split, base, work, launcher = sys.argv[1:5]
 
 @dg.asset(name="sft_dataset")
@@ -144,7 +146,9 @@ def split_files() -> dict:
 def tiny() -> dict:
     return {"path": base}
 
-launch = SubprocessLauncher() if launcher == "subprocess" else TorchrunLauncher(nproc_per_node=2)
+launchers = {"subprocess": SubprocessLauncher(), "torchrun": TorchrunLauncher(nproc_per_node=2),
+             "accelerate": AccelerateLauncher(num_processes=2)}
+launch = launchers[launcher]
 overrides = [f"paths.work_dir={work}", "train.method=lora", "train.epochs=100000", "train.batch_size=2",
              "train.early_stopping_patience=0", "train.eval_steps=1000000"]
 resources = {"settings": PipelineSettings(overrides=overrides), "trainer_launcher": launch, "tracker": NoTracker()}
@@ -177,8 +181,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-@pytest.mark.parametrize("launcher", ["subprocess", pytest.param("torchrun", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "launcher", ["subprocess", *(pytest.param(name, marks=pytest.mark.slow) for name in ("torchrun", "accelerate"))]
+)
 def test_sigkill_of_the_run_worker_takes_the_trainer_with_it(golden_base, tmp_path, launcher):
+    """Under torchrun and accelerate the trainer is a launcher agent and two ranks: all must go."""
     split = tmp_path / "split"
     split.mkdir()
     rows = golden_records()
@@ -199,7 +206,8 @@ def test_sigkill_of_the_run_worker_takes_the_trainer_with_it(golden_base, tmp_pa
             if "training lora:" in line or time.time() > deadline:
                 break
         trainers = _descendants(worker.pid)
-        assert trainers and any("training lora:" in line for line in seen), "".join(seen[-30:])
+        assert any("training lora:" in line for line in seen), "".join(seen[-30:])
+        assert len(trainers) >= (1 if launcher == "subprocess" else 3)  # a launcher agent and two ranks
         os.kill(worker.pid, signal.SIGKILL)  # the worker alone, as an OOM killer or `kill -9` would
         worker.wait()
         deadline = time.time() + 30

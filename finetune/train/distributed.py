@@ -49,7 +49,7 @@ def start_process_group(use_cuda: bool, timeout_minutes: int = 30) -> Ranks:
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={launched_world_size()} but {', '.join(missing)} not set: start the trainer with "
-            "torchrun or accelerate launch (train.launch_prefix), which set them"
+            "torchrun or accelerate launch (FINETUNE_LAUNCHER=torchrun|accelerate), which set them"
         )
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:

@@ -53,7 +53,8 @@ def torchrun_command(nproc_per_node: int, nnodes: int = 1, node_rank: int = 0, r
 
 def accelerate_command(num_processes: int) -> list[str]:
     """`accelerate launch` with `num_processes` processes on this machine (the trainer does its own precision)."""
-    args = [f"--num_processes={_positive('num_processes', num_processes)}", "--mixed_precision=no"]
+    args = [f"--num_processes={_positive('num_processes', num_processes)}", "--num_machines=1", "--mixed_precision=no"]
+    args.append("--dynamo_backend=no")
     return _wrapped("accelerate", [*args, "--multi_gpu"] if num_processes > 1 else args)
 
 
