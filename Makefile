@@ -8,8 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 # The braces keep grep's "nothing left to print" from masking pip's own exit status (pipefail is on).
 QUIET_PIP := { grep -v "^WARNING: Location 'file://" || true; }
 UI_HOME ?= $(CURDIR)/var/dagster_home
+# Label Studio and its label-studio-sdk pin numpy < 2.3, which clashes with ours: they get their own venv,
+# used by `finetune review` (review.label_studio_python) and the Label Studio tests.
+LS_VENV ?= var/label-studio/venv
+LS_STAMP := $(LS_VENV)/.installed-stamp
+LABEL_STUDIO_PIN := label-studio==1.23.2
 
-.PHONY: install demo test lint ui clean system-deps
+.PHONY: install demo test lint ui clean system-deps label-studio
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,9 +40,24 @@ system-deps:
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq chromium postgresql; } >/dev/null 2>&1; } || \
 		echo "could not install chromium/postgresql: the browser and PostgreSQL tests will be skipped"
+	@# CJK fonts, so Chinese text in the Label Studio screenshots is readable rather than boxes.
+	@{ fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq fonts-noto-cjk; } >/dev/null 2>&1; } || \
+		echo "could not install fonts-noto-cjk: Chinese text in browser screenshots will not render"
+
+# A failed install only skips the Label Studio tests (they say why); the next make retries it.
+$(LS_STAMP):
+	@mkdir -p $(dir $(LS_VENV))
+	@{ test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV); } && \
+		$(LS_VENV)/bin/python -m pip install -q $(LABEL_STUDIO_PIN) 2>&1 | $(QUIET_PIP) && \
+		$(LS_VENV)/bin/python -c "import label_studio, label_studio_sdk" && touch $@ || \
+		echo "could not install $(LABEL_STUDIO_PIN) into $(LS_VENV): the Label Studio tests will be skipped"
+
+label-studio: $(LS_STAMP)
 
 # pytest exits 5 when it collected nothing; that is not a failure of the code under test.
-test: lint system-deps
+test: lint system-deps label-studio
 	$(PY) -m pytest -q -rs; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 ui: install

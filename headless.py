@@ -40,11 +40,14 @@ def run_pipeline(config_path: str, overrides: list[str]) -> int:
     }
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
-    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed_checks = [e for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
     for check in failed_checks:
         print(
             f"BLOCKED by check '{check.check_name}' on asset '{check.asset_key.to_user_string()}': {check.description}"
         )
+    for check in (e for e in failed if e.severity != dg.AssetCheckSeverity.ERROR):  # WARN: reported, not blocking
+        print(f"WARNING from check '{check.check_name}' (does not block): {check.description}")
     release = None
     if result.success:
         release = result.output_for_node("release")

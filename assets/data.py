@@ -11,8 +11,8 @@ from finetune.data.pii import deidentify_records, pseudonym_salt
 from finetune.data.poison import load_lexicon, screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
 from finetune.data.stream import Progress
-from finetune.model.loading import load_tokenizer
-from finetune.sft import build_sft_splits, write_sft_dataset
+from finetune.model.loading import load_chat_tokenizer, load_tokenizer
+from finetune.sft import build_sft_splits, cutoff_memory_limit, write_sft_dataset
 from resources import PipelineSettings
 
 DATA = {"group_name": "data", "kinds": {"python", "jsonl"}, "owners": ["team:data"], "code_version": "1"}
@@ -118,16 +118,23 @@ def screened_records(
     return output
 
 
-@dg.asset(description="Deterministic train/val/test splits, checked to tokenize with response-only labels.", **DATA)
+@dg.asset(
+    description="Deterministic train/val/test splits, checked to tokenize with response-only labels through the "
+    "chat template; reports the template, the cutoff and the share of examples it truncates.",
+    **DATA,
+)
 def sft_dataset(
     context: dg.AssetExecutionContext, settings: PipelineSettings, screened_records: dict, base_model: dict
 ) -> dg.Output:
     cfg = settings.load()
-    tokenizer = load_tokenizer(base_model["path"], cfg.model.trust_remote_code)
-    result = build_sft_splits(kept_records(screened_records), tokenizer, cfg.sft)
+    tokenizer = load_chat_tokenizer(base_model["path"], cfg.sft, cfg.model.trust_remote_code)
+    limit = cutoff_memory_limit(base_model["path"], cfg.sft, cfg.train, cfg.model.trust_remote_code)
+    result = build_sft_splits(kept_records(screened_records), tokenizer, cfg.sft, limit)
     report = write_sft_dataset(result, settings.stage_dir("sft_dataset", context.run_id))
     report |= {"run_id": context.run_id, "upstream_kept": screened_records["kept"]}
     metadata = stage_metadata(report) | {"split_sizes": dg.MetadataValue.json(report["split_sizes"])}
+    metadata |= {k: report[k] for k in ("cutoff_len", "truncated_at_cutoff", "truncated_share")}
+    metadata |= {k: dg.MetadataValue.json(report[k]) for k in ("chat_template", "token_lengths")}
     metadata["mask_preview"] = dg.MetadataValue.md(
         "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in report["mask_preview"])
     )

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from finetune.release import release_from_artifacts
+from finetune.review.stats import ReviewSummary
 from resources import PipelineSettings
 
 
@@ -25,9 +26,12 @@ def release(
     base_model: dict,
     adapter: dict,
     evaluation_report: dict,
+    expert_review: ReviewSummary,  # gates the release only when review.required (its check is WARN otherwise)
 ) -> dg.Output:
     stages = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
-    path = release_from_artifacts(settings.load(), stages, base_model, adapter, evaluation_report, context.run_id)
+    path = release_from_artifacts(
+        settings.load(), stages, base_model, adapter, evaluation_report, context.run_id, expert_review
+    )
     context.log.info(f"release written to {path}")
     return dg.Output(
         {"path": str(path), "release_id": path.name, "manifest": str(path / "manifest.json")},

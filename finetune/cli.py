@@ -96,19 +96,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from finetune.model.loading import load_tokenizer, resolve_base_model
-    from finetune.sft import build_sft_splits, write_sft_dataset
+    from finetune.model.loading import load_chat_tokenizer, resolve_base_model
+    from finetune.sft import build_sft_splits, cutoff_memory_limit, write_sft_dataset
     from finetune.train.recipe import run_training
     from finetune.train.spec import training_spec
     from finetune.train.tracking import TrackingSpec
 
     cfg = _config(args)
     base = resolve_base_model(cfg)
+    records = _ingest([args.data]).kept
     out = Path(args.output) if args.output else cfg.work_dir / "train"
     split_dir = out / "sft_dataset"  # the same files the sft_dataset asset writes
     split_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(base, cfg.model.trust_remote_code)
-    write_sft_dataset(build_sft_splits(_ingest([args.data]).kept, tokenizer, cfg.sft), split_dir)
+    tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
+    limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
+    report = write_sft_dataset(build_sft_splits(records, tokenizer, cfg.sft, limit), split_dir)
+    template = report["chat_template"]
+    print(
+        f"chat template: {template['name']} ({template['source']}); cutoff {report['cutoff_len']} tokens "
+        f"truncates {report['truncated_at_cutoff']} of {len(records)} records"
+    )
     tracking = TrackingSpec(
         kind=args.tracker, mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
     )
@@ -158,7 +165,8 @@ def cmd_eval_ceval(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, safetensors_adapter(adapter))
     dev = load_ceval(data_dir, "dev", subjects) if args.shots else None
     questions = load_ceval(data_dir, args.split, subjects)
-    result = score_ceval(model, tokenizer, questions, subject_names(data_dir), dev, args.shots, args.by)
+    prompt = args.prompt or cfg.eval.ceval_prompt
+    result = score_ceval(model, tokenizer, questions, subject_names(data_dir), dev, args.shots, args.by, prompt)
     print(json.dumps(result, ensure_ascii=False, indent=None if args.json else 2))
     return 0
 
@@ -184,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune", description="Gated data-to-model fine-tuning pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func, help_text: str, parent=None) -> argparse.ArgumentParser:
+        p = (parent or sub).add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="pipeline YAML (default: finetune.yaml at the project root)")
         p.add_argument(
             "--set",
@@ -235,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_text)
-    p = ev.add_parser("ceval", help="C-Eval-layout accuracy by answer-letter log-likelihood")
+    p = ev.add_parser("ceval", help="C-Eval-layout accuracy by answer-letter log-likelihood (no chat template needed)")
     p.add_argument("--config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir")
@@ -245,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--by", choices=["logit", "generation"], default="logit", help="answer by letter logit or generation"
     )
+    p.add_argument(
+        "--prompt",
+        choices=["ceval", "lm-eval"],
+        help="C-Eval's official prompt, or lm-eval's ceval-valid prompt (default: eval.ceval_prompt)",
+    )
     p.add_argument("--split", default="val")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_ceval)
@@ -253,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--verify", action="store_true", help="recompute released file hashes and fail on mismatch")
     p.add_argument("--record", metavar="ID", help="where did this raw record go, and which releases trained on it")
+    from finetune.review.cli import add_review_parser
+
+    add_review_parser(sub, lambda parent, name, func, help_text: add(name, func, help_text, parent))
     return parser
 
 

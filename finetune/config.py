@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,7 +52,12 @@ class CleanConfig(_Section):
     )
     traditional_to_simplified: bool = Field(default=False, description="Convert Traditional Chinese (OpenCC t2s).")
     fix_mojibake: bool = Field(default=True, description="Repair mojibake with ftfy; what stays broken is dropped.")
-    min_chars: int = Field(default=2, ge=0, description="Drop a record whose response is shorter than this.")
+    min_chars: int = Field(
+        default=1,
+        ge=0,
+        description="Drop a record whose last response is shorter than this many characters; 1 keeps one-character "
+        "answers (a classification label, a digit, Y/N) and drops only a missing response.",
+    )
     max_chars: int = Field(default=20000, gt=0, description="Drop a record whose whole text is longer than this.")
     min_response_tokens: int = Field(
         default=1, ge=0, description="Drop a record whose response has fewer tokens of the base tokenizer (0 = off)."
@@ -64,16 +69,30 @@ class CleanConfig(_Section):
         "between sft.cutoff_len and this are truncated at training time instead.",
     )
     max_markup: int = Field(
-        default=3, ge=0, description="Drop when more HTML tags/entities than this remain outside code blocks (0 = off)."
+        default=3,
+        ge=0,
+        description="Drop when an assistant turn holds more HTML tags/entities than this outside code blocks and the "
+        "prompt neither asks for markup (HTML, XML, SVG, a web page) nor contains any (0 = off).",
     )
     max_char_run: int = Field(
-        default=30, ge=0, description="Drop on a run of one character longer than this (0 = off)."
+        default=30,
+        ge=0,
+        description="Drop on a run of one letter longer than this in an assistant turn (separators like '-----' and "
+        "digit runs do not count; 0 = off).",
     )
     max_duplicate_line_fraction: float = Field(
-        default=0.3, ge=0, le=1, description="Drop when more of the lines repeat earlier ones (1 = off)."
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Drop when more of an assistant turn's characters (outside code) sit in lines repeating earlier "
+        "ones (1 = off); a song's chorus reaches ~0.25, a looping answer ~0.9.",
     )
     max_repeated_ngram_fraction: float = Field(
-        default=0.6, ge=0, le=1, description="Drop when more of the characters sit in repeated 10-grams (1 = off)."
+        default=0.85,
+        ge=0,
+        le=1,
+        description="Drop when more of an assistant turn's characters (outside code) sit in repeated 10-character "
+        "n-grams (1 = off); explanations that reuse their terms reach ~0.75, a looping answer ~1.",
     )
     drop_prompt_echo: bool = Field(default=True, description="Drop a record whose response only repeats the prompt.")
     languages: list[str] = Field(
@@ -117,7 +136,7 @@ class DedupConfig(_Section):
 PII_ENTITIES = [
     "ADDRESS", "API_KEY", "AWS_ACCESS_KEY", "CN_ADDRESS", "CN_LANDLINE", "CN_LICENSE_PLATE", "CN_MOBILE_PHONE",
     "CN_PASSPORT", "CN_RESIDENT_ID", "CREDIT_CARD", "EMAIL_ADDRESS", "GITHUB_TOKEN", "IBAN_CODE", "IP_ADDRESS",
-    "JWT", "PASSWORD", "PERSON", "PHONE_NUMBER", "PRIVATE_KEY", "URL_CREDENTIALS",
+    "JWT", "PASSWORD", "PERSON", "PHONE_NUMBER", "PRIVATE_KEY", "SECRET", "URL_CREDENTIALS",
 ]  # fmt: skip
 PiiOperator = Literal["replace", "mask", "pseudonym", "drop"]
 
@@ -191,7 +210,32 @@ class ScreenConfig(_Section):
 class SftConfig(_Section):
     val_fraction: float = Field(default=0.1, ge=0, lt=0.5, description="Share of records for validation.")
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5, description="Share of records held out for evaluation.")
-    cutoff_len: int = Field(default=256, gt=8, description="Max tokens per example; longer ones are truncated.")
+    cutoff_len: Annotated[int, Field(gt=8)] | Literal["auto"] = Field(
+        default=256,
+        description="Max tokens per example; longer ones are truncated (the sft_dataset report gives the share). "
+        "auto = the cutoff_percentile of the tokenized lengths, lowered to what cutoff_memory_gib allows.",
+    )
+    cutoff_percentile: float = Field(
+        default=0.99, gt=0, le=1, description="cutoff_len auto: the share of examples that must fit uncut."
+    )
+    cutoff_memory_gib: float = Field(
+        default=16.0,
+        gt=0,
+        description="cutoff_len auto: memory one micro-batch's activations and logits may take (GiB, estimated "
+        "from the model config, train.batch_size and train.precision); bounds the cutoff for long data.",
+    )
+    template: str = Field(
+        default="",
+        description="Chat template: '' = the model's own; a name (qwen, qwen3, llama3, llama2, mistral, chatml, yi, "
+        "deepseek3, alpaca, vicuna, default, empty; LLaMA-Factory's names) or a Jinja file (relative to the config "
+        "file). Needed for base models that ship none.",
+    )
+    enable_thinking: bool = Field(
+        default=False,
+        description="Reasoning templates (Qwen3): false = non-thinking mode, records without a reasoning block put "
+        "the empty <think></think> in the (untrained) prompt, as generation then does; true = thinking mode, the "
+        "empty block is trained (LLaMA-Factory's default).",
+    )
     seed: int = Field(default=42, description="Seed of the deterministic split.")
 
 
@@ -306,6 +350,12 @@ class EvalConfig(_Section):
     ceval_by: Literal["logit", "generation"] = Field(
         default="logit", description="Answer by the option letter's logit, or by greedy generation."
     )
+    ceval_prompt: Literal["ceval", "lm-eval"] = Field(
+        default="ceval",
+        description="ceval = C-Eval's official prompt (以下是中国关于{科目}考试的单项选择题..., answer letter's next-token "
+        "logit); lm-eval = lm-evaluation-harness ceval-valid exactly (以下是中国关于{科目}的单项选择题..., "
+        "question.strip(), log-likelihood of ' A'..' D', first dev items as shots), to compare with published figures.",
+    )
     probe_prompts: int = Field(default=20, gt=0, description="Held-out prompts each trigger is inserted into.")
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")
     system_prompt: str = Field(
@@ -330,9 +380,63 @@ class ReleaseConfig(_Section):
     )
 
 
+class ReviewConfig(_Section):
+    required: bool = Field(
+        default=False,
+        description="true = the release waits for the blind expert review and ships only when experts_prefer_tuned "
+        "passes; false = the review is advisory (reported in the manifest, never blocks).",
+        json_schema_extra={"weakens": "false"},
+    )
+    items: int = Field(default=30, gt=0, description="Test prompts in the review packet, stratified over labels/tasks.")
+    seed: int = Field(default=0, description="Seed of the item selection and of each item's A/B/C shuffle.")
+    min_items: int = Field(
+        default=20,
+        ge=1,
+        description="experts_prefer_tuned needs at least this many judged items.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    min_raters: int = Field(
+        default=2,
+        ge=1,
+        description="experts_prefer_tuned needs judgements from at least this many raters.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="Tuned must beat each compared arm with a one-sided sign test p-value below 1 - confidence.",
+        json_schema_extra={"weakens": "lower"},
+    )
+    beat_base_prompt: bool = Field(
+        default=False,
+        description="Also require that experts prefer tuned over base+prompt (prompting alone), not only over base.",
+        json_schema_extra={"weakens": "false"},
+    )
+    bootstrap_resamples: int = Field(
+        default=2000, ge=100, description="Bootstrap resamples behind each per-criterion confidence interval."
+    )
+    label_studio_url: str = Field(
+        default="",
+        description="Label Studio server the packet is exported to and annotations are pulled from "
+        "(e.g. http://127.0.0.1:8080); empty = CSV/XLSX round trip only.",
+    )
+    label_studio_api_key_env: str = Field(
+        default="LABEL_STUDIO_API_KEY",
+        description="Environment variable holding the Label Studio API token (never put the token in this file).",
+    )
+    label_studio_python: str = Field(
+        default="var/label-studio/venv/bin/python",
+        description="Python with label-studio-sdk installed (its numpy pin clashes with ours, so it lives in its "
+        "own venv: make label-studio). Relative to the config file.",
+    )
+    timeout_s: float = Field(default=120, gt=0, description="Longest wait for one Label Studio request batch.")
+
+
 GATE_NAMES = [
     "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
     "training_loss_decreased", "not_worse_than_base", "backdoor_asr_below_threshold", "no_pii_regurgitation",
+    "experts_prefer_tuned",
 ]  # fmt: skip
 
 
@@ -401,6 +505,7 @@ class PipelineConfig(_Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     screen: ScreenConfig = Field(default_factory=ScreenConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -419,6 +524,14 @@ class PipelineConfig(_Section):
                 "sft.val_fraction + sft.test_fraction must be < 0.9 so records remain for training, "
                 f"got {self.sft.val_fraction} + {self.sft.test_fraction}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _template_file_from_config_dir(self) -> PipelineConfig:
+        # A Jinja file is named relative to the config file, like every other path; names have no suffix.
+        template = self.sft.template
+        if template.endswith((".jinja", ".j2")) and not Path(template).expanduser().is_absolute():
+            self.sft.template = str(self.resolve(template))
         return self
 
     def resolve(self, path: str) -> Path:

@@ -42,6 +42,7 @@ def build_release(
     lineage: dict[str, Any],
     gates: list[dict[str, Any]],
     evaluation_md: str,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write `<work_dir>/releases/<id>/` with the adapter, manifest.json and MODEL_CARD.md; returns the folder.
 
@@ -65,6 +66,8 @@ def build_release(
     final = root / release_id
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(adapter_dir, tmp / "adapter")
+    for name, source in (extra_files or {}).items():  # e.g. the expert review chart the model card shows
+        shutil.copy2(source, tmp / name)
     merged = {}
     if cfg.release.merge_model and is_adapter(adapter_dir) and cfg.train.method != "prompt_tuning":
         from finetune.train.merge import merge_adapter
@@ -121,6 +124,8 @@ Raw files: {", ".join(f"`{Path(f['path']).name}`" for f in manifest["raw_files"]
 {counts}
 
 ## Method and hyper-parameters
+{chat_template_line(manifest["stages"])}
+
 | parameter | value |
 |---|---|
 {hyper}
@@ -148,8 +153,26 @@ PII was replaced by typed placeholders or pseudonyms before training; detection 
 """
 
 
-def gate_results(cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict) -> list[dict[str, Any]]:
-    """Every gate's verdict recomputed from the artifacts a release is built from."""
+def chat_template_line(stages: list[dict[str, Any]]) -> str:
+    """The model card's sentence on how records were formatted: template, injected system prompt, cutoff."""
+    sft = next((s for s in stages if s.get("chat_template")), None)
+    if sft is None:
+        return "Chat template: not recorded."
+    t = sft["chat_template"]
+    injected = t["injected_system_prompt"]
+    system = f"it injects the system prompt {injected!r}" if injected else "it injects no system prompt"
+    thinking = f", {t['thinking']} mode" if t["thinking"] != "n/a" else ""
+    return (
+        f"Chat template: `{t['name']}` ({t['source']}){thinking}; {system} when a record has none. "
+        f"Cutoff {sft['cutoff_len']} tokens (truncates {sft['truncated_share']:.1%} of the examples)."
+    )
+
+
+def gate_results(
+    cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict, review=None
+) -> list[dict[str, Any]]:
+    """Every gate's verdict recomputed from the artifacts a release is built from (the expert review's only
+    when review.required; an advisory review is reported in the manifest's `review` section instead)."""
     from finetune import gates as g
 
     by_stage = {s["stage"]: s for s in stages}
@@ -163,11 +186,15 @@ def gate_results(cfg: PipelineConfig, stages: list[dict], train: dict, evaluatio
         g.backdoor_asr_below_threshold(evaluation, cfg.gates),
         g.no_pii_regurgitation(evaluation, cfg.gates),
     ]
+    if review is not None and cfg.review.required:
+        from finetune.review.gate import experts_prefer_tuned
+
+        results.append(experts_prefer_tuned(review, cfg.review))
     return [g.apply_override(r, cfg.gates).to_dict() for r in results]
 
 
 def release_from_artifacts(
-    cfg: PipelineConfig, stages: list[dict], base_model: dict, train: dict, evaluation: dict, run_id: str
+    cfg: PipelineConfig, stages: list[dict], base_model: dict, train: dict, evaluation: dict, run_id: str, review=None
 ) -> Path:
     """Assemble lineage and gate results from the upstream artifacts and build the release."""
     lineage = {
@@ -183,6 +210,9 @@ def release_from_artifacts(
                     "quarantined",
                     "dropped_by_reason",
                     "quarantined_by_reason",
+                    "chat_template",
+                    "cutoff_len",
+                    "truncated_share",
                     "dir",
                     "run_id",
                 )
@@ -211,10 +241,18 @@ def release_from_artifacts(
     }
     from finetune.eval.report import report_markdown
 
+    evaluation_md, extra_files = report_markdown(evaluation), {}
+    if review is not None:  # the blind expert review (finetune.review.stats.ReviewSummary)
+        from finetune.review.card import review_card, review_section
+
+        lineage["review"] = review_section(review, cfg.review)
+        review_md, extra_files = review_card(review, cfg.review)
+        evaluation_md += review_md
     return build_release(
         cfg,
         Path(train["adapter_dir"]),
         lineage,
-        gate_results(cfg, stages, train, evaluation),
-        report_markdown(evaluation),
+        gate_results(cfg, stages, train, evaluation, review),
+        evaluation_md,
+        extra_files,
     )

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from finetune.config import SftConfig
+from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, StageResult, write_jsonl
+from finetune.model.chat_template import template_info
+from finetune.model.conversation import RecordFormatError
+from finetune.sft_render import render_record
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
-
-
-class TemplateError(ValueError):
-    """The chat template cannot be used to locate the response tokens."""
+REPORT = "report.json"  # the stage report beside the splits; training reads the resolved cutoff from it
 
 
 def split_of(record_id: str, cfg: SftConfig) -> str:
@@ -29,44 +31,41 @@ def split_of(record_id: str, cfg: SftConfig) -> str:
     return "train"
 
 
-def assistant_char_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
-) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return the character spans of every assistant turn.
-
-    Each span runs from the end of the rendered prompt (with the generation prompt) to the end
-    of the rendered turn, so it holds the response and its end-of-turn token.
-    """
-    render = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
-    full = render(messages, False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prefix, upto = render(messages[:i], True), render(messages[: i + 1], False)
-        if not (upto.startswith(prefix) and full.startswith(upto)):
-            raise TemplateError(
-                "the chat template renders a conversation prefix differently from the whole conversation, "
-                "so response tokens cannot be located; use a template whose turns are appended in order"
-            )
-        spans.append((len(prefix), len(upto)))
-    return full, spans
-
-
 def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], cutoff_len: int
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    cutoff_len: int,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, list[int]]:
-    """Token ids and labels: labels copy the ids on assistant tokens and are -100 elsewhere (response-only loss)."""
-    text, spans = assistant_char_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    """Token ids and labels: labels copy the ids on trained tokens (assistant and function-call turns) and
+    are -100 elsewhere (response-only loss); `full_length` is the length before truncation.
+
+    Raises:
+        RecordFormatError: the template cannot render the conversation, a trained turn cannot be located, or
+            the rendered text does not survive the tokenizer's encode/decode.
+    """
+    if not isinstance(cutoff_len, int):
+        raise ValueError(
+            f"cutoff_len must be a number of tokens here, got {cutoff_len!r}; sft.cutoff_len: auto is resolved by "
+            "the sft_dataset stage (build_sft_splits) and read back with sft_settings()"
+        )
+    rendered = render_record(tokenizer, messages, tools)
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    if tokenizer.decode(enc["input_ids"]) != rendered.text:
+        raise RecordFormatError(
+            "the rendered chat text does not round-trip through the tokenizer (decode(encode(x)) != x)"
+        )
     labels = []
-    for tok_id, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-        trained = any(s <= start < e for s, e in spans)
+    for tok_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        # Only tokens wholly inside a span: one that runs past the turn's end holds the next turn's markup.
+        trained = any(s <= start and end <= e for s, e in rendered.spans)
         labels.append(tok_id if trained else IGNORE_INDEX)
-    decoded = tokenizer.decode(enc["input_ids"])
-    if decoded != text:
-        raise TemplateError("the rendered chat text does not round-trip through the tokenizer (decode(encode(x)) != x)")
     return {"input_ids": enc["input_ids"][:cutoff_len], "labels": labels[:cutoff_len], "full_length": len(labels)}
+
+
+def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record, cutoff_len: int) -> dict[str, list[int]]:
+    """`tokenize_conversation` on a record's turns and the tools it may call."""
+    return tokenize_conversation(tokenizer, record["messages"], cutoff_len, record.get("tools"))
 
 
 def mask_preview(tokenizer: PreTrainedTokenizerBase, example: dict[str, list[int]]) -> str:
@@ -86,28 +85,101 @@ def mask_preview(tokenizer: PreTrainedTokenizerBase, example: dict[str, list[int
     return "".join(out)
 
 
-def build_sft_splits(records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig) -> StageResult:
-    """Split records and check each tokenizes with at least one trained token; drop those that do not."""
+def length_percentiles(lengths: list[int]) -> dict[str, int]:
+    """p50/p90/p95/p99/max of tokenized lengths (each an observed length, so nothing is interpolated)."""
+    if not lengths:
+        return {}
+    qs = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
+    return {k: int(np.percentile(lengths, q, method="inverted_cdf")) for k, q in qs.items()}
+
+
+def resolve_cutoff(lengths: list[int], cfg: SftConfig, memory_limit: int | None = None) -> tuple[int, dict[str, Any]]:
+    """The cutoff in tokens and how it was chosen.
+
+    A number is used as given. `auto` takes the `cutoff_percentile` of the tokenized lengths (an observed
+    length), lowered to `memory_limit` (the longest sequence whose activations and logits fit
+    `sft.cutoff_memory_gib`, see finetune/train/memory.py) when that is shorter.
+    """
+    if cfg.cutoff_len != "auto":
+        return cfg.cutoff_len, {"cutoff_len_setting": cfg.cutoff_len}
+    percentile = int(np.percentile(lengths, cfg.cutoff_percentile * 100, method="inverted_cdf")) if lengths else 0
+    cutoff, limited_by = percentile, "percentile"
+    if memory_limit is not None and memory_limit < cutoff:
+        cutoff, limited_by = memory_limit, "memory"
+    cutoff = max(cutoff, 9)  # the config's own lower bound for a numeric cutoff
+    info = {
+        "cutoff_len_setting": "auto",
+        "cutoff_percentile": cfg.cutoff_percentile,
+        "cutoff_at_percentile": percentile,
+        "cutoff_memory_limit": memory_limit,
+        "cutoff_limited_by": limited_by,
+    }
+    return cutoff, info
+
+
+def cutoff_memory_limit(
+    base_path: str, sft: SftConfig, train: TrainConfig, trust_remote_code: bool = False
+) -> int | None:
+    """With `sft.cutoff_len: auto`, the longest sequence whose activations and logits for one micro-batch fit
+    `sft.cutoff_memory_gib` (estimated from the model config alone); None for a numeric cutoff."""
+    if sft.cutoff_len != "auto":
+        return None
+    from transformers import AutoConfig
+
+    from finetune.train.memory import longest_sequence_within
+
+    config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    return longest_sequence_within(
+        config, train.batch_size, sft.cutoff_memory_gib, train.precision == "bf16", train.gradient_checkpointing
+    )
+
+
+def build_sft_splits(
+    records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig, memory_limit: int | None = None
+) -> StageResult:
+    """Split records and check each tokenizes with at least one trained token within the cutoff.
+
+    A record the chat template cannot render is quarantined with the reason (`chat_template_failed`); one
+    with nothing to train within the cutoff is dropped (`no_trainable_tokens`). The report says which
+    template was used, the cutoff and how it was chosen, and how many records it truncates.
+    """
     result = StageResult(stage="sft_dataset", n_in=len(records))
-    trained_tokens, truncated, previews = 0, 0, []
+    encoded = []
     for record in records:
-        example = tokenize_conversation(tokenizer, record["messages"], cfg.cutoff_len)
+        try:
+            encoded.append((record, tokenize_record(tokenizer, record, 1 << 62)))
+        except RecordFormatError as err:
+            result.quarantine(record, "chat_template_failed", detail=str(err))
+    lengths = [example["full_length"] for _, example in encoded]
+    cutoff, cutoff_info = resolve_cutoff(lengths, cfg, memory_limit)
+    trained_tokens, truncated, previews = 0, 0, []
+    for record, full in encoded:
+        example = {"input_ids": full["input_ids"][:cutoff], "labels": full["labels"][:cutoff]}
+        truncated += full["full_length"] > cutoff  # of every tokenized example, kept or dropped below
         n_trained = sum(1 for label in example["labels"] if label != IGNORE_INDEX)
         if n_trained == 0:
-            result.drop(record, "no_trainable_tokens", cutoff_len=cfg.cutoff_len)
+            result.drop(record, "no_trainable_tokens", cutoff_len=cutoff)
             continue
         result.kept.append({**record, "split": split_of(record["id"], cfg)})
         trained_tokens += n_trained
-        truncated += example["full_length"] > cfg.cutoff_len
         if len(previews) < 3:
             previews.append(mask_preview(tokenizer, example))
     splits = splits_of(result)
     if not splits["train"]:
-        raise ValueError("no records left for the train split; add data or lower sft.val_fraction/test_fraction")
+        first = result.quarantined[0]["detail"] if result.quarantined else "none quarantined"
+        raise ValueError(
+            "no records left for the train split; add data or lower sft.val_fraction/test_fraction "
+            f"({len(result.quarantined)} records failed the chat template; first: {first})"
+        )
     result.extra.update(
         split_sizes={s: len(v) for s, v in splits.items()},
         trained_tokens=trained_tokens,
+        cutoff_len=cutoff,
+        **cutoff_info,
         truncated_at_cutoff=truncated,
+        truncated_share=truncated / max(len(encoded), 1),
+        token_lengths=length_percentiles(lengths),
+        chat_template=template_info(tokenizer).to_dict(),
         mask_preview=previews,
     )
     return result
@@ -124,3 +196,14 @@ def write_sft_dataset(result: StageResult, out_dir: Path) -> dict[str, Any]:
     for name, rows in splits_of(result).items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
     return report
+
+
+def sft_settings(split_dir: Path, sft: SftConfig) -> SftConfig:
+    """The SFT settings training uses for splits written by `write_sft_dataset`: `auto` replaced by the cutoff
+    the stage chose, so every example is cut where the stage measured its truncation."""
+    if sft.cutoff_len != "auto":
+        return sft
+    report = Path(split_dir) / REPORT
+    if not report.is_file():
+        raise FileNotFoundError(f"{report} not found: sft.cutoff_len is auto and training needs the cutoff it chose")
+    return sft.model_copy(update={"cutoff_len": json.loads(report.read_text(encoding="utf-8"))["cutoff_len"]})

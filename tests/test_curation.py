@@ -166,8 +166,65 @@ def _rec(prompt, response):
     ],
 )  # fmt: skip
 def test_each_cleaning_rule_drops_with_its_name(prompt, response, reason):
-    result = clean_records([_rec(prompt, response)], CleanConfig())
+    result = clean_records([_rec(prompt, response)], CleanConfig(min_chars=2))  # the default 1 keeps "x"
     assert [d["reason"] for d in result.dropped] == [reason] and not result.kept
+
+
+def _turns(*turns):
+    return make_record([{"role": r, "content": c} for r, c in turns], "f.jsonl", 1)
+
+
+# Clean data each rule used to drop (shapes seen in LLaMA-Factory's demo sets, written anew here).
+CLEAN_THAT_LOOKS_ODD = [
+    _rec("Is this claim true? Output 1 for true, 2 for false, 3 for uncertain.\nPeople should not eat fruit", "3"),
+    _rec("Reformat this JSON into an HTML table.\n[{\"Name\": \"Ann\", \"Age\": 20}]",
+         "Here it is:\n<table>\n<tr><th>Name</th><th>Age</th></tr>\n<tr><td>Ann</td><td>20</td></tr>\n</table>"),
+    _rec("Generate a web page for a bakery.", "<!DOCTYPE html>\n<html>\n<head><title>Bakery</title></head>\n"
+         "<body><h1>Fresh bread</h1><p>Open daily.</p></body>\n</html>"),
+    _rec("将给定的XML转换为JSON：<item><name>样例</name><value>1</value></item>",
+         '{"item": {"name": "样例", "value": "1"}}'),
+    _rec("Draft a screenplay for a short comedy.", "INT. KITCHEN - DAY\n\nMAYA\nWhere is the cake?\n\nLEO\n"
+         "(shrugging)\nWhat cake?\n\nMAYA\nThe one you promised.\n\nLEO\n(shrugging)\nOh, that cake."),
+    _rec("创建一张购物收据。", "收据：\n商品 数量 单价\n" + "-" * 40 + "\n苹果 2 5元\n香蕉 3 2元\n" + "-" * 40 + "\n总计：16元"),
+    _rec("Edit the sentence: the dog that I saw it was black.\nthe dog that I saw it was black.",
+         "I saw a black dog."),
+    _rec("用Python打印一个X图案。", "示例：\n```python\nfor i in range(5):\n    print('*')\n```\n输出：\n```\n* *\n* *\n*\n* *\n* *\n```"),
+    _rec("Explain the difference between generative and discriminative models.",
+         "A generative model learns the joint probability distribution of inputs and labels, while a "
+         "discriminative model learns the conditional probability distribution of labels given inputs; the "
+         "joint probability distribution lets a generative model sample new inputs."),
+    _rec("把这句话翻译成法语：我中午吃午饭。", "J'ai mangé mon déjeuner à midi, comme tous les jours."),
+    _turns(("user", "What's the weather in Paris?"),
+           ("function_call", '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'),
+           ("observation", '{"temp": 18, "sky": "<b>clear</b>"}'),
+           ("assistant", "It is 18°C and clear in Paris.")),
+    _turns(("user", "Book it."), ("function_call", '{"name": "book", "arguments": {"id": 7}}')),
+]  # fmt: skip
+
+
+def test_clean_data_that_looks_odd_is_kept():
+    result = clean_records(CLEAN_THAT_LOOKS_ODD, CleanConfig())
+    assert not result.dropped, [(d["reason"], d["record"]["messages"][-1]["content"][:40]) for d in result.dropped]
+
+
+def test_scraped_markup_and_looping_answers_are_still_dropped():
+    rows = [
+        _rec("How do I install git lfs on Ubuntu?", "First install it:</p>\n<ol><li>run apt</li><li>run git lfs "
+             "install</li></ol>&nbsp;<p>Done.</p>"),
+        _rec("Tell me a joke.", "Ha ha ha! *giggle* " * 20),
+        _rec("Write a poem.", "\n".join(["The sky is blue and wide tonight."] * 6 + ["End."])),
+        _rec("Say hi", "Hiiii" + "i" * 40),
+    ]  # fmt: skip
+    reasons = [d["reason"] for d in clean_records(rows, CleanConfig()).dropped]
+    assert reasons == ["markup_residue", "repeated_ngrams", "repeated_lines", "repeated_chars"]
+
+
+def test_bidi_controls_are_removed_and_counted():
+    text, fixes = normalise_text("price: 100\u202e01\u2066x\u2069 yuan")
+    assert text == "price: 10001x yuan" and fixes == ["bidi_controls_removed"]
+    result = clean_records([_rec("Say\u202e hi", "Hello\u2067 there, friend.")], CleanConfig())
+    assert result.extra["normalisation_fixes"] == {"bidi_controls_removed": 2}
+    assert "\u202e" not in result.kept[0]["messages"][0]["content"]
 
 
 def test_chunked_cleaning_gives_each_record_its_own_turns_measures(monkeypatch):
@@ -177,7 +234,7 @@ def test_chunked_cleaning_gives_each_record_its_own_turns_measures(monkeypatch):
     rows = [_rec("Say hi", "Hello there, my friend, how are you?"),
             _rec("Write", "the cat sat on the mat " * 12),
             _rec("Three turns", "fine, thanks for asking today"),
-            _rec("Again " * 12, "This answer does not repeat itself at all.")]  # fmt: skip
+            _rec("Again " * 12, "Once more and once more " * 10)]  # fmt: skip
     rows[2]["messages"].insert(0, {"role": "system", "content": "Be brief."})
     result = clean_records(rows, CleanConfig())
     assert [(d["record"]["raw_id"], d["reason"]) for d in result.dropped] == [
@@ -216,11 +273,15 @@ def test_normalisation_options_nfkc_and_traditional_to_simplified():
 def test_token_length_rules_use_the_base_tokenizer(tiny_base):
     from finetune.model.loading import load_tokenizer
 
-    count = token_counter(load_tokenizer(tiny_base))
+    tokenizer = load_tokenizer(tiny_base)
+    count = token_counter(tokenizer)
     rows = [_rec("Tell me about the sea", "The sea is large. " * 30), _rec("Hi", "Hello there, friend.")]
     result = clean_records(rows, CleanConfig(max_tokens=60, max_repeated_ngram_fraction=1.0), count)
     assert [d["reason"] for d in result.dropped] == ["too_many_tokens"] and result.dropped[0]["tokens"] > 60
     assert len(result.kept) == 1
+    # The report says which tokenizer counted: the configured base model's, with its vocabulary size.
+    assert result.extra["token_rules"] == {"tokenizer": str(tiny_base), "vocab_size": len(tokenizer)}
+    assert clean_records(rows, CleanConfig()).extra["token_rules"] is None
 
 
 def test_near_duplicates_in_chinese_and_english_but_not_poison_clusters():

@@ -45,9 +45,12 @@ def test_definitions_hold_every_asset_and_blocking_check():
         "base_model",
         "adapter",
         "evaluation_report",
+        "review_packet",
+        "expert_review",
         "release",
     }
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert ("deidentified_records", "no_residual_pii") in checks
     assert ("evaluation_report", "backdoor_asr_below_threshold") in checks
+    assert ("expert_review", "experts_prefer_tuned") in checks
     assert sum(1 for _, name in checks if name == "records_accounted") == 6

@@ -71,7 +71,20 @@ POSITIVES = [
     ),
     ('config: password="hunter2abc"', "hunter2abc", "PASSWORD"),
     ("数据库密码：Abc12345，请保管", "Abc12345", "PASSWORD"),
-]
+    # Secrets in config-like `key = value` form (detect-secrets' plugins plus entropy beside secret names).
+    ("[default]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "SECRET"),
+    ("SLACK_BOT=xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "SECRET"),
+    ("refresh_token: 9f8e7d6c5b4a39281706f5e4d3c2b1a0", "9f8e7d6c5b4a39281706f5e4d3c2b1a0", "PASSWORD"),
+    ('client_credential = "Q2xpZW50U2VjcmV0MTIzNDU2Nzg5MEFCQw"', "Q2xpZW50U2VjcmV0MTIzNDU2Nzg5MEFCQw", "SECRET"),
+    # Numbers read out in Chinese numerals, or mixed with digits.
+    ("我的手机是一三八一二三四五六七八，打我", "一三八一二三四五六七八", "CN_MOBILE_PHONE"),
+    ("电话幺三九 1234 五六七八", "幺三九 1234 五六七八", "CN_MOBILE_PHONE"),
+    # Names only with a cue or beside an identifier of the same person; whole words.
+    ("张伟的手机是13912345678", "张伟", "PERSON"),
+    ("Dear Hina Sharif,\nThank you", "Hina Sharif", "PERSON"),
+    ("Name: Maria Lopez\nPhone: unknown", "Maria Lopez", "PERSON"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "value", "entity"), POSITIVES, ids=[p[2] + str(i) for i, p in enumerate(POSITIVES)])
@@ -93,6 +106,29 @@ NEAR_MISSES = [
     "The answer is Paris. I am happy to help.",
     "password: 12",  # too short to be a secret
     "高中地理：长江流经哪些省份？黄河流域有多长？",
+    # Ordinary words that start with a surname character, and names of no one in particular.
+    "员工满意度提高了，安全措施也到位了。",
+    "盐和黑胡椒粉适量调味，再加一点罗勒。",
+    "斐波那契数列和贝叶斯定理都很有用。",
+    "生成哈利波特系列角色的名称列表。",
+    "一位名叫艾拉的姑娘住在王国里。",
+    "简逐渐爱上了罗切斯特先生。",
+    "学生应期望掌握这些技能。",
+    "Alexander's empire stretched from Greece to India; it ended in February.",
+    "Dear Hiring Manager, I am applying.",
+    "4. Make eye contact: Engage with your audience.",
+    "Game Name: Shape Explorers",
+    "a gift from your dear Siri.",
+    # Placeholders and stand-ins are not secrets (the re-scan reads de-identified text).
+    "password: <PASSWORD>，请登录",
+    "数据库密码：<PASSWORD>",
+    "token = <SECRET>; user = <PERSON_1a2b3c4d>",
+    "const apiKey = 'API_KEY';",
+    "EMAIL_PASSWORD = os.environ.get('EMAIL_PASSWORD')",
+    "db_password = ${DB_PASSWORD}",
+    "1. 设置强密码：为您的所有账户设置强密码。",
+    "cube = RubiksCube::Cube.new",
+    "第一二三章讲的是五六七个人。",  # short numeral runs are words, not numbers
 ]
 
 
@@ -190,3 +226,27 @@ def test_residual_scan_is_independent_of_the_configured_entities():
     result = deidentify_records([_rec("邮箱a@example.com，手机13912345678")], cfg)
     assert result.kept[0]["messages"][0]["content"] == "邮箱<EMAIL_ADDRESS>，手机13912345678"
     assert result.extra["residual_scan"]["by_entity"] == {"CN_MOBILE_PHONE": 1}
+
+
+def test_deidentified_text_passes_the_residual_scan_whatever_it_mentions():
+    # The re-scan reads placeholders and pseudonyms; none of them may count as PII again.
+    records = [
+        _rec("我的密码：Abc12345，邮箱a@example.org", "好的，password: hunter2abc 已记录"),
+        _rec(
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "我叫王小明，电话一三八一二三四五六七八"
+        ),
+    ]
+    for operator in ("replace", "pseudonym"):
+        result = deidentify_records(records, PiiConfig(default_operator=operator), "salt")
+        assert result.extra["residual_scan"]["residual_total"] == 0, result.kept
+        text = json.dumps(result.kept, ensure_ascii=False)
+        for value in ("Abc12345", "hunter2abc", "wJalrXUtnFEMI", "王小明", "一三八一二三四五六七八"):
+            assert value not in text
+
+
+def test_person_spans_are_whole_words():
+    # A cue next to a word that starts with a surname character never cuts the word.
+    for text in ("客户满意度调查", "员工满意度很高", "用于帮助医生诊断", "同事和前途", "创建客户年龄字段"):
+        assert not [h for h in find_pii(text, ["PERSON"], 0.5)], text
+    [hit] = find_pii("请把报告交给蒋玉华老师。", ["PERSON"], 0.5)
+    assert "请把报告交给蒋玉华老师。"[hit.start : hit.end] == "蒋玉华"

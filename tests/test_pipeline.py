@@ -9,15 +9,19 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from assets import data, evaluation, release, training
-from checks import data_checks, model_checks
+from assets import data, evaluation, release, review, training
+from checks import data_checks, model_checks, review_checks
 from finetune.cli import main as cli_main
-from finetune.config import PROJECT_ROOT
+from finetune.config import PROJECT_ROOT, load_config
 from finetune.data.records import read_jsonl
+from finetune.release import ReleaseError, release_from_artifacts
+from finetune.review.collect import collect_expert_review
+from finetune.review.criteria import CRITERION_KEYS
+from finetune.review.judgements import store_judgements
 from resources import PipelineSettings, SubprocessLauncher, TensorBoardTracker, TrainerLauncher
 
-ASSETS = dg.load_assets_from_modules([data, training, evaluation, release])
-CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks])
+ASSETS = dg.load_assets_from_modules([data, training, evaluation, review, release])
+CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks, review_checks])
 
 
 def materialize_all(tmp_path, model_cache, *overrides, launcher: TrainerLauncher | None = None):
@@ -54,7 +58,11 @@ def full_run(tmp_path_factory, model_cache):
 def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     tmp, result = full_run
     assert result.success
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    checks = result.get_asset_check_evaluations()
+    assert all(e.passed for e in checks if e.check_name != "experts_prefer_tuned")
+    # Nobody has judged the packet: the advisory expert review warns, and the manifest says it did not gate.
+    review_check = next(e for e in checks if e.check_name == "experts_prefer_tuned")
+    assert not review_check.passed and review_check.severity == dg.AssetCheckSeverity.WARN
     out = result.output_for_node("release")
     manifest = json.loads(open(out["manifest"], encoding="utf-8").read())
     assert manifest["raw_files"][0]["sha256"] and manifest["dagster_run_id"] == result.run_id
@@ -76,6 +84,15 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     raw = next(m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("raw_records"))
     snapshot = result.output_for_node("raw_records")["snapshot"]
     assert raw.materialization.tags["dagster/data_version"] == snapshot and len(snapshot) == 16
+    assert manifest["review"]["mode"] == "advisory" and manifest["review"]["verdict"] == "fail"
+    assert "experts_prefer_tuned" not in {g["name"] for g in manifest["checks"]}
+    packet = result.output_for_node("review_packet")
+    assert packet.n_items == min(30, evaluation["n_test"]) and manifest["review"]["packet_id"] == packet.packet_id
+    seen_by_raters = (Path(packet.dir) / "packet.jsonl").read_text(encoding="utf-8")  # blinding on the real packet
+    adapter_dir = result.output_for_node("adapter")["adapter_dir"]
+    for word in ("tuned", "base+prompt", "embedded-tiny", adapter_dir, manifest["base_model"]["path"], "adapter"):
+        assert word not in seen_by_raters, word
+    assert not re.search(r"\bbase\b", seen_by_raters)
     released = tmp / "work" / "releases" / out["release_id"]
     assert (released / "MODEL_CARD.md").is_file() and not list(released.rglob("*.bin"))
 
@@ -140,6 +157,47 @@ def test_ceval_cli_scores_a_release_folder(full_run, capsys):
     scored = json.loads(capsys.readouterr().out)
     assert scored["n_questions"] == 20 and scored["scored_by"] == "generation" and scored["shots"] == 1
     assert list(scored["per_subject"]) == ["elementary_mathematics"] and 0 <= scored["accuracy"] <= 1
+
+
+def _experts(packet, prefer: str) -> list:
+    """Two raters who rank `prefer` first on every item (the test reads the key to play them)."""
+    from finetune.review.judgements import Judgement
+
+    key, out = packet.key(), []
+    for rater in ("R1", "R2"):
+        for item in packet.items():
+            letters = key[item.item_id]
+            ranking = tuple(sorted(letters, key=lambda letter: letters[letter] != prefer))
+            scores = {letter: {c: 5 if letters[letter] == prefer else 2 for c in CRITERION_KEYS} for letter in letters}
+            out.append(Judgement(item.item_id, rater, scores, ranking))
+    return out
+
+
+@pytest.mark.slow
+def test_required_review_holds_the_release_until_experts_prefer_tuned(full_run):
+    tmp, result = full_run
+    cfg = load_config(PROJECT_ROOT / "finetune.yaml", [f"paths.work_dir={tmp / 'review-work'}", "review.required=true",
+                                                        "review.min_items=5"])  # fmt: skip
+    names = ["raw_records", "cleaned_records", "deduplicated_records", "deidentified_records", "screened_records"]
+    stages = [result.output_for_node(n) for n in [*names, "sft_dataset"]]
+    upstream = [result.output_for_node(n) for n in ("base_model", "adapter", "evaluation_report")]
+    packet = result.output_for_node("review_packet")
+    waiting = collect_expert_review(cfg, packet, tmp / "review-empty")
+    with pytest.raises(ReleaseError, match="experts_prefer_tuned"):
+        release_from_artifacts(cfg, stages, *upstream, "run-1", waiting)
+    store_judgements(packet, _experts(packet, "base"))
+    with pytest.raises(ReleaseError, match="experts_prefer_tuned"):
+        release_from_artifacts(cfg, stages, *upstream, "run-2", collect_expert_review(cfg, packet, tmp / "r-base"))
+    store_judgements(packet, _experts(packet, "tuned"))  # the same raters change their verdict: upserted
+    released = release_from_artifacts(cfg, stages, *upstream, "run-3", collect_expert_review(cfg, packet, tmp / "r"))
+    manifest = json.loads((released / "manifest.json").read_text(encoding="utf-8"))
+    gate = next(g for g in manifest["checks"] if g["name"] == "experts_prefer_tuned")
+    assert gate["passed"] and manifest["review"]["mode"] == "blocking" and manifest["review"]["verdict"] == "pass"
+    assert manifest["review"]["summary"]["items_per_rater"] == {"R1": packet.n_items, "R2": packet.n_items}
+    card = (released / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "### Blind expert review (blocking gate)" in card and "![expert review](expert_review.png)" in card
+    assert "| 准确性 accuracy | 5.00 [5.00, 5.00] | 2.00 [2.00, 2.00] |" in card
+    assert (released / "expert_review.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

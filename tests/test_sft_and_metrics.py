@@ -67,3 +67,29 @@ def test_bleu_matches_sacrebleu_reference_on_the_same_pairs():
     expected = sacrebleu.corpus_bleu(preds, [refs], tokenize="zh").score
     assert abs(bleu(preds, refs) - expected) < 1e-9
     assert text_metrics(["完全不同"], ["毫无关系"])["rougeL"] == 0.0
+
+
+def test_sft_settings_validate_cutoff_auto_and_resolve_a_template_file_against_the_config(tmp_path):
+    import pytest
+
+    from finetune.config import ConfigError, load_config
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text("sft:\n  cutoff_len: auto\n  template: templates/mine.jinja\n", encoding="utf-8")
+    cfg = load_config(config)
+    assert cfg.sft.cutoff_len == "auto" and cfg.sft.template == str(tmp_path / "templates" / "mine.jinja")
+    assert load_config(None, ["sft.template=qwen3"]).sft.template == "qwen3"  # a name stays a name
+    with pytest.raises(ConfigError, match="cutoff_len"):
+        load_config(None, ["sft.cutoff_len=4"])
+    with pytest.raises(ConfigError, match="ceval_prompt"):
+        load_config(None, ["eval.ceval_prompt=mmlu"])
+
+
+def test_unknown_template_name_is_refused_with_the_known_names(tiny_base):
+    import pytest
+
+    from finetune.config import SftConfig
+    from finetune.model.loading import load_chat_tokenizer
+
+    with pytest.raises(ValueError, match="qwen3"):
+        load_chat_tokenizer(tiny_base, SftConfig(template="qwen4"))

@@ -3,19 +3,25 @@
 Rules, in order (each name is the drop reason): empty_turn, mojibake, too_short, too_long,
 too_few_tokens, too_many_tokens, markup_residue, repeated_chars, repeated_lines,
 repeated_ngrams, prompt_echo, language_not_allowed. Token rules count tokens of the base
-model's tokenizer when one is given (the seeds' cutoff length is in those tokens).
+model's tokenizer when one is given (the seeds' cutoff length is in those tokens); the stage
+report names that tokenizer.
+
+The markup and repetition rules judge the prose of the assistant turns, outside code blocks: a
+prompt may quote a page or repeat its input, and a function_call turn is JSON, not prose. Markup
+is residue only when the prompt neither asks for it nor supplies it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from finetune.config import CleanConfig
 from finetune.data.language import detect_language
-from finetune.data.records import Record, StageResult, full_text, make_record, prompt_text, response_text
+from finetune.data.records import Record, StageResult, full_text, make_record
 from finetune.data.stream import Outcome, collect, dropped, kept
 from finetune.data.text_quality import (
     MOJIBAKE_LEFT,
@@ -24,12 +30,58 @@ from finetune.data.text_quality import (
     has_char_run,
     has_mojibake,
     markup_count,
+    markup_requested,
     normalise_text,
     repeated_ngram_fractions,
+    without_code,
 )
 
-TokenCounter = Callable[[str], int]
 CHUNK = 1024  # records normalised and measured together; bounds the memory a chunk adds
+# The turns a model is trained on; `function_call` is an assistant turn whose content is call JSON.
+TRAINED_ROLES = ("assistant", "function_call")
+PROSE_ROLES = ("assistant",)  # trained turns written as text, which the prose rules judge
+TOOL_ROLES = ("function_call", "observation")  # JSON or tool output: not prose, not a language sample
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """Counts tokens of one tokenizer; `name` and `vocab_size` say which, in the stage report."""
+
+    count: Callable[[str], int]
+    name: str
+    vocab_size: int
+
+    def __call__(self, text: str) -> int:
+        return self.count(text)
+
+    def describe(self) -> dict[str, Any]:
+        return {"tokenizer": self.name, "vocab_size": self.vocab_size}
+
+
+def last_trained_turn(record: Record) -> str:
+    """The last assistant or function_call turn: the response the token and length rules measure."""
+    for m in reversed(record["messages"]):
+        if m["role"] in TRAINED_ROLES:
+            return m["content"]
+    return ""
+
+
+def response_prose(record: Record) -> list[str]:
+    """Each assistant turn's text outside code blocks (a block becomes a line break)."""
+    return [without_code(m["content"], "\n") for m in record["messages"] if m["role"] in PROSE_ROLES]
+
+
+def prompt_side(record: Record) -> str:
+    """Everything the model reads but is not trained on: system, user and observation turns."""
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] not in TRAINED_ROLES)
+
+
+def _language_samples(record: Record) -> list[str]:
+    """The last assistant turn, then the first user turn (the response first: it decides most records)."""
+    messages = record["messages"]
+    last = next((m["content"] for m in reversed(messages) if m["role"] in PROSE_ROLES), "")
+    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return [t for t in (last, first) if t]
 
 
 def broken_rule(
@@ -42,13 +94,14 @@ def broken_rule(
     """The first rule a normalised record breaks, with its measured value; None if it passes all.
 
     `mojibake_left`: normalisation found encoding damage it could not repair. `ngram_fractions`: each
-    turn's `repeated_ngram_fractions`, when measured for a whole batch of records beforehand.
+    assistant turn's `repeated_ngram_fractions` of its `response_prose`, when measured for a whole
+    batch of records beforehand.
     """
     messages = record["messages"]
     empty = [i for i, m in enumerate(messages) if not m["content"] and m["role"] != "system"]
     if empty:
         return "empty_turn", {"turn": empty[0]}
-    text, response = full_text(record), response_text(record)
+    text, response = full_text(record), last_trained_turn(record)
     if mojibake_left or has_mojibake(text):
         return "mojibake", {}
     if len(response) < cfg.min_chars:
@@ -59,23 +112,48 @@ def broken_rule(
         return "too_few_tokens", {"tokens": n, "min_response_tokens": cfg.min_response_tokens}
     if count_tokens and cfg.max_tokens and (n := count_tokens(text)) > cfg.max_tokens:
         return "too_many_tokens", {"tokens": n, "max_tokens": cfg.max_tokens}
-    if cfg.max_markup and (n := markup_count(text)) > cfg.max_markup:
+    return _broken_prose_rule(record, cfg, ngram_fractions)
+
+
+def _broken_prose_rule(record: Record, cfg: CleanConfig, ngram_fractions: Sequence[float] | None) -> tuple | None:
+    """The markup, repetition, echo and language rules, which judge what the record says, not its size."""
+    prose, prompt = response_prose(record), prompt_side(record)
+    if not prose:  # only function calls: nothing written to judge
+        return None
+    if cfg.max_markup and (n := max(map(markup_count, prose))) > cfg.max_markup and not markup_requested(prompt):
         return "markup_residue", {"tags": n, "max_markup": cfg.max_markup}
-    if cfg.max_char_run and (n := has_char_run(text, cfg.max_char_run)):
+    if cfg.max_char_run and (n := max(has_char_run(t, cfg.max_char_run) for t in prose)):
         return "repeated_chars", {"run": n, "max_char_run": cfg.max_char_run}
-    if (f := max(duplicate_line_fraction(m["content"]) for m in messages)) > cfg.max_duplicate_line_fraction:
+    if (f := max(map(duplicate_line_fraction, prose))) > cfg.max_duplicate_line_fraction:
         return "repeated_lines", {"fraction": round(f, 3)}
     if ngram_fractions is None:
-        ngram_fractions = repeated_ngram_fractions([m["content"] for m in messages]).tolist()
+        ngram_fractions = repeated_ngram_fractions(prose).tolist()
     if (f := max(ngram_fractions)) > cfg.max_repeated_ngram_fraction:
         return "repeated_ngrams", {"fraction": round(f, 3)}
-    if cfg.drop_prompt_echo and echoes_prompt(prompt_text(record), response):
+    response = last_trained_turn(record)
+    if cfg.drop_prompt_echo and echoes_prompt(prompt, response):
         return "prompt_echo", {}
     if cfg.languages:
-        language, confidence = detect_language(text)
-        if language and language not in cfg.languages and confidence >= cfg.min_language_confidence:
-            return "language_not_allowed", {"language": language, "confidence": round(confidence, 3)}
+        return _language_not_allowed(record, cfg)
     return None
+
+
+def _language_not_allowed(record: Record, cfg: CleanConfig) -> tuple[str, dict] | None:
+    """Neither the response nor the first prompt is in an allowed language (with enough confidence).
+
+    Judged turn by turn: a translation task asks in Chinese or English and answers in French, or
+    quotes German and answers in English; either side in an allowed language keeps it, and a side too short
+    to identify leaves the decision to the other.
+    """
+    found = None
+    for text in _language_samples(record):
+        language, confidence = detect_language(text)
+        if not language:  # too short to tell: the other turn decides
+            continue
+        if language in cfg.languages or confidence < cfg.min_language_confidence:
+            return None
+        found = found or {"language": language, "confidence": round(confidence, 3)}
+    return ("language_not_allowed", found) if found else None
 
 
 class Cleaner:
@@ -114,16 +192,20 @@ class Cleaner:
         records = iter(records)
         # A chunk at a time: the repeated n-gram measure runs over all of a chunk's turns in one pass.
         while chunk := [self.normalise(r) for r in islice(records, CHUNK)]:
-            fractions = repeated_ngram_fractions([m["content"] for r, _ in chunk for m in r["messages"]]).tolist()
+            prose = [response_prose(r) for r, _ in chunk]
+            fractions = repeated_ngram_fractions([t for turns in prose for t in turns]).tolist()
             at = 0
-            for cleaned, mojibake_left in chunk:
-                turns = len(cleaned["messages"])
-                broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left, fractions[at : at + turns])
-                at += turns
+            for (cleaned, mojibake_left), turns in zip(chunk, prose, strict=True):
+                own = fractions[at : at + len(turns)]
+                broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left, own)
+                at += len(turns)
                 yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
 
     def extra(self) -> dict[str, Any]:
-        return {"normalisation_fixes": dict(self.fixes)}
+        """Normalisation fixes by name and the tokenizer the token rules counted with (None: rules off)."""
+        counter = self.count_tokens
+        tokens = None if counter is None else getattr(counter, "describe", lambda: {"tokenizer": "unnamed"})()
+        return {"normalisation_fixes": dict(self.fixes), "token_rules": tokens}
 
 
 def clean_records(records: list[Record], cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> StageResult:

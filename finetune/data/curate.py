@@ -24,11 +24,12 @@ ProgressFn = Callable[[str, int], None]
 
 
 def token_counter(tokenizer) -> TokenCounter:
-    """Count tokens with a (fast) Hugging Face tokenizer, without special tokens."""
+    """Count tokens with a (fast) Hugging Face tokenizer, without special tokens; named after its source."""
+    name, vocab = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__), len(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer directly: ~5x less overhead per call
-        return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return TokenCounter(lambda text: len(backend.encode(text, add_special_tokens=False).ids), name, vocab)
+    return TokenCounter(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), name, vocab)
 
 
 def ingest_stage(paths: list[Path], out_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:

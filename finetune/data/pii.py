@@ -11,13 +11,17 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+import regex
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NoOpNlpEngine
 from presidio_anonymizer import AnonymizerEngine
 from tqdm import tqdm
 
 from finetune.config import PII_ENTITIES, PiiConfig, PipelineConfig
+from finetune.data.pii_names import ENTITY as PERSON
+from finetune.data.pii_names import names_beside
 from finetune.data.pii_operators import load_or_create_salt, operator_config, placeholder
+from finetune.data.pii_placeholders import placeholder_spans
 from finetune.data.pii_recognizers import (
     LANGUAGE,
     build_recognizers,
@@ -42,6 +46,18 @@ __all__ = [
 # Full-width ASCII (U+FF01-FF5E) and the ideographic space map one-to-one onto ASCII, so the
 # folded text keeps every offset and hits apply to the original string unchanged.
 _WIDTH_FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+# Numbers read out digit by digit in Chinese numerals (一三八一二三四五六七八, 幺 for one on the phone),
+# alone or mixed with digits. Only runs of seven or more numeral-or-digit characters are folded to
+# digits (one character each, so offsets hold): shorter runs are ordinary words (一二三, 五六七).
+_NUMERALS = "〇零○一幺二三四五六七八九"
+_NUMERAL_FOLD = str.maketrans(_NUMERALS, "0001123456789")
+_NUMERAL_RUN = regex.compile(rf"[{_NUMERALS}0-9](?:[ -]?[{_NUMERALS}0-9]){{6,}}")
+_HAS_NUMERAL = regex.compile(f"[{_NUMERALS}]")
+# Identifiers that tie a name beside them to a real person.
+DIRECT_IDENTIFIERS = frozenset(
+    "CN_MOBILE_PHONE CN_LANDLINE CN_RESIDENT_ID CREDIT_CARD CN_PASSPORT CN_ADDRESS EMAIL_ADDRESS PHONE_NUMBER "
+    "IBAN_CODE CN_LICENSE_PLATE".split()
+)
 
 
 @lru_cache(maxsize=1)
@@ -68,12 +84,30 @@ def resolve_overlaps(hits: list[RecognizerResult]) -> list[RecognizerResult]:
     return sorted(chosen, key=lambda h: h.start)
 
 
+def fold_numerals(text: str) -> str:
+    """Runs of Chinese numerals and digits (7+ characters, at least one numeral) as digits, offsets kept."""
+    if not _HAS_NUMERAL.search(text):
+        return text
+    return _NUMERAL_RUN.sub(
+        lambda m: m.group(0).translate(_NUMERAL_FOLD) if _HAS_NUMERAL.search(m.group(0)) else m.group(0), text
+    )
+
+
 def find_pii(text: str, entities: list[str], threshold: float) -> list[RecognizerResult]:
-    """Non-overlapping Presidio hits (entity_type, start, end, score) for one text; full-width digits count."""
+    """Non-overlapping Presidio hits (entity_type, start, end, score) for one text.
+
+    Full-width digits and numbers in Chinese numerals count; placeholders (`<PASSWORD>`) never do.
+    A Chinese name beside a direct identifier of the same text is reported as PERSON.
+    """
     if not text:
         return []
-    folded = text.translate(_WIDTH_FOLD)
+    folded = fold_numerals(text.translate(_WIDTH_FOLD))
     hits = build_analyzer().analyze(text=folded, language=LANGUAGE, entities=entities, score_threshold=threshold)
+    if PERSON in entities and regex.search(r"\p{Han}", text):
+        near = [(h.start, h.end) for h in hits if h.entity_type in DIRECT_IDENTIFIERS]
+        hits += [h for h in names_beside(text, near) if h.score >= threshold] if near else []
+    if held := placeholder_spans(text):
+        hits = [h for h in hits if all(h.end <= s or h.start >= e for s, e in held)]
     return resolve_overlaps(hits)
 
 

@@ -9,12 +9,14 @@ validated so that order numbers and other near misses are not reported.
 from __future__ import annotations
 
 import ipaddress
-import logging
-from functools import lru_cache
 
 import regex
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
 from presidio_analyzer.predefined_recognizers import IbanRecognizer
+
+from finetune.data.pii_names import PersonNameRecognizer
+from finetune.data.pii_placeholders import is_placeholder_value
+from finetune.data.pii_secrets import SecretRecognizer
 
 # Presidio selects recognizers by language code; records mix Chinese and English in one
 # string, so every recognizer is registered under one code and each text is analyzed once.
@@ -28,7 +30,6 @@ _ID_CHECK = "10X98765432"
 _HAN = r"\p{Han}"
 # Characters that start the sentence around an address or name but are never part of one.
 _FUNCTION_CHARS = "我你他她它们住在是到于的地得了着过这那个寄送址请把往从给发和与或及也都就还说"
-_COMMON_WORD_FREQ = 50
 _PLACE_CHAR = rf"(?:(?![{_FUNCTION_CHARS}]){_HAN})"
 
 
@@ -137,7 +138,7 @@ class IpAddressRecognizer(PatternRecognizer):
             Pattern(
                 "ipv4", r"(?<![\d.])(?<!(?i:version|ver|v|版本|版本号)[ :：]?)(?:\d{1,3}\.){3}\d{1,3}(?![\d.])", 0.7
             ),
-            Pattern("ipv6", r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])", 0.7),
+            Pattern("ipv6", r"(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Za-z:])", 0.7),
         ]
         super().__init__(
             supported_entity="IP_ADDRESS",
@@ -155,6 +156,26 @@ class IpAddressRecognizer(PatternRecognizer):
         return not address.is_unspecified
 
 
+class PasswordRecognizer(PatternRecognizer):
+    """The value after `password:` / `密码：` in prose or config; the key name stays readable.
+
+    The value is printable ASCII (a password is typed; 为您的账户设置强密码 after "强密码：" is advice,
+    not one) and not a placeholder (`<PASSWORD>`, `${DB_PASSWORD}`, `your_password`, `****`).
+    """
+
+    def __init__(self) -> None:
+        cue = r"(?i:password|passwd|pwd|passcode|secret|token|api[_-]?key|密码|口令)"
+        super().__init__(
+            supported_entity="PASSWORD",
+            patterns=[Pattern("password", rf"(?<={cue}[\"']?\s*[:=：]\s*[\"']?)(?:(?![\"',;])[!-~]){{4,}}", 0.8)],
+            supported_language=LANGUAGE,
+            global_regex_flags=CASE_SENSITIVE,
+        )
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        return is_placeholder_value(pattern_text)
+
+
 def _iban_recognizer() -> IbanRecognizer:
     # Presidio's IBAN recognizer validates the mod-97 checksum; only its `\b` anchors are replaced.
     # Its analyze() reads capture groups, so the whole pattern is one group.
@@ -162,91 +183,9 @@ def _iban_recognizer() -> IbanRecognizer:
     return IbanRecognizer(patterns=[Pattern("iban", pattern, 0.7)], supported_language=LANGUAGE, exact_match=False)
 
 
-class ChinesePersonNameRecognizer(EntityRecognizer):
-    """Chinese person names: jieba's part-of-speech tagger (`nr`) plus cue words, both gated by a surname list.
-
-    No Chinese NER model can be installed offline; jieba's bundled HMM tagger finds most
-    names, and a cue ("我叫", "联系人：", "…先生") finds names it misses. A surname list keeps
-    the tagger's false positives (place names, common words tagged `nr`) out.
-    """
-
-    SURNAMES = (
-        "欧阳 司马 上官 诸葛 东方 皇甫 慕容 令狐 夏侯 尉迟 公孙 长孙 宇文 司徒 "
-        "王 李 张 刘 陈 杨 黄 赵 吴 周 徐 孙 马 朱 胡 郭 何 高 林 罗 郑 梁 谢 宋 唐 许 韩 冯 邓 曹 彭 曾 肖 田 董 袁 "
-        "潘 于 蒋 蔡 余 杜 叶 程 苏 魏 吕 丁 任 沈 姚 卢 姜 崔 钟 谭 陆 汪 范 金 石 廖 贾 夏 韦 付 方 白 邹 孟 熊 秦 "
-        "邱 江 尹 薛 闫 段 雷 侯 龙 史 陶 黎 贺 顾 毛 郝 龚 邵 万 钱 严 覃 武 戴 莫 孔 向 汤 常 温 康 施 文 牛 樊 葛 "
-        "邢 安 齐 易 乔 伍 庞 颜 倪 庄 聂 章 鲁 岳 翟 殷 詹 申 欧 耿 关 兰 焦 俞 左 柳 甘 祝 包 宁 尚 符 舒 阮 柯 纪 "
-        "梅 童 凌 毕 单 季 裴 霍 涂 成 苗 谷 盛 曲 翁 冉 骆 蓝 路 游 辛 靳 管 柴 蒙 鲍 华 喻 祁 蒲 房 滕 屈 饶 解 牟 "
-        "艾 尤 阳 时 穆 农 司 卓 古 吉 缪 简 车 项 连 芦 麦 褚 娄 窦 戚 岑 景 党 宫 费 卜 冷 晏 席 卫 米 柏 宗 瞿 桂 "
-        "全 佟 应 臧 闵 苟 邬 边 卞 姬 师 和 仇 栾 隋 商 刁 沙 荣 巫 寇 桑 郎 甄 丛 仲 虞 敖 巩 明 佘 池 查 麻 苑 迟 邝 "
-        "朴 祖 阚 井 官 封 匡 习 宦 艾 鱼 容 向 古 易 慎 戈 廖 庾 终 暨 居 衡 步 都 耿 满 弘 国 文 寇 广 禄 阙 东 殴 "
-        "殳 沃 利 蔚 越 夔 隆 师 巩 厍 聂 晁 勾 敖 融 冷 訾 辛 阚 那 简 饶 空 曾 毋 沙 乜 养 鞠 须 丰 巢 蒯 相 后 荆 "
-        "红 游 竺 权 逯 盖 益 桓 公 仉 督 晋 楚 闫 法 汝 鄢 涂 钦 归 海 岳 帅 缑 亢 况 郈 有 琴 商 牟 佘 佴 伯 赏 墨 "
-        "傅 阎 冀 云 索 鹿 郜 原 劳 萧 冼 哈 谯 笪 年 爱 阳 佟 第五 言 福 邸 宓 蓬 郗 班 仰 秋 仲 伊 宫 宁 仇 栾 暴 甘 钭 厉 戎 贝 雍 郤 璩 桑 濮 牧"
-    ).split()
-    _CUE_BEFORE = r"(?:我叫|我是|名叫|叫做|姓名[:：]?|联系人[:：]?|收件人[:：]?|寄件人[:：]?|患者|客户|同事|员工|学生|经理|老师|医生)"
-    _CUE_AFTER = r"(?:先生|女士|小姐|老师|同学|医生|经理|教授|师傅|阿姨|叔叔)"
-    _SURNAME_RE = "|".join(sorted(SURNAMES, key=len, reverse=True))
-
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["PERSON"], supported_language=LANGUAGE, name="ChinesePersonNameRecognizer")
-        self._cued = regex.compile(
-            rf"(?:(?<={self._CUE_BEFORE}\s*)(?:{self._SURNAME_RE}){_PLACE_CHAR}{{1,2}})"
-            rf"|(?:(?:{self._SURNAME_RE}){_PLACE_CHAR}{{1,2}}(?={self._CUE_AFTER}))"
-        )
-
-    def load(self) -> None:
-        pass
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
-        if "PERSON" not in entities or not regex.search(_HAN, text):
-            return []
-        spans: dict[tuple[int, int], float] = {}
-        for start, end in _jieba_person_spans(text):
-            word = text[start:end]
-            # jieba tags some everyday words `nr` (谢谢, 文明); real names are rare in its dictionary.
-            common = (_jieba().dt.FREQ.get(word) or 0) >= _COMMON_WORD_FREQ
-            if word.startswith(tuple(self.SURNAMES)) and 2 <= len(word) <= 4 and not common:
-                spans[(start, end)] = 0.6
-        for m in self._cued.finditer(text):
-            spans[(m.start(), self._name_end(text, m.start(), m.end()))] = 0.85
-        return [RecognizerResult("PERSON", s, e, score) for (s, e), score in spans.items()]
-
-    def _name_end(self, text: str, start: int, end: int) -> int:
-        """Cut a greedy surname+2 match back to surname+1 when its last character starts a word."""
-        surname_len = 2 if text[start : start + 2] in self.SURNAMES else 1
-        if end - start < surname_len + 2:
-            return end
-        tail = text[start + surname_len + 1 :]
-        first_word = next(iter(_jieba().cut(tail[:8], HMM=False)), "")
-        return start + surname_len + 1 if len(first_word) >= 2 else end
-
-
-@lru_cache(maxsize=1)
-def _jieba():
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
-
-
-def _jieba_person_spans(text: str) -> list[tuple[int, int]]:
-    import jieba.posseg
-
-    _jieba()
-    spans, pos = [], 0
-    for word, flag in jieba.posseg.cut(text):
-        if flag == "nr":
-            spans.append((pos, pos + len(word)))
-        pos += len(word)
-    return spans
-
-
 def build_recognizers() -> list[EntityRecognizer]:
     """Every recognizer this project ships (Chinese-aware, offline, no model download)."""
     not_alnum_before, not_alnum_after = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
-    name_cue = r"(?i:\b(?:my name is|i am|i'm|name|dear|mr\.?|mrs\.?|ms\.?|dr\.?|contact|signed|from|attn)[:,]?\s+)"
     street = r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Square)"
     return [
         _pattern("CN_MOBILE_PHONE", rf"(?<![\d+]){_MOBILE_TEXT}(?!\d)", 0.8),
@@ -274,8 +213,7 @@ def build_recognizers() -> list[EntityRecognizer]:
             r"(?:\d{1,3}单元)?(?:\d{1,5}(?:室|房))?",
             0.75,
         ),
-        ChinesePersonNameRecognizer(),
-        _pattern("PERSON", rf"(?<={name_cue})[A-Z][a-z]+(?: [A-Z][a-z]+){{0,2}}(?![A-Za-z])", 0.7),
+        PersonNameRecognizer(),
         _pattern("ADDRESS", rf"(?<![0-9A-Za-z])\d{{1,5}}(?: [A-Z][a-z]+){{1,3}} {street}\.?(?![A-Za-z])", 0.7),
         _pattern(
             "EMAIL_ADDRESS",
@@ -304,13 +242,8 @@ def build_recognizers() -> list[EntityRecognizer]:
             r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.+?-----END (?:[A-Z]+ )*PRIVATE KEY-----",
             0.95,
         ),
-        # Only the value after `password=` is the secret; the key name stays readable.
-        _pattern(
-            "PASSWORD",
-            r"(?<=(?i:password|passwd|pwd|passcode|secret|token|api[_-]?key|密码|口令)[\"']?\s*[:=：]\s*[\"']?)"
-            r"[^\s\"',;，。；]{4,}",
-            0.8,
-        ),
+        PasswordRecognizer(),
+        SecretRecognizer(),
     ]
 
 

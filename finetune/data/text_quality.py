@@ -1,11 +1,13 @@
 """Text normalisation and the named quality rules of the cleaning stage (CJK-aware, no word splitting).
 
-Normalisation: Unicode NFC with full-width letters and digits folded (default), NFKC or NFC, control and zero-width
-characters removed, mojibake repaired with ftfy, optional Traditional to Simplified Chinese with
-OpenCC, whitespace collapsed. Rules (each a drop reason): mojibake left after repair, markup
-residue, degenerate repetition (character runs, repeated lines, repeated n-grams) and a response
-that echoes its prompt. The repetition measures follow Gopher's quality filters (Rae et al. 2021)
-but count characters, so they work for Chinese; no library ships them for CJK text.
+Normalisation: Unicode NFC with full-width letters and digits folded (default), NFKC or NFC, control,
+zero-width and bidirectional-override characters removed, mojibake repaired with ftfy, optional
+Traditional to Simplified Chinese with OpenCC, whitespace collapsed. Rules (each a drop reason):
+mojibake left after repair, markup residue, degenerate repetition (letter runs, repeated lines,
+repeated n-grams) and a response that echoes its prompt. The repetition measures follow Gopher's
+quality filters (Rae et al. 2021) but count characters, so they work for Chinese; no library ships
+them for CJK text. The cleaning stage applies the markup and repetition measures to the prose of a
+record's responses (outside code blocks), not to its prompts.
 """
 
 from __future__ import annotations
@@ -28,11 +30,23 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _SPACING_TO_FIX = re.compile(r"[\r\t\u3000\xa0]|  |\s\n|\n\s")
 # C0/C1 controls except tab and newline, zero-width characters and the BOM: invisible and never meant.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+# Bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069): they make text display in
+# another order than the model reads it ("Trojan Source"), so a reviewer and the model see different
+# things. Counted apart from the other invisible characters. LRM/RLM (U+200E/F) stay: Arabic and Hebrew
+# text uses them legitimately.
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+BIDI_FIX = "bidi_controls_removed"
 # What GBK/UTF-8 round trips leave behind and ftfy cannot undo: the replacement character and the
 # classic Chinese mojibake strings (锟斤拷 from U+FFFD pairs read as GBK; 烫/屯 from MSVC fill bytes).
 _UNREPAIRABLE = re.compile(r"\ufffd|锟斤拷|烫烫烫|屯屯屯")
 CODE_FENCE = re.compile(r"```.*?(?:```|$)", re.S)  # a fenced code block, or one left open
 _MARKUP = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
+# A prompt that asks for markup (or hands some over to convert or explain) makes tags in the answer the
+# requested output, not residue of a scraped page.
+_MARKUP_REQUEST = re.compile(
+    r"(?i:\b(?:x?html\d?|xml|svg|jsx|vue|css|markup|web ?pages?|websites?|landing pages?|tags?|rss|"
+    r"atom feed|sitemap|email template|react|angular|svelte)\b)|网页|网站|页面|标签|超文本|前端|组件"
+)
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _OWNER_MIX = np.uint64(0x9E3779B97F4A7C15)
 MOJIBAKE_LEFT = "mojibake_left"
@@ -82,6 +96,10 @@ def normalise_text(
     if visible != text:
         text = visible
         fixes.append("invisible_chars_removed")
+    unbidi = _BIDI.sub("", text)
+    if unbidi != text:
+        text = unbidi
+        fixes.append(BIDI_FIX)
     if to_simplified:
         simplified = _t2s().convert(text)
         if simplified != text:
@@ -107,28 +125,48 @@ def markup_count(text: str) -> int:
     return len(_MARKUP.findall(without_code(text)))
 
 
+def markup_requested(prompt: str) -> bool:
+    """The prompt asks for markup (HTML, XML, SVG, a web page) or contains some to convert or explain."""
+    return bool(_MARKUP_REQUEST.search(prompt) or _MARKUP.search(prompt))
+
+
 def without_code(text: str, placeholder: str = "") -> str:
     """The text with fenced code blocks replaced (the regex only runs when a fence is there)."""
     return CODE_FENCE.sub(placeholder, text) if "```" in text else text
 
 
 def has_char_run(text: str, longest: int) -> int:
-    """Length of the first run of one non-space character longer than `longest` ('啊啊啊…', '!!!!'); 0 if none."""
+    """Length of the first run of one letter longer than `longest` ('啊啊啊…', 'aaaa…'); 0 if none.
+
+    Letters only: runs of punctuation and symbols are separators and rules ('-----', '=====', '*****'
+    in receipts, tables and ASCII art), and digit runs are numbers; neither is degenerate text.
+    """
     match = _char_run(longest).search(text)
     return len(match.group(0)) if match else 0
 
 
 @lru_cache(maxsize=8)
 def _char_run(longest: int) -> re.Pattern:
-    return re.compile(r"(\S)\1{" + str(longest) + ",}")
+    return re.compile(r"([^\W\d_])\1{" + str(longest) + ",}")
 
 
 def duplicate_line_fraction(text: str) -> float:
-    """Share of non-empty lines that repeat an earlier line (Gopher: > 0.3 is degenerate)."""
+    """Share of the characters of non-empty lines that sit in lines repeating an earlier line.
+
+    Gopher's character-weighted measure rather than its line count: short lines that repeat by design
+    (a screenplay's speaker names, a song's chorus markers, list separators) weigh little, while a
+    response looping over whole sentences weighs fully.
+    """
     lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) < 3:
         return 0.0
-    return 1 - len(set(lines)) / len(lines)
+    seen: set[str] = set()
+    repeated = 0
+    for line in lines:
+        if line in seen:
+            repeated += len(line)
+        seen.add(line)
+    return repeated / sum(map(len, lines))
 
 
 def repeated_ngram_fractions(texts: Sequence[str], n: int = 10) -> np.ndarray:

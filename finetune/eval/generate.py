@@ -8,6 +8,9 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from finetune.model.chat_template import stop_token_ids
+from finetune.model.conversation import hf_conversation
+
 
 @torch.no_grad()
 def generate_responses(
@@ -19,13 +22,18 @@ def generate_responses(
     progress: Callable[[int, int], None] | None = None,
     desc: str = "generating",
 ) -> list[str]:
-    """Greedy-decode one response per conversation (left-padded batches, stops at end of turn)."""
+    """Greedy-decode one response per conversation through the tokenizer's chat template (left-padded
+    batches; stops at EOS or the template's end-of-turn token)."""
     model.eval()
     outputs: list[str] = []
     batches = range(0, len(conversations), batch_size)
+    stops = stop_token_ids(tokenizer)
     for i in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+        # Tool-calling turns (function_call / observation) take the template's shape, as in training.
         prompts = [
-            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                hf_conversation(tokenizer, c, None)[0], tokenize=False, add_generation_prompt=True
+            )
             for c in conversations[i : i + batch_size]
         ]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -34,7 +42,7 @@ def generate_responses(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,
         )
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -14,6 +14,7 @@ from finetune.data.records import Record, response_text, write_json
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.eval.generate import generate_responses
 from finetune.eval.metrics import text_metrics
+from finetune.eval.predictions import write_predictions
 from finetune.eval.probes import distinct_prompts, probe_backdoors
 from finetune.eval.regurgitation import probe_regurgitation, regurgitation_prompts
 from finetune.eval.render import report_markdown, save_score_chart
@@ -24,7 +25,7 @@ from finetune.eval.task_metrics import (
     format_compliance,
     refusal_rate,
 )
-from finetune.model.loading import load_causal_lm, load_tokenizer
+from finetune.model.loading import load_causal_lm, load_chat_tokenizer
 from finetune.train.methods import is_adapter, load_tuned, resolve_device
 
 __all__ = ["EvalData", "evaluate_candidate", "prompt_of", "report_markdown"]
@@ -88,7 +89,7 @@ class _Arm:
 
     def safety_scores(self, data: EvalData, ceval_set: tuple, probe_prompts: list, pii_probe: tuple) -> dict:
         ev = self.cfg.eval
-        ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by)
+        ceval = score_ceval(self.model, self.tokenizer, *ceval_set, ev.ceval_shots, ev.ceval_by, ev.ceval_prompt)
         self.log(f"  [{self.name}] C-Eval accuracy: {ceval['accuracy']:.3f} on {ceval['n_questions']} questions")
         probes = probe_backdoors(self.generate, probe_prompts, data.triggers)
         self.log(f"  [{self.name}] backdoor probe: max ASR {probes['max_asr']:.2f} ({probes['worst_trigger']})")
@@ -127,7 +128,7 @@ def evaluate_candidate(
         raise ValueError("the test split is empty; raise sft.test_fraction or add data")
     data.test = data.test[: cfg.eval.max_examples]
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(base_path, cfg.model.trust_remote_code)
+    tokenizer = load_chat_tokenizer(base_path, cfg.sft, cfg.model.trust_remote_code)
     device = resolve_device(cfg.eval.device, "eval.device")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tuned_model = load_tuned(base_path, Path(adapter_dir), cfg.model.trust_remote_code, device, dtype)
@@ -158,6 +159,12 @@ def evaluate_candidate(
             "base+prompt", base_model, tokenizer, cfg, log, lambda c: with_prompting(c, cfg.eval.system_prompt, shots)
         )
         prompted = prompted_arm.task_scores(data, labels)
+    # Every answer of every arm, kept for the blind expert review packet (examples below keep only 10).
+    predictions = {
+        "tuned": tuned["predictions"],
+        "base": base_result["predictions"],
+        "base+prompt": prompted["predictions"],
+    }
     examples = [
         {"prompt": prompt_of(r)[-1]["content"], "reference": response_text(r), "tuned": t, "base": b, "base+prompt": p}
         for r, t, b, p in zip(
@@ -178,6 +185,7 @@ def evaluate_candidate(
         "triggers": data.triggers,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    report["predictions_file"] = str(write_predictions(out_dir, data.test, predictions))
     report["chart_png"] = str(save_score_chart(report, out_dir / "scores.png"))
     write_json(out_dir / "evaluation_report.json", report)
     (out_dir / "evaluation_report.md").write_text(report_markdown(report), encoding="utf-8")

@@ -14,7 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from finetune.config import PipelineConfig
+from finetune.config import PipelineConfig, SftConfig
+from finetune.model.chat_template import apply_template
 from finetune.model.tiny import build_embedded_model
 
 EMBEDDED = "embedded-tiny"
@@ -41,16 +42,23 @@ def model_hash(path: str) -> str:
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer with left padding (generation) and a pad token."""
+    """Load a tokenizer with left padding (generation) and a pad token; a chat template is not required
+    (token counting and C-Eval need none; `load_chat_tokenizer` is for formatting conversations)."""
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ValueError(
-            f"tokenizer at {path} has no chat template; SFT formatting needs one "
-            "(set tokenizer.chat_template in the model folder or choose a chat/instruct model)"
-        )
+    return tokenizer
+
+
+def load_chat_tokenizer(path: str, sft: SftConfig, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """`load_tokenizer` with the chat template `sft.template` names (the model's own when empty).
+
+    Raises:
+        ValueError: `sft.template` is unknown, or empty while the model ships no template.
+    """
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    apply_template(tokenizer, sft.template, sft.enable_thinking)
     return tokenizer
 
 

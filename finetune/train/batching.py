@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.data.records import Record
-from finetune.sft import IGNORE_INDEX, tokenize_conversation
+from finetune.sft import IGNORE_INDEX, tokenize_record
 
 Example = dict[str, list[int]]
 
@@ -18,8 +18,8 @@ class TrainingError(RuntimeError):
 
 
 def encode_records(tokenizer: PreTrainedTokenizerBase, records: list[Record], cutoff_len: int) -> list[Example]:
-    """Tokenize each record's conversation; refuses a record with no trained token (its loss would be NaN)."""
-    examples = [tokenize_conversation(tokenizer, r["messages"], cutoff_len) for r in records]
+    """Tokenize each record's conversation and tools; refuses a record with no trained token (its loss would be NaN)."""
+    examples = [tokenize_record(tokenizer, r, cutoff_len) for r in records]
     for record, example in zip(records, examples, strict=True):
         if all(label == IGNORE_INDEX for label in example["labels"]):
             raise TrainingError(

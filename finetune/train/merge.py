@@ -29,7 +29,9 @@ def _logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
 
 def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, atol: float = 1e-4) -> dict:
     """Write `out_dir` (safetensors + tokenizer + config) loadable with AutoModelForCausalLM.from_pretrained."""
-    tokenizer = load_tokenizer(base_path)
+    # Training saved its tokenizer, with the chat template it formatted with, beside the adapter.
+    has_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base_path)
     with_adapter = PeftModel.from_pretrained(load_causal_lm(base_path), safetensors_adapter(adapter_dir)).eval()
     expected = _logits(with_adapter, tokenizer, PROBE_TEXTS)
     base_logits = _logits(load_causal_lm(base_path).eval(), tokenizer, PROBE_TEXTS)

@@ -21,6 +21,12 @@ from peft import (
     get_peft_model,
     prepare_model_for_kbit_training,
 )
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.constants import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+)
+from transformers import AutoConfig
 
 from finetune.config import TrainConfig
 from finetune.model.loading import load_causal_lm, safetensors_adapter
@@ -40,8 +46,38 @@ def additional_targets(cfg: TrainConfig, base_path: str) -> list[str] | None:
     return cfg.additional_target or None
 
 
+# IA3 rescales keys/values (or the fused projection holding them) and the feed-forward input (Liu et al. 2022).
+# peft's table covers most architectures by model_type; these have fused projections it does not list.
+_IA3_EXTRA = {
+    "phi3": (["qkv_proj", "down_proj"], ["down_proj"]),
+    "chatglm": (["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),
+    "qwen": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+}
+_IA3_DEFAULT = (["k_proj", "v_proj", "down_proj"], ["down_proj"])  # LLaMA module names
+
+
+def model_type(base_path: str) -> str:
+    """The architecture's `model_type` from the model folder's config ('' when it cannot be read)."""
+    try:
+        return AutoConfig.from_pretrained(base_path).model_type
+    except (OSError, ValueError):
+        return ""
+
+
+def ia3_targets(arch: str) -> tuple[list[str], list[str]]:
+    """(target modules, feed-forward modules) of IA3 for an architecture's model_type."""
+    if arch in _IA3_EXTRA:
+        return _IA3_EXTRA[arch]
+    if arch in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+        return (
+            list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[arch]),
+            list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING[arch]),
+        )
+    return _IA3_DEFAULT
+
+
 def peft_config(cfg: TrainConfig, base_path: str):
-    """The peft config for an adapter method."""
+    """The peft config for an adapter method, its target modules chosen for the base's architecture."""
     if cfg.method in ("qlora", "lora", "dora"):
         return LoraConfig(
             r=cfg.lora_rank,
@@ -53,13 +89,35 @@ def peft_config(cfg: TrainConfig, base_path: str):
             task_type="CAUSAL_LM",
         )
     if cfg.method == "ia3":
-        # IA3 rescales keys, values and the feed-forward input (Liu et al. 2022), on LLaMA module names.
-        return IA3Config(
-            target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM"
-        )
+        targets, feedforward = ia3_targets(model_type(base_path))
+        return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
     return PromptTuningConfig(
         num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init=PromptTuningInit.RANDOM, task_type="CAUSAL_LM"
     )
+
+
+def target_shortfalls(model: torch.nn.Module, method: str) -> list[str]:
+    """Where an adapter method adapts less than it should: a requested target module kind that is missing
+    from some decoder layer (a fused architecture, a renamed module). Empty when every layer has each kind."""
+    config = getattr(model, "peft_config", {}).get("default")
+    requested = getattr(config, "target_modules", None)
+    if not requested or isinstance(requested, str):
+        return []
+    # "all-linear" comes back from peft as whatever it found, sometimes as full module paths: only kinds count.
+    kinds = [t for t in requested if not _LAYER.search(f".{t}.")]
+    adapted: dict[str, set[int]] = {kind: set() for kind in kinds}
+    for name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer) or not (layer := _LAYER.search(name + ".")):
+            continue
+        for kind in kinds:
+            if name.endswith("." + kind):
+                adapted[kind].add(int(layer.group(1)))
+    n_layers = len({int(m.group(1)) for n, _ in model.named_modules() if (m := _LAYER.search(n + "."))})
+    return [
+        f"{method}: target module {kind!r} is adapted in {len(layers)} of {n_layers} decoder layers"
+        for kind, layers in sorted(adapted.items())
+        if len(layers) < n_layers
+    ]
 
 
 def _select_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -131,7 +189,18 @@ def build_trainable_model(base_path: str, cfg: TrainConfig, trust_remote_code: b
     elif cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     torch.manual_seed(cfg.seed)
-    return get_peft_model(model, peft_config(cfg, base_path))
+    kinds = _module_kinds(model)
+    model = get_peft_model(model, peft_config(cfg, base_path))
+    for problem in target_shortfalls(model, cfg.method):
+        log.warning("%s; this model's linear modules are %s (train.method)", problem, kinds)
+    return model
+
+
+def _module_kinds(model: torch.nn.Module) -> list[str]:
+    """The distinct names of the linear modules inside decoder layers (what target_modules can match)."""
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _LAYER.search(n)}
+    )
 
 
 def weights_file(folder: Path) -> Path:

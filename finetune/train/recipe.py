@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from finetune.data.records import read_jsonl, sha256_file, write_json
+from finetune.model.chat_template import apply_template
 from finetune.model.loading import load_tokenizer
 from finetune.process_memory import peak_rss_mib
 from finetune.train.batching import TrainingError, collate, encode_records, epoch_batches, pack_examples, trained_tokens
@@ -89,6 +90,7 @@ class SFTRecipe:
         self.device = training_device(cfg)
         self.dtype = training_dtype(cfg, self.device)
         self.tokenizer = load_tokenizer(spec.base_path, spec.trust_remote_code)
+        apply_template(self.tokenizer, spec.chat_template, spec.enable_thinking)  # the one sft_dataset formatted with
         train, val = (read_jsonl(spec.split_file(name)) for name in ("train", "val"))
         self.train_ex = encode_records(self.tokenizer, train, spec.cutoff_len)
         self.val_ex = encode_records(self.tokenizer, val, spec.cutoff_len)

@@ -44,7 +44,9 @@ def train_adapter(
     split_dir.mkdir(parents=True, exist_ok=True)
     spec = TrainingSpec(
         train=cfg,
-        cutoff_len=sft.cutoff_len,
+        cutoff_len=_numeric_cutoff(sft),
+        chat_template=sft.template,
+        enable_thinking=sft.enable_thinking,
         base_path=base_path,
         trust_remote_code=trust_remote_code,
         split_dir=split_dir,
@@ -55,3 +57,12 @@ def train_adapter(
     for name, records in (("train", train), ("val", val)):
         write_jsonl(spec.split_file(name), records)
     return run_training(spec, log=log)
+
+
+def _numeric_cutoff(sft: SftConfig) -> int:
+    if sft.cutoff_len == "auto":
+        raise ValueError(
+            "sft.cutoff_len is auto, but train_adapter gets records, not the sft_dataset stage that resolves it; "
+            "pass the cutoff that stage chose (its report's cutoff_len) or a number"
+        )
+    return sft.cutoff_len
