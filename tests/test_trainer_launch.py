@@ -19,7 +19,7 @@ from finetune.cli import main as cli_main
 from finetune.config import PROJECT_ROOT, ConfigError, TrainConfig, load_config
 from finetune.data.records import write_jsonl
 from finetune.train.launch import accelerate_command, python_command, torchrun_command
-from finetune.train.spec import training_spec
+from finetune.train.spec import TrainingSpec, training_spec
 from finetune.train.tracking import TrackingSpec
 from resources import (
     InProcessLauncher,
@@ -78,9 +78,24 @@ def test_run_key_holds_what_changes_the_weights_and_nothing_else(tmp_path):
     changed = [
         spec.model_copy(update={"train": TrainConfig(learning_rate=1e-3)}),
         spec.model_copy(update={"cutoff_len": 64}),
+        spec.model_copy(update={"chat_template": "chatml"}),
+        spec.model_copy(update={"enable_thinking": True}),
         spec.model_copy(update={"base_path": "other-base"}),
     ]
     assert all(s.weight_inputs() != spec.weight_inputs() for s in changed)
+
+
+def test_spec_carries_the_cutoff_sft_dataset_chose_and_the_template_without_reading_yaml_again(tmp_path):
+    cfg = load_config(None, [f"paths.work_dir={tmp_path}", "sft.cutoff_len=auto", "sft.template=chatml"])
+    split = tmp_path / "split"
+    split.mkdir()
+    with pytest.raises(FileNotFoundError, match="cutoff_len is auto"):
+        training_spec(cfg, split, "base", tmp_path / "out")
+    (split / "report.json").write_text(json.dumps({"cutoff_len": 48}), encoding="utf-8")
+    spec = training_spec(cfg, split, "base", tmp_path / "out")
+    assert (spec.cutoff_len, spec.chat_template, spec.enable_thinking) == (48, "chatml", False)
+    # What crosses to the Pipes child is the resolved spec: it validates back to the same value.
+    assert TrainingSpec.model_validate(json.loads(json.dumps(spec.model_dump(mode="json")))) == spec
 
 
 @pytest.fixture(scope="module")
