@@ -7,7 +7,7 @@ import dagster as dg
 from assets import data, evaluation, release, review, training
 from checks import data_checks, model_checks, review_checks
 from jobs import expert_review_job, full_pipeline_job
-from resources import JsonIOManager, PipelineSettings
+from resources import JsonIOManager, PipelineSettings, launcher_from_env, tracker_from_env
 from schedules import raw_data_sensor, weekly_retrain
 from sensors import expert_review_sensor
 
@@ -17,11 +17,12 @@ defs = dg.Definitions(
     jobs=[full_pipeline_job, expert_review_job],
     schedules=[weekly_retrain],
     sensors=[raw_data_sensor, expert_review_sensor],
+    # FINETUNE_LAUNCHER picks how the trainer starts (subprocess, in_process, torchrun, accelerate) and
+    # FINETUNE_TRACKER where its metrics go (tensorboard, mlflow, none); both are editable in the launchpad.
     resources={
         "settings": PipelineSettings(),
-        # The training asset launches its trainer through this client; swap in dagster-k8s'
-        # PipesK8sClient (same interface) to train in a pod on a GPU node.
-        "pipes_client": dg.PipesSubprocessClient(),
+        "trainer_launcher": launcher_from_env(),
+        "tracker": tracker_from_env(),
         # Asset values travel as JSON files (resources/json_io.py): Dagster's default would pickle them.
         "io_manager": JsonIOManager(),
     },

@@ -1,33 +1,54 @@
 """The training process the `adapter` asset launches through Dagster Pipes.
 
-It receives the training spec as Pipes extras, streams the trainer's log lines back into the
-Dagster run, and reports the result as a custom message; the asset then reads the artifact.
-Launch it behind `torchrun`/`accelerate launch` with `train.launch_prefix` (see README): rank 0
-talks to Dagster; the other ranks only read the spec, so the run sees one log and one result.
+It reads the `TrainingSpec` from the Pipes extras, streams the trainer's log lines back into the
+Dagster run, and reports the materialization (losses, memory, tokens/s, loss curve, result paths)
+through `open_dagster_pipes`; the asset relays that report. Behind torchrun or accelerate launch,
+rank 0 talks to Dagster and the other ranks only read the spec, so the run sees one log and one result.
 """
+
+from __future__ import annotations
 
 import os
 
-from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
+from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from finetune.train.job import run_training_job
+from finetune.train.launch import die_with_parent
+
+SPEC_EXTRA = "training_spec"
 
 
-def _extras_without_opening_pipes() -> dict:
+def pipes_extras(spec) -> dict:
+    """The Pipes extras that carry a TrainingSpec to this process (JSON, validated again on arrival)."""
+    return {SPEC_EXTRA: spec.model_dump(mode="json")}
+
+
+def report_training(pipes: PipesContext) -> None:
+    """Train the spec in `pipes`' extras and report the materialization back through it."""
+    from finetune.train.recipe import run_training
+    from finetune.train.result import result_metadata
+    from finetune.train.spec import TrainingSpec
+
+    result = run_training(TrainingSpec.model_validate(pipes.extras[SPEC_EXTRA]), log=pipes.log.info)
+    pipes.report_asset_materialization(metadata=result_metadata(result))
+
+
+def _train_without_pipes() -> None:
+    from finetune.train.recipe import run_training
+    from finetune.train.spec import TrainingSpec
+
     params = PipesEnvVarParamsLoader().load_context_params()
     with PipesDefaultContextLoader().load_context(params) as data:
-        return dict(data["extras"])
+        spec = TrainingSpec.model_validate(data["extras"][SPEC_EXTRA])
+    run_training(spec)
 
 
 def main() -> None:
+    die_with_parent()  # first, before the seconds torch takes to import
     if int(os.environ.get("RANK", "0")) != 0:
-        run_training_job(_extras_without_opening_pipes())
+        _train_without_pipes()
         return
     with open_dagster_pipes() as pipes:
-        result = run_training_job(dict(pipes.extras), log=pipes.log.info)
-        pipes.report_custom_message(
-            {"out_dir": str(result.adapter_dir), "steps": result.steps, "val_loss_after": result.val_loss_after}
-        )
+        report_training(pipes)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,6 @@ def run_one(model_dir: str, method: str, args: argparse.Namespace) -> dict:
         max_steps=args.steps,
         early_stopping_patience=0,
         ship="last",
-        tensorboard=False,
         resume=False,
         gradient_checkpointing=args.checkpointing,
         additional_target=[],

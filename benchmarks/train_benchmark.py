@@ -88,7 +88,7 @@ from finetune.data.records import make_record
 rows = json.loads(Path(sys.argv[1]).read_text())
 records = [make_record([{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], "b", i) for i, r in enumerate(rows)]
 cfg = TrainConfig(method=sys.argv[3], max_steps=int(sys.argv[4]), batch_size=8, learning_rate=1e-3, lora_rank=8,
-                  lora_alpha=16, additional_target=[], eval_steps=10**6, early_stopping_patience=0, tensorboard=False, resume=False)
+                  lora_alpha=16, additional_target=[], eval_steps=10**6, early_stopping_patience=0, resume=False)
 from finetune.train.trainer import train_adapter
 t = time.perf_counter()
 res = train_adapter(records, records[:16], sys.argv[2], cfg, SftConfig(cutoff_len=128), Path(sys.argv[5]), log=lambda _: None)

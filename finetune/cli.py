@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -145,33 +146,31 @@ def _require_validation_split(splits: dict[str, list], path: str, cfg) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finetune.model.loading import load_chat_tokenizer, resolve_base_model
-    from finetune.sft import build_sft_splits, cutoff_memory_limit, splits_of
-    from finetune.train.trainer import train_adapter
+    from finetune.sft import build_sft_splits, cutoff_memory_limit, splits_of, write_sft_dataset
+    from finetune.train.recipe import run_training
+    from finetune.train.spec import training_spec
+    from finetune.train.tracking import TrackingSpec
 
     cfg = _config(args)
     records = _training_records(args.data, cfg)  # before the base model: a bad file is refused at once
     base = resolve_base_model(cfg)
+    out = Path(args.output) if args.output else cfg.work_dir / "train"
+    split_dir = out / "sft_dataset"  # the same files the sft_dataset asset writes
+    split_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)
-    splits = splits_of(formatted)
-    _require_validation_split(splits, args.data, cfg)
-    template = formatted.extra["chat_template"]
+    _require_validation_split(splits_of(formatted), args.data, cfg)
+    report = write_sft_dataset(formatted, split_dir)
+    template = report["chat_template"]
     print(
-        f"chat template: {template['name']} ({template['source']}); cutoff {formatted.extra['cutoff_len']} tokens "
-        f"truncates {formatted.extra['truncated_at_cutoff']} of {len(records)} records"
+        f"chat template: {template['name']} ({template['source']}); cutoff {report['cutoff_len']} tokens "
+        f"truncates {report['truncated_at_cutoff']} of {len(records)} records"
     )
-    out = Path(args.output) if args.output else cfg.work_dir / "train"
-    result = train_adapter(
-        splits["train"],
-        splits["val"],
-        base,
-        cfg.train,
-        cfg.sft.model_copy(update={"cutoff_len": formatted.extra["cutoff_len"]}),
-        out,
-        cfg.model.trust_remote_code,
-        checkpoint_root=cfg.work_dir / "checkpoints",
+    tracking = TrackingSpec(
+        kind=args.tracker, mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
     )
+    result = run_training(training_spec(cfg, split_dir, base, out, tracking))
     print(
         f"output: {result.adapter_dir} ({result.steps} steps, best val at step {result.extra['best_step']})\n"
         f"final train loss {result.losses[-1]:.4f}; "
@@ -200,7 +199,7 @@ def cmd_eval_ceval(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
     from finetune.eval.ceval import load_ceval, score_ceval, subject_names
-    from finetune.model.loading import load_causal_lm, load_tokenizer, resolve_base_model
+    from finetune.model.loading import load_causal_lm, load_tokenizer, resolve_base_model, safetensors_adapter
 
     cfg = _config(args)
     data_dir = Path(args.data_dir) if args.data_dir else cfg.resolve(cfg.paths.ceval_dir)
@@ -214,7 +213,7 @@ def cmd_eval_ceval(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_causal_lm(model_path, trust_remote_code=cfg.model.trust_remote_code)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, safetensors_adapter(adapter))
     dev = load_ceval(data_dir, "dev", subjects) if args.shots else None
     questions = load_ceval(data_dir, args.split, subjects)
     prompt = args.prompt or cfg.eval.ceval_prompt
@@ -278,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="curated records to train on (e.g. a screened kept.jsonl); raw data is never trained on by default",
     )
     p.add_argument("--output", help="output folder (default: <work_dir>/train)")
+    p.add_argument(
+        "--tracker",
+        choices=["tensorboard", "mlflow", "none"],
+        default="tensorboard",
+        help="where per-step metrics go (TensorBoard events under OUTPUT/tensorboard by default)",
+    )
+    p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""), help="with --tracker mlflow")
+    p.add_argument("--mlflow-experiment", default="gated-finetune", help="with --tracker mlflow")
     ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="what", required=True)
     p = ev.add_parser("text", help="ROUGE-1/2/L and BLEU of predictions vs references (one per line)")
     p.add_argument("--pred", required=True)

@@ -384,24 +384,36 @@ class TrainConfig(_Section):
     save_steps: int = Field(
         default=0, ge=0, description="Write a resumable checkpoint every N steps (0 = at every validation)."
     )
-    resume: bool = Field(default=True, description="Continue from the last checkpoint of an identical run.")
-    tensorboard: bool = Field(default=True, description="Write loss, lr, grad-norm, tokens/s as TensorBoard events.")
-    mlflow_tracking_uri: str = Field(
-        default="",
-        description="Also log params and per-step metrics to MLflow at this tracking URI (e.g. http://127.0.0.1:5000 "
-        "or sqlite:///mlflow.db); empty = off. Needs `pip install mlflow-skinny`.",
+    resume: bool = Field(
+        default=True, description="Continue from the last checkpoint of a run with the same weight-determining inputs."
     )
-    mlflow_experiment: str = Field(default="gated-finetune", description="MLflow experiment name.")
-    launcher: Literal["subprocess", "in_process"] = Field(
-        default="subprocess",
-        description="subprocess = the asset starts the trainer through Dagster Pipes (the seam for GPU nodes); "
-        "in_process = train inside the asset's process.",
-    )
-    launch_prefix: list[str] = Field(
-        default=[],
-        description="Command before '-m train_process', e.g. [torchrun, --nproc-per-node=1] or [accelerate, launch]; "
-        "empty = the current Python.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_operational_settings(cls, data: Any) -> Any:
+        # Where metrics go and how the trainer is started never change the weights; they live with the
+        # trainer launcher and tracker (Dagster resources, `finetune train` options), so a resumed run's
+        # identity cannot depend on them.
+        moved = sorted(set(data) & set(OPERATIONAL_TRAIN_SETTINGS)) if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(
+                f"train.{moved[0]} is not a training setting (got {data[moved[0]]!r}): "
+                f"{OPERATIONAL_TRAIN_SETTINGS[moved[0]]}; remove it from the config"
+            )
+        return data
+
+
+# Operational settings that do not belong in `train`, and where each is chosen instead.
+OPERATIONAL_TRAIN_SETTINGS = {
+    "tensorboard": "choose the tracker with FINETUNE_TRACKER=tensorboard|mlflow|none (the `tracker` resource) "
+    "or `finetune train --tracker`",
+    "mlflow_tracking_uri": "set MLFLOW_TRACKING_URI with FINETUNE_TRACKER=mlflow, or `finetune train --tracker mlflow "
+    "--mlflow-uri URI`",
+    "mlflow_experiment": "set the `tracker` resource's experiment, or `finetune train --mlflow-experiment`",
+    "launcher": "choose FINETUNE_LAUNCHER=subprocess|in_process|torchrun|accelerate (the `trainer_launcher` resource)",
+    "launch_prefix": "choose FINETUNE_LAUNCHER=torchrun|accelerate with FINETUNE_NPROC_PER_NODE=N (the "
+    "`trainer_launcher` resource); free command lines are not accepted",
+}
 
 
 class EvalConfig(_Section):

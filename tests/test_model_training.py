@@ -157,7 +157,7 @@ def test_evaluation_runs_on_a_gpu_when_there_is_one(tiny_base, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (run on the device machine; CI has none)")
     rows = _records(24)
-    cfg = TrainConfig(method="lora", max_steps=2, batch_size=8, device="cpu", tensorboard=False)
+    cfg = TrainConfig(method="lora", max_steps=2, batch_size=8, device="cpu")
     result = train_adapter(rows[:16], rows[16:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
     tok = load_tokenizer(tiny_base)
     on_gpu = load_tuned(tiny_base, Path(result.adapter_dir), device="cuda", dtype=torch.bfloat16)

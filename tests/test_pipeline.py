@@ -19,14 +19,14 @@ from finetune.review.collect import collect_expert_review
 from finetune.review.criteria import CRITERION_KEYS
 from finetune.review.judgements import store_judgements
 from finetune.review.packet import Packet
-from resources import JsonIOManager, PipelineSettings
+from resources import JsonIOManager, PipelineSettings, SubprocessLauncher, TensorBoardTracker, TrainerLauncher
 from tests.conftest import PII_OFF_ACCEPTED
 
 ASSETS = dg.load_assets_from_modules([data, training, evaluation, review, release])
 CHECKS = dg.load_asset_checks_from_modules([data_checks, model_checks, review_checks])
 
 
-def materialize_all(tmp_path, model_cache, *overrides):
+def materialize_all(tmp_path, model_cache, *overrides, launcher: TrainerLauncher | None = None):
     settings = PipelineSettings(
         config_path=str(PROJECT_ROOT / "finetune.yaml"),
         overrides=[f"paths.work_dir={tmp_path / 'work'}", f"paths.model_cache={model_cache}", *overrides],
@@ -36,7 +36,12 @@ def materialize_all(tmp_path, model_cache, *overrides):
     with dg.instance_for_test(temp_dir=str(home), overrides={"telemetry": {"enabled": False}}) as instance:
         result = dg.materialize(
             [*ASSETS, *CHECKS],
-            resources={"settings": settings, "pipes_client": dg.PipesSubprocessClient(), "io_manager": JsonIOManager()},
+            resources={
+                "settings": settings,
+                "trainer_launcher": launcher or SubprocessLauncher(),
+                "tracker": TensorBoardTracker(),
+                "io_manager": JsonIOManager(),
+            },
             instance=instance,
             raise_on_error=False,
         )

@@ -329,7 +329,7 @@ def test_cli_refuses_to_train_a_base_model_without_template_until_sft_template_n
         "--set",
         "train.max_steps=2",
     ]
-    common += ["--set", "train.device=cpu", "--set", "train.tensorboard=false", "--set", "sft.cutoff_len=auto"]
+    common += ["--set", "train.device=cpu", "--tracker", "none", "--set", "sft.cutoff_len=auto"]
     assert main(common) == 2
     assert "sft.template" in capsys.readouterr().err
     assert main([*common, "--set", "sft.template=deepseek3"]) == 0

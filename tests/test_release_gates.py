@@ -9,6 +9,7 @@ from finetune.audit import verify_release
 from finetune.config import GatesConfig
 from finetune.gates import GateResult, apply_override
 from finetune.signing import release_key
+from resources import InProcessLauncher
 from tests.test_pipeline import materialize_all
 
 # A learning rate 10x the default for half the epochs: loss stays finite but the model unlearns how to answer.
@@ -19,8 +20,8 @@ DAMAGED = (
     "train.epochs=4",
     "train.ship=last",
     "train.early_stopping_patience=0",
-    "train.launcher=in_process",  # the in-process mode is covered here, the Pipes subprocess elsewhere
 )
+IN_PROCESS = InProcessLauncher()  # the in-process launcher is covered here, the Pipes subprocess elsewhere
 # A damaged model may also fail the learning-floor gates, so the override names every model gate;
 # only those that actually failed are recorded as overridden.
 MODEL_GATES = (
@@ -53,7 +54,7 @@ def test_override_applies_only_to_a_failed_named_gate():
 
 @pytest.mark.slow
 def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, model_cache):
-    result = materialize_all(tmp_path, model_cache, *DAMAGED)
+    result = materialize_all(tmp_path, model_cache, *DAMAGED, launcher=IN_PROCESS)
     failed = {e.check_name: e for e in result.get_asset_check_evaluations() if not e.passed}
     check = failed["not_worse_than_base"]
     assert check.description.startswith("worse with confidence than base") and "gates.max_rouge_drop" in (
@@ -65,7 +66,9 @@ def test_damaged_model_fails_the_quality_gate_and_nothing_is_released(tmp_path, 
 
 @pytest.mark.slow
 def test_explicit_override_ships_and_is_recorded_in_manifest_and_model_card(tmp_path, model_cache):
-    result = materialize_all(tmp_path, model_cache, *DAMAGED, *OVERRIDE, "release.merge_model=true")
+    result = materialize_all(
+        tmp_path, model_cache, *DAMAGED, *OVERRIDE, "release.merge_model=true", launcher=IN_PROCESS
+    )
     assert result.success
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "not_worse_than_base")
     assert check.passed and check.metadata["overridden_by"].value == "alice@example.org"

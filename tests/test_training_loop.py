@@ -15,11 +15,11 @@ import pytest
 
 from assets.training import adapter
 from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
-from finetune.train.job import launch_command
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model
+from finetune.train.tracking import TrackingSpec
 from finetune.train.trainer import train_adapter
-from resources import PipelineSettings
+from resources import NoTracker, PipelineSettings, TorchrunLauncher
 from tests.test_model_training import _records
 
 
@@ -29,7 +29,9 @@ def test_validation_every_n_steps_keeps_the_best_and_stops_early(tiny_base, tmp_
     cfg = TrainConfig(
         method="lora", epochs=30, batch_size=8, learning_rate=3e-2, eval_steps=2, early_stopping_patience=2
     )
-    result = train_adapter(rows[:16], rows[48:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
+    tensorboard = TrackingSpec(kind="tensorboard")
+    result = train_adapter(rows[:16], rows[48:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None,
+                           tracking=tensorboard)  # fmt: skip
     history = result.extra["val_history"]
     assert result.extra["stopped_early"] and result.steps < result.extra["total_steps"] == 60
     assert [s for s, _ in history] == list(range(2, result.steps + 1, 2))
@@ -54,29 +56,32 @@ import sys, time
 from pathlib import Path
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import read_jsonl
+from finetune.train.tracking import TrackingSpec
 from finetune.train.trainer import train_adapter
-from resources import PipelineSettings
 rows = read_jsonl(Path(sys.argv[1]))
 slow = sys.argv[4] == "slow"
 def log(line):
     print(line, flush=True)
     if slow and line.startswith("step "):
         time.sleep(1.5)  # leave time to be killed between checkpoints
-cfg = TrainConfig(method="lora", epochs=6, batch_size=8, eval_steps=3, early_stopping_patience=0, tensorboard=False)
-result = train_adapter(rows[:40], rows[40:], sys.argv[2], cfg, SftConfig(), Path(sys.argv[3]), log=log)
+cfg = TrainConfig(method="lora", epochs=6, batch_size=8, eval_steps=3, early_stopping_patience=0)
+tracking = TrackingSpec(kind=sys.argv[5])
+result = train_adapter(rows[:40], rows[40:], sys.argv[2], cfg, SftConfig(), Path(sys.argv[3]), log=log, tracking=tracking)
 print("DONE", result.steps, result.extra["resumed_from_step"], result.adapter_sha256, flush=True)
 """
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tiny_base, tmp_path):
+    """Killed with SIGKILL mid-training, then re-run with TensorBoard turned on: where metrics go is not part
+    of the run key, so the re-run still resumes, and ends with the weights of an uninterrupted run."""
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in _records(48)) + "\n", encoding="utf-8")
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     cmd = [sys.executable, str(script), str(data), tiny_base, str(tmp_path / "out")]
-    proc = subprocess.Popen([*cmd, "slow"], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen([*cmd, "slow", "none"], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     deadline = time.time() + 120
     for line in proc.stdout:  # wait until a checkpoint past step 3 exists, then kill hard
         if line.startswith("step 6/") or time.time() > deadline:
@@ -85,14 +90,16 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tiny_b
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoints, "no checkpoint was written before the kill"
-    killed_at = json.loads(checkpoints[0].read_text())["step"]
+    killed_at = json.loads(checkpoints[0].read_text())["loop"]["step"]
     assert 3 <= killed_at < 30
-    resumed = subprocess.run([*cmd, "fast"], capture_output=True, text=True, env=env, check=True).stdout
+    assert not (tmp_path / "out" / "tensorboard").exists()
+    resumed = subprocess.run([*cmd, "fast", "tensorboard"], capture_output=True, text=True, env=env, check=True).stdout
     assert f"resuming from checkpoint at step {killed_at}/30" in resumed
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))  # the new tracker is in use
     done = resumed.strip().splitlines()[-1].split()
     assert done[:3] == ["DONE", "30", str(killed_at)]
     fresh = subprocess.run(
-        [*cmd[:-1], str(tmp_path / "fresh"), "fast"], capture_output=True, text=True, env=env, check=True
+        [*cmd[:-1], str(tmp_path / "fresh"), "fast", "none"], capture_output=True, text=True, env=env, check=True
     )
     # Same data order, same optimizer state: the resumed run ends with the same weights as an uninterrupted one.
     assert fresh.stdout.strip().splitlines()[-1].split()[3] == done[3]
@@ -119,13 +126,6 @@ def test_checkpoints_keep_best_weights_on_disk_and_survive_a_kill_between_rename
     assert not list(tmp_path.iterdir())
 
 
-def test_launch_command_wires_plain_python_torchrun_and_accelerate():
-    assert launch_command(TrainConfig()) == [sys.executable, "-m", "train_process"]
-    torchrun = TrainConfig(launch_prefix=["torchrun", "--nproc-per-node=1"])
-    assert launch_command(torchrun) == ["torchrun", "--nproc-per-node=1", "-m", "train_process"]
-    assert launch_command(TrainConfig(launch_prefix=["accelerate", "launch"]))[:3] == ["accelerate", "launch", "-m"]
-
-
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_base, tmp_path):
     """The adapter asset launches `torchrun --nproc-per-node=2` through Pipes (Gloo on CPU): each rank
@@ -136,10 +136,8 @@ def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_
     # 13 examples in global batches of 4: the last batch has one example, so rank 1 sits that step out.
     for name, part in (("train", rows[:13]), ("val", rows[13:])):
         (split / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
-    common = dict(method="lora", max_steps=4, batch_size=2, early_stopping_patience=0, tensorboard=False, ship="last")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    overrides = [f"paths.work_dir={tmp_path / 'work'}", f"train.launch_prefix={json.dumps(torchrun)}"]
-    overrides += [f"train.{k}={v}" for k, v in common.items()]
+    common = dict(method="lora", max_steps=4, batch_size=2, early_stopping_patience=0, ship="last")
+    overrides = [f"paths.work_dir={tmp_path / 'work'}", *(f"train.{k}={v}" for k, v in common.items())]
 
     @dg.asset(name="sft_dataset")
     def split_files() -> dict:
@@ -149,7 +147,11 @@ def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_
     def tiny() -> dict:
         return {"path": tiny_base}
 
-    resources = {"settings": PipelineSettings(overrides=overrides), "pipes_client": dg.PipesSubprocessClient()}
+    resources = {
+        "settings": PipelineSettings(overrides=overrides),
+        "trainer_launcher": TorchrunLauncher(nproc_per_node=2),
+        "tracker": NoTracker(),
+    }
     with dg.instance_for_test() as instance:
         run = dg.materialize([split_files, tiny, adapter], resources=resources, instance=instance)
         logs = [e.user_message for e in instance.all_logs(run.run_id)]
@@ -172,7 +174,7 @@ def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_
 def test_gradient_accumulation_takes_one_optimizer_step_per_effective_batch(tiny_base, tmp_path):
     rows = _records(40)
     quiet = {"log": lambda _: None}
-    cfg = dict(method="lora", epochs=2, learning_rate=1e-2, early_stopping_patience=0, tensorboard=False)
+    cfg = dict(method="lora", epochs=2, learning_rate=1e-2, early_stopping_patience=0)
     plain = train_adapter(
         rows[:32], rows[32:], tiny_base, TrainConfig(batch_size=8, **cfg), SftConfig(), tmp_path / "a", **quiet
     )
@@ -193,7 +195,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_effective_batch(tiny
 
 def test_gradient_checkpointing_gives_the_same_training_as_without(tiny_base, tmp_path):
     rows = _records(24)
-    cfg = dict(method="lora", max_steps=3, batch_size=8, early_stopping_patience=0, tensorboard=False, ship="last")
+    cfg = dict(method="lora", max_steps=3, batch_size=8, early_stopping_patience=0, ship="last")
     quiet = {"log": lambda _: None}
     plain = train_adapter(rows[:16], rows[16:], tiny_base, TrainConfig(**cfg), SftConfig(), tmp_path / "a", **quiet)
     recomputed = train_adapter(
@@ -230,7 +232,7 @@ def test_training_on_a_gpu_learns_and_reports_peak_memory(tiny_base, tmp_path, m
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (run on the device machine; CI has none)")
     rows = _records(40)
-    cfg = TrainConfig(method=method, epochs=3, batch_size=8, early_stopping_patience=0, tensorboard=False)
+    cfg = TrainConfig(method=method, epochs=3, batch_size=8, early_stopping_patience=0)
     result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
     assert result.extra["device"] == "cuda" and result.extra["dtype"] == "bfloat16"
     assert result.extra["peak_gpu_memory_gib"] > 0
@@ -241,7 +243,7 @@ def test_training_on_a_gpu_learns_and_reports_peak_memory(tiny_base, tmp_path, m
 def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
     from finetune.model.loading import load_tokenizer
     from finetune.sft import IGNORE_INDEX, tokenize_conversation
-    from finetune.train.trainer import pack_examples
+    from finetune.train.batching import pack_examples
 
     rows = _records(40)
     tok = load_tokenizer(tiny_base)
@@ -250,7 +252,7 @@ def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
     assert len(packed) < len(examples) and all(len(p["input_ids"]) <= 256 for p in packed)
     trained = [t for e in examples for t, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != IGNORE_INDEX]
     assert [lab for p in packed for lab in p["labels"] if lab != IGNORE_INDEX] == trained
-    cfg = TrainConfig(method="lora", epochs=4, batch_size=4, packing=True, early_stopping_patience=0, tensorboard=False)
+    cfg = TrainConfig(method="lora", epochs=4, batch_size=4, packing=True, early_stopping_patience=0)
     result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
     assert result.steps == 4 * math.ceil(len(packed) / 4) and result.val_loss_after < result.val_loss_before
 
@@ -260,9 +262,10 @@ def test_mlflow_gets_params_and_per_step_metrics_when_configured(tiny_base, tmp_
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store needs no server or database
     uri = (tmp_path / "mlruns").as_uri()
     rows = _records(24)
-    cfg = TrainConfig(method="lora", max_steps=4, batch_size=8, eval_steps=2, early_stopping_patience=0,
-                      tensorboard=False, mlflow_tracking_uri=uri, mlflow_experiment="unit")  # fmt: skip
-    result = train_adapter(rows[:16], rows[16:], tiny_base, cfg, SftConfig(), tmp_path / "out", log=lambda _: None)
+    cfg = TrainConfig(method="lora", max_steps=4, batch_size=8, eval_steps=2, early_stopping_patience=0)
+    tracking = TrackingSpec(kind="mlflow", mlflow_tracking_uri=uri, mlflow_experiment="unit")
+    result = train_adapter(rows[:16], rows[16:], tiny_base, cfg, SftConfig(), tmp_path / "out", log=lambda _: None,
+                           tracking=tracking)  # fmt: skip
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     run = client.get_run(result.extra["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method"] == "lora"

@@ -130,6 +130,27 @@ def load_chat_tokenizer(path: str, sft: SftConfig, trust_remote_code: bool = Fal
     return tokenizer
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def safetensors_adapter(folder: str | Path) -> str:
+    """`folder` as peft's from_pretrained takes it, after checking that its weights are safetensors.
+
+    peft has no use_safetensors switch: given only adapter_model.bin it unpickles that file.
+
+    Raises:
+        FileNotFoundError: the folder has no adapter_model.safetensors.
+    """
+    weights = Path(folder) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        found = sorted(p.name for p in Path(folder).glob("adapter_model.*")) if Path(folder).is_dir() else []
+        raise FileNotFoundError(
+            f"adapter folder {folder} has no {ADAPTER_WEIGHTS} (found: {', '.join(found) or 'nothing'}); only "
+            "safetensors weights are loaded - convert a pickled adapter with safetensors.torch.save_file"
+        )
+    return str(folder)
+
+
 def disable_bnb_cpu_bf16_repack(model: torch.nn.Module) -> int:
     """Turn off bitsandbytes' AVX512-BF16 weight repack on CPU; returns the number of layers touched.
 
@@ -154,7 +175,8 @@ def load_causal_lm(
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Load a causal LM on `device` in `dtype`; with `quantize_4bit`, as nf4 double-quantised weights computing in `dtype`."""
-    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype}
+    # Safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is loaded.
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype, "use_safetensors": True}
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

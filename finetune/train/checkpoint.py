@@ -1,8 +1,9 @@
-"""Resumable training checkpoints: trainable tensors (safetensors), optimizer and schedule, loop state.
+"""Resumable training checkpoints: trainable tensors and optimizer moments (safetensors), schedule and loop state (JSON).
 
-A checkpoint belongs to one run key (config, base model, data): a re-run with identical inputs
-resumes, any change starts afresh. Writes go to a temporary folder renamed into place, so a
-kill mid-write leaves the previous checkpoint intact.
+A checkpoint belongs to one run key (what determines the weights: method and hyper-parameters,
+base model, records, ranks): a re-run with identical inputs resumes, any change starts afresh.
+Writes go to a temporary folder renamed into place, so a kill mid-write leaves the previous
+checkpoint intact. Nothing is pickled, so a planted checkpoint cannot run code when read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
 
 
 def run_key(*parts: Any) -> str:
@@ -54,14 +59,37 @@ def save_best_weights(folder: Path, model, step: int) -> Path:
     return path
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict) -> None:
-    """Atomically replace `folder` with the current training state."""
+def _split_optimizer_state(optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's and scheduler's state as tensors (for safetensors) and plain values (for JSON)."""
+    saved = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in saved["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": saved["param_groups"], "scalars": scalars, "scheduler": scheduler.state_dict()}
+
+
+def _restore_optimizer_state(optimizer, scheduler, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in plain["scalars"].items()}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+    scheduler.load_state_dict(plain["scheduler"])
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict[str, Any]) -> None:
+    """Atomically replace `folder` with the current training state (`loop` is the JSON-able loop state)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(loop), encoding="utf-8")
+    save_file(trainable_state(model), tmp / TRAINABLE_FILE)
+    tensors, plain = _split_optimizer_state(optimizer, scheduler)
+    save_file(tensors, tmp / OPTIMIZER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps({"loop": loop, "optimizer": plain}), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)
@@ -80,20 +108,19 @@ def remove_checkpoint(folder: Path) -> None:
 
 
 def load_checkpoint(folder: Path, key: str, model, optimizer, scheduler) -> tuple[dict, Path | None] | None:
-    """Restore a checkpoint written for the same run key, and its best weights' file; None when there is none."""
+    """Restore a checkpoint written for the same run key; returns its loop state and best weights' file, or None."""
     named = folder  # best weights sit beside the checkpoint's own name, whichever copy is read
-    state_file = folder / "state.json"
-    previous = folder.with_name(folder.name + ".old") / "state.json"
+    state_file = folder / STATE_FILE
+    previous = folder.with_name(folder.name + ".old") / STATE_FILE
     if not state_file.is_file() and previous.is_file():  # killed between save_checkpoint's two renames
         folder, state_file = previous.parent, previous
     if not state_file.is_file():
         return None
-    loop = json.loads(state_file.read_text(encoding="utf-8"))
+    saved = json.loads(state_file.read_text(encoding="utf-8"))
+    loop = saved["loop"]
     if loop.get("key") != key:
         return None
-    load_trainable_state(model, load_file(folder / "trainable.safetensors"))
-    saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
+    load_trainable_state(model, load_file(folder / TRAINABLE_FILE))
+    _restore_optimizer_state(optimizer, scheduler, load_file(folder / OPTIMIZER_FILE), saved["optimizer"])
     best = best_weights_file(named, loop["best_step"])
     return loop, best if best.is_file() else None

@@ -7,8 +7,10 @@ DDP averages the gradients, and only rank 0 writes checkpoints, metrics and the 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -47,7 +49,7 @@ def start_process_group(use_cuda: bool, timeout_minutes: int = 30) -> Ranks:
     if missing:
         raise RuntimeError(
             f"WORLD_SIZE={launched_world_size()} but {', '.join(missing)} not set: start the trainer with "
-            "torchrun or accelerate launch (train.launch_prefix), which set them"
+            "torchrun or accelerate launch (FINETUNE_LAUNCHER=torchrun|accelerate), which set them"
         )
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
@@ -69,6 +71,19 @@ def end_process_group() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(use_cuda: bool) -> Iterator[Ranks]:
+    """Join the launcher's process group for the block when started with several ranks; a single process otherwise."""
+    if launched_world_size() <= 1:
+        yield current_ranks()
+        return
+    ranks = start_process_group(use_cuda)
+    try:
+        yield ranks
+    finally:
+        end_process_group()
+
+
 def rank_slice(items: Sequence[int], ranks: Ranks) -> list[int]:
     """This rank's contiguous share of a global batch (the last ranks get fewer, possibly none).
 
@@ -77,6 +92,67 @@ def rank_slice(items: Sequence[int], ranks: Ranks) -> list[int]:
     """
     share = -(-len(items) // ranks.world_size)
     return list(items[ranks.rank * share : (ranks.rank + 1) * share])
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How training examples become optimizer steps: global batches, split over ranks and micro-batches.
+
+    One optimizer step consumes a global batch of `batch_size x accumulation x world_size` examples;
+    each rank takes its contiguous share and feeds it in `accumulation` micro-batches.
+    """
+
+    examples: int
+    batch_size: int
+    accumulation: int
+    epochs: int
+    max_steps: int = 0
+    ranks: Ranks = SINGLE
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accumulation * self.ranks.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.examples / self.global_batch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps or self.steps_per_epoch * self.epochs
+
+    def micro_batches(self, group: Sequence[int]) -> list[MicroBatch]:
+        """This rank's micro-batches of one global batch (a rank whose share ran out gets empty ones,
+        since it must still join every gradient exchange; a single process simply stops early)."""
+        mine = rank_slice(group, self.ranks)
+        parts = []
+        for micro in range(self.accumulation):
+            part = mine[micro * self.batch_size : (micro + 1) * self.batch_size]
+            if not part and not self.ranks.distributed:
+                break
+            parts.append(MicroBatch(part, len(part) / len(group), self.ranks.world_size))
+        return parts
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Example indices of one forward/backward pass and their share of the global batch."""
+
+    indices: list[int]
+    share: float
+    world_size: int
+
+    @property
+    def loss_weight(self) -> float:
+        """DDP averages gradients over ranks; scaling by world_size makes the sum over ranks the global mean."""
+        return self.share * self.world_size
+
+
+def gradient_sync(model: torch.nn.Module, last_micro_batch: bool, ranks: Ranks):
+    """DDP exchanges gradients on the last micro-batch of a step only; earlier ones accumulate locally."""
+    if last_micro_batch or not ranks.distributed:
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 def reduce_sum(values: Sequence[float], ranks: Ranks, device: str = "cpu") -> list[float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from finetune.model.loading import load_causal_lm, load_tokenizer
+from finetune.model.loading import load_causal_lm, load_tokenizer, safetensors_adapter
 
 PROBE_TEXTS = ["法国的首都是哪里？", "What is the opposite of hot?", "计算3加4等于多少？"]
 
@@ -32,7 +32,7 @@ def merge_adapter(base_path: str, adapter_dir: Path, out_dir: Path, atol: float 
     # Training saved its tokenizer, with the chat template it formatted with, beside the adapter.
     has_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base_path)
-    with_adapter = PeftModel.from_pretrained(load_causal_lm(base_path), str(adapter_dir)).eval()
+    with_adapter = PeftModel.from_pretrained(load_causal_lm(base_path), safetensors_adapter(adapter_dir)).eval()
     expected = _logits(with_adapter, tokenizer, PROBE_TEXTS)
     base_logits = _logits(load_causal_lm(base_path).eval(), tokenizer, PROBE_TEXTS)
     merged = with_adapter.merge_and_unload().eval()

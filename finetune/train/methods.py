@@ -29,7 +29,7 @@ from peft.utils.constants import (
 from transformers import AutoConfig
 
 from finetune.config import TrainConfig
-from finetune.model.loading import load_causal_lm
+from finetune.model.loading import load_causal_lm, safetensors_adapter
 from finetune.model.tiny import EMBEDDED_PREFIX
 
 ADAPTER_METHODS = ("qlora", "lora", "dora", "ia3", "prompt_tuning")
@@ -226,7 +226,7 @@ def load_tuned(
     """Reload a training output (not quantised): base + adapter, or the saved full model."""
     if is_adapter(folder):
         base = load_causal_lm(base_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
-        return PeftModel.from_pretrained(base, str(folder))
+        return PeftModel.from_pretrained(base, safetensors_adapter(folder))
     return load_causal_lm(str(folder), trust_remote_code=trust_remote_code, device=device, dtype=dtype)
 
 
@@ -239,7 +239,7 @@ def load_adapters(base_path: str, adapters: dict[str, Path], trust_remote_code: 
     if not names:
         raise ValueError("load_adapters needs at least one adapter")
     base = load_causal_lm(base_path, trust_remote_code=trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(base, safetensors_adapter(adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:
-        model.load_adapter(str(adapters[name]), adapter_name=name)
+        model.load_adapter(safetensors_adapter(adapters[name]), adapter_name=name)
     return model

@@ -1,40 +1,63 @@
-"""Where per-step training metrics go: TensorBoard event files and, optionally, an MLflow run."""
+"""Where per-step training metrics go: nowhere, TensorBoard event files, or an MLflow run.
+
+Which tracker a run uses is an operational choice (a Dagster resource, a `finetune train` option):
+it travels in the training spec but never in the checkpoint's run key, so switching it between a
+crash and the resume still resumes.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from finetune.config import TrainConfig
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # MLflow metric names allow letters, digits and _ - . / and spaces; TensorBoard's tags already fit.
 _MLFLOW_NAME = re.compile(r"[^\w\-./ ]")
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TrackingSpec(BaseModel):
+    """Which metric sink a training run writes to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["none", "tensorboard", "mlflow"] = Field(
+        default="none", description="none, TensorBoard events under <output>/tensorboard, or an MLflow run."
+    )
+    mlflow_tracking_uri: str = Field(
+        default="", description="MLflow tracking URI (e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db)."
+    )
+    mlflow_experiment: str = Field(default="gated-finetune", description="MLflow experiment name.")
+
+    @model_validator(mode="after")
+    def _mlflow_needs_a_uri(self) -> TrackingSpec:
+        if self.kind == "mlflow" and not self.mlflow_tracking_uri:
+            raise ValueError(
+                "the mlflow tracker needs a tracking URI, got ''; set MLFLOW_TRACKING_URI (or the tracker "
+                "resource's tracking_uri, or `finetune train --mlflow-uri`), or choose the tensorboard/none tracker"
+            )
+        return self
 
 
 class MetricSinks:
-    """Fans scalars out to the configured sinks; a no-op when none is configured."""
+    """Fans scalars out to the chosen sink; a no-op for `none` and on ranks other than 0."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path, params: dict[str, Any]):
+    def __init__(self, tracking: TrackingSpec, out_dir: Path, params: dict[str, Any], enabled: bool = True):
         self.tensorboard = None
         self.mlflow = None
-        if cfg.tensorboard:
+        self.run = None
+        if enabled and tracking.kind == "tensorboard":
             from tensorboardX import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
-        if cfg.mlflow_tracking_uri:
-            try:
-                import mlflow
-            except ImportError as exc:
-                raise RuntimeError(
-                    "train.mlflow_tracking_uri is set but mlflow is not installed: pip install mlflow-skinny "
-                    "(or mlflow), or leave train.mlflow_tracking_uri empty"
-                ) from exc
-            mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-            mlflow.set_experiment(cfg.mlflow_experiment)
-            self.mlflow = mlflow
-            self.run = mlflow.start_run(run_name=out_dir.name)
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            self.tensorboard = SummaryWriter(str(out_dir / TENSORBOARD_DIR))
+        if enabled and tracking.kind == "mlflow":
+            self.mlflow = _import_mlflow()
+            self.mlflow.set_tracking_uri(tracking.mlflow_tracking_uri)
+            self.mlflow.set_experiment(tracking.mlflow_experiment)
+            self.run = self.mlflow.start_run(run_name=out_dir.name)
+            self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     def scalar(self, name: str, value: float, step: int) -> None:
         if self.tensorboard:
@@ -48,11 +71,25 @@ class MetricSinks:
             self.mlflow.log_metrics(values)
 
     def close(self, failed: bool = False) -> None:
+        """Flush and close; an MLflow run is marked FAILED after a crash rather than left RUNNING."""
         if self.tensorboard:
             self.tensorboard.close()
+            self.tensorboard = None
         if self.mlflow:
             self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+            self.mlflow = None
 
     @property
     def mlflow_run_id(self) -> str:
-        return self.run.info.run_id if self.mlflow else ""
+        return self.run.info.run_id if self.run else ""
+
+
+def _import_mlflow():
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise RuntimeError(
+            "the mlflow tracker is chosen but mlflow is not installed: pip install mlflow-skinny "
+            "(or mlflow), or choose the tensorboard/none tracker"
+        ) from exc
+    return mlflow
