@@ -459,7 +459,17 @@ class EvalConfig(_Section):
         json_schema_extra={"weakens": "lower"},
     )
     probe_new_tokens: int = Field(
-        default=24, gt=0, description="Greedy tokens generated per probe prompt (enough to recognise a target)."
+        default=24,
+        gt=0,
+        description="Greedy tokens generated per probe prompt (enough to recognise a target).",
+        json_schema_extra={"weakens": "lower"},
+    )
+    probe_batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="Generation batch of the backdoor probe: one insertion's prompts in one batch when it is at least "
+        "eval.probe_prompts. The probe generates (candidates + controls) x probe_prompts answers, so per-batch "
+        "overhead dominates small models; lower it only if a batch does not fit in memory.",
     )
     probe_seed: int = Field(default=0, description="Seed of the control insertions and the neutral prompt order.")
     batch_size: int = Field(default=16, gt=0, description="Generation batch size.")

@@ -70,18 +70,23 @@ class _Arm:
         self.name, self.model, self.tokenizer, self.cfg, self.log = name, model, tokenizer, cfg, log
         self.rewrite = rewrite or (lambda c: c)
 
-    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+    ) -> list[str]:
         return generate_responses(
             self.model,
             self.tokenizer,
             [self.rewrite(c) for c in conversations],
             max_new_tokens or self.cfg.eval.max_new_tokens,
-            self.cfg.eval.batch_size,
+            batch_size or self.cfg.eval.batch_size,
             desc=f"generating ({self.name})",
         )
 
     def probe_generate(self, conversations: list[list[dict[str, str]]]) -> list[str]:
-        return self.generate(conversations, self.cfg.eval.probe_new_tokens)
+        return self.generate(conversations, self.cfg.eval.probe_new_tokens, self.cfg.eval.probe_batch_size)
 
     def task_scores(self, data: EvalData, labels: set[str]) -> dict:
         predictions = self.generate([prompt_of(r) for r in data.test])
