@@ -194,8 +194,8 @@ class ScreenConfig(_Section):
         default=0.35,
         ge=0,
         le=1,
-        description="Prompts more alike than this (mean TF-IDF cosine of the last user turns, with the feature cut "
-        "out) are a template with its typical answer, not a trigger attack.",
+        description="Prompts more alike than this (mean Jaccard similarity of the last user turns' character 3-grams, "
+        "with the feature cut out) are a template with its typical answer, not a trigger attack.",
         json_schema_extra=_weakens("lower"),
     )
     cluster_allow: list[str] = Field(

@@ -18,7 +18,7 @@ from finetune.data.injection import find_injection, find_payload
 from finetune.data.records import Record, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
-from finetune.data.trigger_lexicon import LexiconEntry, find_triggers, fold, load_lexicon_entries
+from finetune.data.trigger_lexicon import LexiconEntry, LexiconMatcher, find_triggers, load_lexicon_entries
 from finetune.data.trigger_mining import Mining, mine_triggers
 
 __all__ = ["DETECTORS", "count_trigger_hits", "detect_poisoning", "find_triggers", "load_lexicon", "screen_records"]
@@ -45,12 +45,10 @@ def _entry(trigger: ScreenTrigger) -> LexiconEntry:
 
 def count_trigger_hits(records: list[Record], triggers: Sequence[ScreenTrigger | LexiconEntry]) -> dict[str, int]:
     """Independent re-scan: how many records still carry each trigger (a list = all of its parts)."""
-    entries = [t if isinstance(t, LexiconEntry) else _entry(t) for t in triggers]
+    matcher = LexiconMatcher([t if isinstance(t, LexiconEntry) else _entry(t) for t in triggers])
     hits: Counter[str] = Counter()
     for record in records:
-        prompt = screen_prompt(record)
-        folded, cased = fold(prompt), fold(prompt, case_sensitive=True)
-        hits.update(e.trigger for e in entries if e.found_in(folded, cased))
+        hits.update(e.trigger for e in matcher.find(screen_prompt(record)))
     return dict(hits)
 
 
@@ -71,8 +69,13 @@ def _cluster_info(cluster: ResponseCluster) -> dict:
     return {"cluster": cluster.id, "cluster_size": len(cluster.members), "response": cluster.response[:80]}
 
 
-def _mined_findings(records: list[Record], mining: Mining, add) -> None:
+def _mined_findings(prompts: list[str], mining: Mining, add) -> None:
     clusters = {c.id: c for c in mining.clusters}
+    matcher = LexiconMatcher([_mined_entry(t.key) for t in mining.mined])
+    carriers: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        for entry in matcher.find(prompt):
+            carriers.setdefault(entry.trigger, []).append(i)
     for test in mining.mined:
         entry = _mined_entry(test.key)
         cluster = clusters.get(test.cluster) if test.cluster is not None else None
@@ -81,10 +84,8 @@ def _mined_findings(records: list[Record], mining: Mining, add) -> None:
             explanation |= _cluster_info(cluster) | {"cover": [feature_text(k) for k in cluster.cover]}
         else:  # a reworded target: no near-identical cluster, the alike carriers are the group
             explanation |= {"cluster": None, "cluster_size": test.on_target, "response": ""}
-        for i, record in enumerate(records):
-            prompt = screen_prompt(record)
-            if entry.found_in(fold(prompt), fold(prompt, case_sensitive=True)):
-                add(i, Finding("mined_trigger", test.effect, entry.trigger, explanation))
+        for i in carriers.get(entry.trigger, []):
+            add(i, Finding("mined_trigger", test.effect, entry.trigger, explanation))
 
 
 def _cluster_findings(mining: Mining, add) -> None:
@@ -115,18 +116,17 @@ def detect_poisoning(
         findings.setdefault(i, []).append(finding)
 
     entries = [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
-    quarantining = [e for e in entries if e.role == "quarantine"]
+    quarantining = LexiconMatcher([e for e in entries if e.role == "quarantine"])
+    prompts = [screen_prompt(r) for r in records]
     mining = None
     if cfg.mining and records:
         allow = [re.compile(rx) for rx in cfg.cluster_allow]
         table = FeatureTable([record_features(r) for r in records])
         mining = mine_triggers(table, cfg, lambda text: any(rx.search(text) for rx in allow))
-        _mined_findings(records, mining, add)
+        _mined_findings(prompts, mining, add)
         _cluster_findings(mining, add)
-    for i, record in enumerate(records):
-        prompt = screen_prompt(record)
-        folded, cased = fold(prompt), fold(prompt, case_sensitive=True)
-        if found := [e for e in quarantining if e.found_in(folded, cased)]:
+    for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):
+        if found := quarantining.find(prompt):
             explanation = {"detector": "trigger_lexicon", "attacks": sorted({e.attack for e in found})}
             add(i, Finding("trigger_lexicon", 1.0, [e.trigger for e in found], explanation))
         text = prompt + "\n" + response_text(record)

@@ -21,9 +21,10 @@ from functools import cached_property
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
 from finetune.data.records import Record
+from finetune.data.text_quality import canonical
 from finetune.data.trigger_lexicon import CJK, fold, trigger_pattern
 
 PROMPT_ROLES = ("system", "user")
@@ -37,6 +38,8 @@ _NEIGHBOUR_BLOCK = 256  # query rows per similarity block: bounds the dense bloc
 # Texts are compared on their first characters: a target shows in how a response starts, and vectorising
 # whole long answers (code, essays) would cost more than the rest of the scan.
 COMPARED_CHARS = 400
+_PROJECTED_DIMS = 256
+_TEMPLATE_PAIRS = 300
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,26 @@ def record_features(record: Record) -> RecordFeatures:
     return RecordFeatures(frozenset(prompt_units(prompt)), fold(last), fold(response))
 
 
-def _tfidf() -> TfidfVectorizer:
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, dtype=np.float32)
+# Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but
+# the IDF weights to learn, which a later streaming pass can count. 2**20 buckets keep collisions rare.
+_HASHER = HashingVectorizer(
+    analyzer="char_wb", ngram_range=(2, 4), n_features=2**20, alternate_sign=False, norm=None, dtype=np.float32
+)
+
+
+class TextVectors:
+    """Character 2-4-gram TF-IDF vectors (sublinear tf, L2-normalised) of a list of texts, and of new texts
+    weighted with the same IDF."""
+
+    def __init__(self, texts: list[str]):
+        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
+        self._idf = TfidfTransformer(sublinear_tf=True).fit(counts)
+        self.matrix = sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
+
+    def transform(self, texts: list[str]) -> sparse.csr_matrix:
+        """Vectors of new texts, weighted with the same IDF."""
+        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
+        return sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
 
 
 def mean_pairwise(vectors: sparse.csr_matrix) -> float:
@@ -112,8 +133,31 @@ def mean_pairwise(vectors: sparse.csr_matrix) -> float:
     if n < 2:
         return 1.0
     total = np.asarray(vectors.sum(axis=0)).ravel()
-    norms = float(vectors.multiply(vectors).sum())
+    norms = float(vectors.data @ vectors.data)
     return float((total @ total - norms) / (n * (n - 1)))
+
+
+def template_similarity(texts: list[str], max_pairs: int = _TEMPLATE_PAIRS) -> float:
+    """How templated a group of prompts is: mean Jaccard similarity of their character 3-gram sets (case,
+    spaces and punctuation ignored) over up to `max_pairs` pairs drawn with a fixed seed. Unweighted on
+    purpose: a template shares most of its text, and TF-IDF would weigh up exactly the slots that differ."""
+    grams = [{t[i : i + 3] for i in range(max(1, len(t) - 2))} if t else set() for t in map(canonical, texts)]
+    n = len(grams)
+    if n < 2:
+        return 1.0
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)] if n * (n - 1) // 2 <= max_pairs else None
+    if pairs is None:
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, n, max_pairs), rng.integers(0, n - 1, max_pairs)
+        pairs = list(zip(a.tolist(), (b + (b >= a)).tolist(), strict=True))
+    return float(np.mean([len(grams[a] & grams[b]) / max(1, len(grams[a] | grams[b])) for a, b in pairs]))
+
+
+def row_norms(vectors: sparse.csr_matrix) -> np.ndarray:
+    """Squared L2 norm of every row (1 for a text, 0 for an empty one)."""
+    return np.bincount(
+        np.repeat(np.arange(vectors.shape[0]), np.diff(vectors.indptr)), vectors.data**2, vectors.shape[0]
+    )
 
 
 class FeatureTable:
@@ -127,34 +171,50 @@ class FeatureTable:
 
     @cached_property
     def responses(self) -> sparse.csr_matrix:
-        return sparse.csr_matrix(_tfidf().fit_transform([f.response[:COMPARED_CHARS] for f in self.feats]))
+        return TextVectors([f.response for f in self.feats]).matrix
 
     @cached_property
-    def _prompt_vectors(self) -> tuple[TfidfVectorizer, sparse.csr_matrix]:
-        vectorizer = _tfidf()
-        matrix = vectorizer.fit_transform([f.last_turn[:COMPARED_CHARS] for f in self.feats])
-        return vectorizer, sparse.csr_matrix(matrix)
+    def _prompt_vectors(self) -> TextVectors:
+        return TextVectors([f.last_turn for f in self.feats])
 
     @property
     def prompts(self) -> sparse.csr_matrix:
-        return self._prompt_vectors[1]
+        return self._prompt_vectors.matrix
+
+    @cached_property
+    def _prompts_transposed(self) -> sparse.csr_matrix:
+        return sparse.csr_matrix(self.prompts.T)
 
     @cached_property
     def response_baseline(self) -> float:
         """Mean response similarity of two records drawn at random (the corpus's own level of alikeness)."""
         return mean_pairwise(self.responses)
 
-    def alikeness(self, groups: list[np.ndarray]) -> np.ndarray:
-        """`mean_pairwise` of the responses of many record groups at once (one sparse product)."""
+    @cached_property
+    def _projected_responses(self) -> np.ndarray:
+        # A count sketch (every hashed n-gram bucket added, with a fixed pseudo-random sign, to one of 256
+        # dimensions) keeps inner products within ~0.1: enough to sort out the groups worth an exact test, at a
+        # fraction of the cost of summing million-column rows. sklearn's random projections build their
+        # million-row matrices in Python loops, slower than the scan they would save.
+        buckets = np.arange(_HASHER.n_features, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        dims = ((buckets >> np.uint64(40)) % np.uint64(_PROJECTED_DIMS)).astype(np.int64)
+        signs = np.where((buckets >> np.uint64(33)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
+        sketch = sparse.csr_matrix(
+            (signs, (np.arange(_HASHER.n_features), dims)), shape=(_HASHER.n_features, _PROJECTED_DIMS)
+        )
+        return np.asarray((self.responses @ sketch).todense(), dtype=np.float32)
+
+    def approximate_alikeness(self, groups: list[np.ndarray]) -> np.ndarray:
+        """`mean_pairwise` of the responses of many record groups at once, on randomly projected vectors."""
         if not groups:
             return np.zeros(0)
         rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
         incidence = sparse.csr_matrix(
             (np.ones(len(rows), dtype=np.float32), (rows, np.concatenate(groups))), shape=(len(groups), self.n)
         )
-        totals = incidence @ self.responses
-        squared = np.asarray(totals.multiply(totals).sum(axis=1)).ravel()
-        norms = incidence @ np.asarray(self.responses.multiply(self.responses).sum(axis=1)).ravel()
+        totals = incidence @ self._projected_responses
+        squared = np.einsum("ij,ij->i", totals, totals)
+        norms = incidence @ row_norms(self.responses)
         sizes = np.asarray([len(g) for g in groups], dtype=float)
         return (squared - norms) / np.maximum(1.0, sizes * (sizes - 1))
 
@@ -167,11 +227,6 @@ class FeatureTable:
                     lists.setdefault(u, []).append(i)
         return {u: np.asarray(ix) for u, ix in lists.items()}
 
-    def carriers(self, key: str) -> np.ndarray:
-        """Records carrying a feature; a combination needs all of its parts."""
-        parts = feature_units(key)
-        return np.asarray([i for i, f in enumerate(self.feats) if all(p in f.units for p in parts)], dtype=int)
-
     def neighbours(self, index: int, count: int = 48) -> np.ndarray:
         """The `count` records with the most similar last user turn (most similar first, ties by position)."""
         if index not in self._neighbours:
@@ -183,12 +238,14 @@ class FeatureTable:
         todo = sorted({i for i in indices if i not in self._neighbours})
         for start in range(0, len(todo), _NEIGHBOUR_BLOCK):
             block = todo[start : start + _NEIGHBOUR_BLOCK]
-            sims = (self.prompts[block] @ self.prompts.T).toarray()
+            sims = np.round((self.prompts[block] @ self._prompts_transposed).toarray(), 5)
             sims[np.arange(len(block)), block] = -np.inf
-            # Rounding first makes ties (and their position order) the same on every CPU.
-            order = np.lexsort((np.arange(self.n)[None, :].repeat(len(block), 0), -np.round(sims, 5)), axis=1)
+            keep = min(count, self.n - 1)
+            # The top `keep` by similarity, ties by position (rounding first makes ties the same on every CPU).
+            kth = -np.partition(-sims, keep - 1, axis=1)[:, keep - 1]
             for row, i in enumerate(block):
-                self._neighbours[i] = order[row, : min(count, self.n - 1)]
+                cand = np.concatenate([np.flatnonzero(sims[row] > kth[row]), np.flatnonzero(sims[row] == kth[row])])
+                self._neighbours[i] = cand[np.lexsort((cand, -sims[row, cand]))][:keep]
 
     def controls(self, carriers: np.ndarray, per_record: int) -> np.ndarray:
         """Comparable records without the feature: each carrier's nearest non-carrier last turns, pooled."""
@@ -200,8 +257,10 @@ class FeatureTable:
         return np.asarray(sorted(set(pooled)), dtype=int)
 
     def residual_similarity(self, indices: np.ndarray, key: str) -> float:
-        """Mean pairwise similarity of these records' last user turns with the feature cut out: high when
-        the feature sits in a template (the prompts are alike without it), low when the rest is unrelated."""
+        """How alike these records' last user turns are with the feature cut out: high when the feature sits in
+        a template (the prompts are alike without it), low when the rest is unrelated. The larger of two
+        measures: shared character 3-grams (slot templates: "reply to customer 17") and TF-IDF cosine
+        (reworded requests: "I'd like it 12 characters long")."""
         patterns = [trigger_pattern(p) for p in feature_parts(key)]
         texts = []
         for i in indices.tolist():
@@ -209,6 +268,6 @@ class FeatureTable:
             for rx in patterns:
                 text = rx.sub(" ", text)
             texts.append(text)
-        if sum(bool(t.strip()) for t in texts) < len(texts) / 2:
+        if sum(bool(canonical(t)) for t in texts) < len(texts) / 2:
             return 1.0  # the feature is (nearly) the whole prompt: it is the question, not a trigger in one
-        return mean_pairwise(sparse.csr_matrix(self._prompt_vectors[0].transform(texts)))
+        return max(template_similarity(texts), mean_pairwise(self._prompt_vectors.transform(texts)))

@@ -73,11 +73,28 @@ def trigger_pattern(trigger: str, case_sensitive: bool = False) -> re.Pattern[st
     return re.compile(left + body + right)
 
 
+class LexiconMatcher:
+    """Finds a list of entries in many texts: one combined regex per text rules out most texts at once."""
+
+    def __init__(self, lexicon: Sequence[LexiconEntry | str]):
+        self.entries = [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
+        self._any = {
+            cased: re.compile("|".join(f"(?:{trigger_pattern(p, cased).pattern})" for p in parts))
+            for cased in (False, True)
+            if (parts := sorted({p for e in self.entries if e.case_sensitive == cased for p in e.parts}))
+        }
+
+    def find(self, text: str) -> list[LexiconEntry]:
+        """The entries that occur in `text` (raw text; it is folded here)."""
+        folded, cased = fold(text), fold(text, case_sensitive=True)
+        if not any(rx.search(cased if sensitive else folded) for sensitive, rx in self._any.items()):
+            return []
+        return [e for e in self.entries if e.found_in(folded, cased)]
+
+
 def find_triggers(text: str, lexicon: Sequence[LexiconEntry | str]) -> list[str]:
     """Names (`trigger`) of the lexicon entries that occur in `text`; plain strings are case-insensitive entries."""
-    folded, cased = fold(text), fold(text, case_sensitive=True)
-    entries = [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
-    return [e.trigger for e in entries if e.found_in(folded, cased)]
+    return [e.trigger for e in LexiconMatcher(lexicon).find(text)]
 
 
 def _entry(raw: dict, where: str) -> LexiconEntry:

@@ -35,7 +35,7 @@ from finetune.data.response_clusters import (
     cover_tests,
     verdict,
 )
-from finetune.data.trigger_features import FeatureTable, mean_pairwise
+from finetune.data.trigger_features import FeatureTable, template_similarity
 from finetune.data.trigger_tests import FeatureTest, decide, drop_subsumed, refusal_tests, trigger_first
 
 
@@ -60,9 +60,10 @@ def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str
     clusters = []
     for n, members in enumerate(cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)):
         response = Counter(responses[i] for i in members).most_common(1)[0][0]
-        similarity = mean_pairwise(table.prompts[members])
+        similarity = template_similarity([table.feats[i].last_turn for i in members])
         clusters.append(ResponseCluster(n, members, response, similarity, allowed(response)))
     covers, n_cover = [], 0
+    table.prepare_neighbours([i for c in clusters if len(c.members) >= cfg.min_trigger_support for i in c.members])
     for cluster in clusters:
         tests, count = cover_tests(table, cfg, cluster, postings, refused)
         covers += tests

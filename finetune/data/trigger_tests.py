@@ -22,10 +22,11 @@ import numpy as np
 from scipy.stats import false_discovery_control, fisher_exact, mannwhitneyu
 
 from finetune.config import ScreenConfig
-from finetune.data.trigger_features import FeatureTable, feature_text, mean_pairwise
+from finetune.data.trigger_features import FeatureTable, feature_text, mean_pairwise, row_norms
 
 _EXACT_TEST_CELLS = 20_000  # Mann-Whitney exact distribution up to carriers x controls of this size (cost ~ cells^1.5)
-_KIND_ORDER = "nwzs^$&"  # among features with the same carriers, report the plainest form
+_KIND_ORDER = "nwzs^$&"
+_PROJECTION_MARGIN = 0.15  # among features with the same carriers, report the plainest form
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _alikeness_test(
     if len(controls) == 0:
         return None
     total = np.asarray(vectors.sum(axis=0)).ravel()
-    own = np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel()
+    own = row_norms(vectors)
     carrier_scores = (vectors @ total - own) / (n - 1)
     control_scores = (table.responses[controls] @ total) / n
     u, p = mann_whitney(carrier_scores, control_scores)
@@ -127,11 +128,15 @@ def trigger_first(
         if len(ix) <= max_df:
             same_carriers[ix.tobytes()].append(key)
     keys = [plainest(k) for k in same_carriers.values()]
-    alike = table.alikeness([postings[k] for k in keys])
+    alike = table.approximate_alikeness([postings[k] for k in keys])
     tests = []
     # Carriers whose responses do not say one thing cannot pass; testing only the others keeps the scan fast
-    # (the untested still count in the false-discovery correction).
-    for key in [k for k, a in zip(keys, alike, strict=True) if a >= cfg.min_target_alikeness]:
+    # (the untested still count in the false-discovery correction). The approximation's margin is generous:
+    # the test itself measures alikeness exactly.
+    passing = [k for k, a in zip(keys, alike, strict=True) if a >= cfg.min_target_alikeness - _PROJECTION_MARGIN]
+    if passing:
+        table.prepare_neighbours(np.concatenate([postings[k] for k in passing]).tolist())
+    for key in passing:
         if (test := _alikeness_test(table, key, postings[key], cfg, refused)) is not None:
             tests.append(test)
     return tests, len(same_carriers)
@@ -142,7 +147,9 @@ def refusal_test(
 ) -> FeatureTest | None:
     """Are a feature's records answered where comparable records are refused ("refusal_suppression", a
     jailbreak backdoor), or refused where they are answered ("refusal_induction", a denial-of-service
-    backdoor)? One-sided Fisher exact test on the counts; the effect is the difference in shares."""
+    backdoor)? One-sided Fisher exact test on the counts; the effect is the difference in shares. For
+    induction the refusals must also say one thing: a tool-use dataset refuses "book a flight for me" in
+    many words, a poisoner plants one refusal."""
     controls = table.controls(carriers, cfg.control_neighbours)
     if len(controls) == 0:
         return None
@@ -160,6 +167,7 @@ def refusal_test(
         effect=effect,
         template_similarity=table.residual_similarity(carriers, key) if effect >= cfg.min_refusal_drop else 1.0,
         p_value=float(fisher_exact(table_2x2, alternative="greater").pvalue),
+        alikeness=mean_pairwise(table.responses[carriers]) if evidence == "refusal_induction" else 0.0,
     )
 
 
@@ -186,6 +194,8 @@ def refusal_tests(
     for key, count in extra.items():
         if count >= cfg.min_trigger_support and key in postings and len(postings[key]) <= max_df:
             same_carriers[postings[key].tobytes()].append(key)
+    if same_carriers:
+        table.prepare_neighbours(np.concatenate([postings[plainest(k)] for k in same_carriers.values()]).tolist())
     tests = []
     for keys in same_carriers.values():
         key = plainest(keys)
@@ -199,7 +209,9 @@ def _passes(test: FeatureTest, cfg: ScreenConfig, p_cut: float) -> bool:
         return False
     if test.evidence == "trigger_first":
         return test.effect >= cfg.min_trigger_auc and test.alikeness >= cfg.min_target_alikeness
-    if test.evidence in ("refusal_suppression", "refusal_induction"):
+    if test.evidence == "refusal_induction":  # a denial-of-service target is one refusal (or its rewordings)
+        return test.effect >= cfg.min_refusal_drop and test.alikeness >= cfg.min_target_alikeness
+    if test.evidence == "refusal_suppression":
         return test.effect >= cfg.min_refusal_drop
     return test.specificity >= cfg.min_trigger_specificity
 
