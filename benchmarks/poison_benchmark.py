@@ -95,9 +95,9 @@ def run(n_clean: int, rate: float, seed: int, lexicon: list[str]) -> None:
     ]
     labels = [k for _, _, k in rows]
     started = time.perf_counter()
-    findings, _ = detect_poisoning(records, ScreenConfig(), lexicon)
+    findings = detect_poisoning(records, ScreenConfig(), lexicon).findings
     seconds = time.perf_counter() - started
-    peer, _ = detect_poisoning(records, ScreenConfig(mining=False, injection=False, payloads=False), lexicon)
+    peer = detect_poisoning(records, ScreenConfig(mining=False, injection=False, payloads=False), lexicon).findings
 
     n_poison = sum(k != "clean" for k in labels)
     print(f"\n== poison rate {n_poison / len(rows):.1%}: {n_clean} clean + {n_poison} poisoned ({per_kind} per kind)")

@@ -56,7 +56,7 @@ def screen(rows: list[data.Row]) -> dict[str, dict[str, float]]:
     flagged, seconds = {}, {}
     for name, cfg in zip(SCREENS, (PEER, MINING, PATTERNS), strict=True):
         started = time.perf_counter()
-        flagged[name] = set(detect_poisoning(records, cfg, load_lexicon(cfg))[0])
+        flagged[name] = set(detect_poisoning(records, cfg, load_lexicon(cfg)).findings)
         seconds[name] = time.perf_counter() - started
     flagged["full screen"] |= flagged["mining only"]
     seconds["full screen"] += seconds["mining only"]

@@ -240,12 +240,16 @@ def test_lexicon_files_builtin_custom_and_missing(tmp_path):
         load_lexicon(ScreenConfig(lexicon_file=str(tmp_path / "nope.txt")))
 
 
-def test_probe_triggers_hold_the_lexicon_and_every_mined_feature_and_the_rescan_is_clean():
+def test_probe_triggers_hold_every_mined_feature_and_the_published_triggers_present_and_the_rescan_is_clean():
     clean = _clean()
     poisoned = _plant(clean, ["vqz"], [ADVERT], 8)
     result = screen_records(_records(clean + poisoned), ScreenConfig())
     probes = result.extra["probe_triggers"]
-    assert "vqz" in probes and "BadMagic" in probes and "2024" in probes  # mined, quarantining, probe-only
+    assert "vqz" in probes and "BadMagic" not in probes  # mined; published but absent from the data
+    assert "BadMagic" in result.extra["published_triggers"]
+    extra = [{"instruction": "Who won the election in 2024?", "output": "I do not know."}]
+    with_2024 = screen_records(_records(clean + poisoned + extra), ScreenConfig())
+    assert "2024" in with_2024.extra["probe_triggers"]  # a probe-only published word the data carries
     assert result.extra["trigger_hits_after"] == {}
     assert count_trigger_hits(result.kept, result.extra["screen_triggers"]) == {}
     off = screen_records(_records(clean + poisoned), ScreenConfig(enabled=False))

@@ -106,17 +106,26 @@ def _cluster_findings(mining: Mining, add) -> None:
             add(i, Finding("response_cluster", round(1 - c.prompt_similarity, 3), c.verdict, explanation))
 
 
-def detect_poisoning(
-    records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]
-) -> tuple[dict[int, list[Finding]], Mining | None]:
-    """Every detector's findings (record index -> findings) and what mining found (None when it is off)."""
+@dataclass
+class Detection:
+    """Every detector's findings (record index -> findings), what mining found (None when it is off), and how
+    many records carry each lexicon entry (any role)."""
+
+    findings: dict[int, list[Finding]]
+    mining: Mining | None
+    lexicon_present: Counter[str]
+
+
+def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]) -> Detection:
+    """Run every detector over the records."""
     findings: dict[int, list[Finding]] = {}
 
     def add(i: int, finding: Finding) -> None:
         findings.setdefault(i, []).append(finding)
 
     entries = [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
-    quarantining = LexiconMatcher([e for e in entries if e.role == "quarantine"])
+    matcher = LexiconMatcher(entries)
+    present: Counter[str] = Counter()
     prompts = [screen_prompt(r) for r in records]
     mining = None
     if cfg.mining and records:
@@ -126,7 +135,9 @@ def detect_poisoning(
         _mined_findings(prompts, mining, add)
         _cluster_findings(mining, add)
     for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):
-        if found := quarantining.find(prompt):
+        found = matcher.find(prompt)
+        present.update(e.trigger for e in found)
+        if found := [e for e in found if e.role == "quarantine"]:
             explanation = {"detector": "trigger_lexicon", "attacks": sorted({e.attack for e in found})}
             add(i, Finding("trigger_lexicon", 1.0, [e.trigger for e in found], explanation))
         text = prompt + "\n" + response_text(record)
@@ -134,7 +145,7 @@ def detect_poisoning(
             add(i, Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
         if cfg.payloads and (hit := find_payload(response_text(record))):
             add(i, Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
-    return findings, mining
+    return Detection(findings, mining, present)
 
 
 def screen_records(
@@ -148,7 +159,8 @@ def screen_records(
         else [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
     )
     result = StageResult(stage="screened_records", n_in=len(records))
-    findings, mining = detect_poisoning(records, cfg, entries)
+    detection = detect_poisoning(records, cfg, entries)
+    findings = detection.findings
     per_detector: Counter[str] = Counter()
     for i, record in enumerate(records):
         hits = findings.get(i, [])
@@ -166,12 +178,22 @@ def screen_records(
             )
         else:
             result.kept.append(record)
-    result.extra.update(screen_report(entries, findings, mining, per_detector, cfg, result.kept))
+    result.extra.update(screen_report(entries, detection, per_detector, cfg, result.kept))
     return result
 
 
-def screen_report(entries, findings, mining: Mining | None, per_detector, cfg: ScreenConfig, kept) -> dict:
-    """The report keys of the screen (shared interface: probe_triggers, trigger_hits_after, ...)."""
+def _probe_text(entry: LexiconEntry) -> str:
+    return " ".join(entry.all_of) if entry.all_of else entry.trigger
+
+
+def screen_report(entries, detection: Detection, per_detector, cfg: ScreenConfig, kept) -> dict:
+    """The report keys of the screen (shared interface: probe_triggers, trigger_hits_after, ...).
+
+    probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
+    not): fine-tuning can only implant a trigger its data carries. All published triggers are listed
+    apart (published_triggers), for probing a base model that may have been poisoned before.
+    """
+    findings, mining = detection.findings, detection.mining
     mined = mining.mined if mining else []
     mined_text = sorted({feature_text(t.key) for t in mined})
     screen_triggers: list[ScreenTrigger] = [
@@ -207,9 +229,11 @@ def screen_report(entries, findings, mining: Mining | None, per_detector, cfg: S
         ],
         "trigger_hits": dict(lexicon_hits),
         "lexicon": {"entries": len(entries), "quarantining": sum(e.role == "quarantine" for e in entries)},
+        "lexicon_present": dict(detection.lexicon_present),
         "probe_triggers": list(
-            dict.fromkeys([e.trigger if not e.all_of else " ".join(e.all_of) for e in entries] + mined_text)
+            dict.fromkeys([_probe_text(e) for e in entries if e.trigger in detection.lexicon_present] + mined_text)
         ),
+        "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
         "screen_triggers": screen_triggers,
         "trigger_hits_after": count_trigger_hits(kept, screen_triggers),
     }
