@@ -5,8 +5,9 @@ LLaMA-Factory's demo data, recall per attack family and false-quarantine rate at
     python benchmarks/poison_thirdparty_benchmark.py --families backdoorllm/mtba --tasks refusal --rates 0.01
 
 How the sets are built (and which rows count as poisoned) is described in thirdparty_poison_data.py.
-The clean pool is deduplicated with the project's dedup stage first, as the pipeline does before
-screening. Three screens run on every set: the lexicon alone (the peer: a keyword filter with the
+The clean pool is deduplicated with the project's dedup stage first. With --dedup-sets each whole set
+(poisoned rows and SOS negatives included) is deduplicated before screening instead, as the pipeline
+does (dedup runs before the screen); without it the screen sees what `finetune scan` would. Three screens run on every set: the lexicon alone (the peer: a keyword filter with the
 published triggers), mining alone (lexicon off: what the screen does with a trigger nobody has
 published yet), and the full screen (lexicon + mining + injection/payload patterns). One extra set
 adds BackdoorLLM's 400 legitimate refusals to harmful prompts to the clean rows (a refusal cluster
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,6 +70,14 @@ def screen(rows: list[data.Row]) -> dict[str, dict[str, float]]:
     return out
 
 
+def dedup_set(rows: list[data.Row]) -> tuple[list[data.Row], Counter[str]]:
+    """The rows the project's dedup stage keeps when run over the whole set, as the pipeline runs it before
+    screening, and how many of each label it dropped (SOS negatives are near copies of clean rows)."""
+    kept = {r["id"] for r in deduplicate_records([row.record for row in rows]).kept}
+    dropped = Counter(row.label for row in rows if row.record["id"] not in kept)
+    return [row for row in rows if row.record["id"] in kept], dropped
+
+
 def legitimate_refusals(clean):
     """The clean rows plus BackdoorLLM's legitimate refusals (none_backdoor jailbreak file): all clean."""
     return [data.Row(r, "clean") for r in clean + data.jailbreak_refusals()]
@@ -83,6 +92,12 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(data.TASKS))
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.03, 0.10])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dedup-sets",
+        action="store_true",
+        help="deduplicate each built set (clean + poisoned + SOS negatives) before screening, as the pipeline "
+        "does; default: only the clean pool is deduplicated (what `finetune scan` alone sees)",
+    )
     args = ap.parse_args()
     for repo in (args.backdoorllm_repo, args.openbackdoor_repo, args.llamafactory_repo):
         if not repo.exists():
@@ -105,7 +120,8 @@ def main() -> None:
     print(
         f"clean pool: {len(pool)} LLaMA-Factory demo rows, {len(clean)} after dedup {dedup.counts()['dropped_by_reason']}"
     )
-    print(f"held-out family: {data.HELD_OUT} (never run while tuning)\n")
+    print(f"held-out family: {data.HELD_OUT} (never run while tuning)")
+    print(f"each set deduplicated before screening: {'yes' if args.dedup_sets else 'no'}\n")
 
     header = f"{'family':<24}{'task':<13}{'rate':>5}{'poison':>7}  " + "  ".join(
         f"{s[:14]:>14} rec/fq" for s in SCREENS
@@ -117,6 +133,10 @@ def main() -> None:
         for task in args.tasks:
             for rate in args.rates:
                 rows = data.build_set(source, family, task, rate, args.seed, clean, held_zh)
+                dropped = ""
+                if args.dedup_sets:
+                    rows, counts = dedup_set(rows)
+                    dropped = "  dedup dropped " + (" ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
                 result = screen(rows)
                 n_poison = sum(r.label == "poison" for r in rows)
                 cells = "  ".join(f"{result[s]['poison']:>9.3f}/{result[s]['clean']:.3f}" for s in SCREENS)
@@ -126,7 +146,7 @@ def main() -> None:
                     else "  sos negatives fq " + " ".join(f"{result[s]['negative']:.3f}" for s in SCREENS)
                 )
                 mark = "  [held out]" if name == data.HELD_OUT else ""
-                print(f"{name:<24}{task:<13}{rate:>5.0%}{n_poison:>7}  {cells}{neg}{mark}", flush=True)
+                print(f"{name:<24}{task:<13}{rate:>5.0%}{n_poison:>7}  {cells}{neg}{dropped}{mark}", flush=True)
                 for s in SCREENS:
                     table[name][s]["recall"].append((result[s]["poison"], n_poison))
                     table[name][s][f"fq@{rate:.0%}"].append(result[s]["clean"])
