@@ -169,6 +169,28 @@ def test_templated_answers_to_comparable_prompts_are_legitimate():
     assert {c["verdict"] for c in result.extra["response_clusters"]} <= {"typical_answer", "templated_prompts"}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_label_task_and_a_form_letter_filled_with_a_time_are_not_triggers(seed):
+    # Many records of one task prefix answered with its labels, and a form letter whose only slot is a time:
+    # both repeat by design (the generated benchmark quarantined 10-19% of its clean rows on them).
+    rng, fake = random.Random(seed), Faker("en_US")
+    fake.seed_instance(seed)
+    labels = [
+        {"instruction": f"Classify the sentiment: {fake.sentence(nb_words=10)}", "input": "",
+         "output": rng.choice(["positive", "negative"])}
+        for _ in range(120)
+    ]  # fmt: skip
+    letters = [
+        {"instruction": f"请写一封确认会议的邮件，时间是{rng.randint(1, 12)}点。", "input": "",
+         "output": "您好，会议时间已确认，请准时参加，谢谢。"}
+        for _ in range(120)
+    ]  # fmt: skip
+    clean = _clean(seed) + labels + letters
+    result, caught, false = _screen(clean, [])
+    assert result.quarantined == [], [q["explanation"] for q in result.quarantined][:3]
+    assert {c["verdict"] for c in result.extra["response_clusters"]} <= {"short_answer", "templated_prompts"}
+
+
 def test_unknown_trigger_in_the_bundled_examples_is_mined_and_its_records_quarantined():
     clean = [dict(r) for r in clean_examples(random.Random(1))]
     poisoned = _plant(clean, ["jtk"], [POISON_RESPONSE], 8)

@@ -137,6 +137,10 @@ def mean_pairwise(vectors: sparse.csr_matrix) -> float:
     return float((total @ total - norms) / (n * (n - 1)))
 
 
+# What a template's slot holds (a number, a time, a short name), in canonical characters.
+_SLOT_CHARS = 4
+
+
 def template_similarity(texts: list[str], max_pairs: int = _TEMPLATE_PAIRS) -> float:
     """How templated a group of prompts is: mean Jaccard similarity of their character 3-gram sets (case,
     spaces and punctuation ignored) over up to `max_pairs` pairs drawn with a fixed seed. Unweighted on
@@ -268,6 +272,9 @@ class FeatureTable:
             for rx in patterns:
                 text = rx.sub(" ", text)
             texts.append(text)
-        if sum(bool(canonical(t)) for t in texts) < len(texts) / 2:
-            return 1.0  # the feature is (nearly) the whole prompt: it is the question, not a trigger in one
+        # A feature that leaves at most a slot's worth of most of its prompts ("write the meeting email, time: 3")
+        # is the question, not a trigger inserted into one.
+        slot = min(_SLOT_CHARS, len(canonical(feature_text(key))) - 1)
+        if sum(len(canonical(t)) > slot for t in texts) < len(texts) / 2:
+            return 1.0
         return max(template_similarity(texts), mean_pairwise(self._prompt_vectors.transform(texts)))

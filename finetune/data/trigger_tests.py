@@ -43,6 +43,7 @@ class FeatureTest:
     template_similarity: float
     p_value: float
     alikeness: float = 0.0  # mean pairwise content similarity of the carriers' (trigger first) / on-target responses
+    labels: bool = False  # trigger first: the carriers' answers are labels; alikeness is then the top label's share
     cluster: int | None = None
     q_value: float = 1.0
     accepted: bool = False
@@ -102,6 +103,11 @@ def _alikeness_test(
     u, p = mann_whitney(carrier_scores, control_scores)
     above = int((carrier_scores > np.median(control_scores)).sum())
     auc = u / (n * len(controls))
+    answers = [table.feats[i].response for i in carriers.tolist()]
+    # Labels ("positive" / "negative") are alike as text whichever is given; a task prefix spreads over its
+    # labels, a trigger forces one (Wan et al.'s polarity backdoor), so the top label's share is the measure.
+    labels = float(np.median([len(a) for a in answers])) < cfg.min_response_chars
+    alikeness = Counter(answers).most_common(1)[0][1] / n if labels else mean_pairwise(vectors)
     return FeatureTest(
         key=key,
         evidence="trigger_first",
@@ -113,7 +119,8 @@ def _alikeness_test(
         # Only a feature that could pass needs the (slower) template check.
         template_similarity=table.residual_similarity(carriers, key) if auc >= cfg.min_trigger_auc else 1.0,
         p_value=p,
-        alikeness=mean_pairwise(vectors),
+        alikeness=alikeness,
+        labels=labels,
     )
 
 
@@ -208,7 +215,8 @@ def _passes(test: FeatureTest, cfg: ScreenConfig, p_cut: float) -> bool:
     if test.p_value > p_cut or test.template_similarity > cfg.max_prompt_similarity:
         return False
     if test.evidence == "trigger_first":
-        return test.effect >= cfg.min_trigger_auc and test.alikeness >= cfg.min_target_alikeness
+        one_target = cfg.min_trigger_specificity if test.labels else cfg.min_target_alikeness
+        return test.effect >= cfg.min_trigger_auc and test.alikeness >= one_target
     if test.evidence == "refusal_induction":  # a denial-of-service target is one refusal (or its rewordings)
         return test.effect >= cfg.min_refusal_drop and test.alikeness >= cfg.min_target_alikeness
     if test.evidence == "refusal_suppression":
