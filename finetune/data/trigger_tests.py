@@ -43,7 +43,7 @@ class FeatureTest:
     template_similarity: float
     p_value: float
     alikeness: float = 0.0  # mean pairwise content similarity of the carriers' (trigger first) / on-target responses
-    labels: bool = False  # trigger first: the carriers' answers are labels; alikeness is then the top label's share
+    labels: bool = False  # trigger first: the carriers' answers are labels; alikeness is then the top label's lead
     cluster: int | None = None
     q_value: float = 1.0
     accepted: bool = False
@@ -105,9 +105,11 @@ def _alikeness_test(
     auc = u / (n * len(controls))
     answers = [table.feats[i].response for i in carriers.tolist()]
     # Labels ("positive" / "negative") are alike as text whichever is given; a task prefix spreads over its
-    # labels, a trigger forces one (Wan et al.'s polarity backdoor), so the top label's share is the measure.
+    # labels, a trigger forces one (Wan et al.'s polarity backdoor), so the measure is the top label's lead
+    # over the next one (shares of the carriers).
     labels = float(np.median([len(a) for a in answers])) < cfg.min_response_chars
-    alikeness = Counter(answers).most_common(1)[0][1] / n if labels else mean_pairwise(vectors)
+    top = [c for _, c in Counter(answers).most_common(2)] + [0]
+    alikeness = (top[0] - top[1]) / n if labels else mean_pairwise(vectors)
     return FeatureTest(
         key=key,
         evidence="trigger_first",
@@ -215,8 +217,7 @@ def _passes(test: FeatureTest, cfg: ScreenConfig, p_cut: float) -> bool:
     if test.p_value > p_cut or test.template_similarity > cfg.max_prompt_similarity:
         return False
     if test.evidence == "trigger_first":
-        one_target = cfg.min_trigger_specificity if test.labels else cfg.min_target_alikeness
-        return test.effect >= cfg.min_trigger_auc and test.alikeness >= one_target
+        return test.effect >= cfg.min_trigger_auc and test.alikeness >= cfg.min_target_alikeness
     if test.evidence == "refusal_induction":  # a denial-of-service target is one refusal (or its rewordings)
         return test.effect >= cfg.min_refusal_drop and test.alikeness >= cfg.min_target_alikeness
     if test.evidence == "refusal_suppression":
