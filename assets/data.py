@@ -8,7 +8,7 @@ from assets.metadata import duplicate_pairs_table, stage_metadata
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_records, pseudonym_salt
-from finetune.data.poison import load_lexicon, screen_records
+from finetune.data.poison import explanations_markdown, load_lexicon, screen_records
 from finetune.data.records import StageResult, describe_counts, read_jsonl
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
@@ -105,8 +105,8 @@ def deidentified_records(
 
 
 @dg.asset(
-    description="Records screened for poisoning (lexicon and mined triggers, response clusters, injection, "
-    "payloads); flagged ones quarantined with the detector and a score.",
+    description="Records screened for poisoning (published-trigger lexicon, mined triggers, response clusters, "
+    "injection, payloads); each quarantine names its detector, features, cluster, size and specificity.",
     **DATA,
 )
 def screened_records(
@@ -116,8 +116,9 @@ def screened_records(
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
     result = screen_records(kept_records(deidentified_records), cfg.screen, lexicon)
     output = stage_output(context, settings, result, deidentified_records)
-    for key in ("flagged_by_detector", "mined_triggers", "response_clusters"):
+    for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
         output.metadata[key] = dg.MetadataValue.json(output.value[key])
+    output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(output.value))
     return output
 
 

@@ -36,7 +36,7 @@ def evaluation_report(
         train=split["train"],
         probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=read_jsonl(Path(raw_records["dir"]) / "kept.jsonl"),
-        triggers=screened_records["probe_triggers"],  # the lexicon plus the triggers mined from this data
+        triggers=screened_records["probe_triggers"],  # mined features + published triggers the data carries
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}

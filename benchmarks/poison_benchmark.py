@@ -95,16 +95,16 @@ def run(n_clean: int, rate: float, seed: int, lexicon: list[str]) -> None:
     ]
     labels = [k for _, _, k in rows]
     started = time.perf_counter()
-    findings, _ = detect_poisoning(records, ScreenConfig(), lexicon)
+    findings = detect_poisoning(records, ScreenConfig(), lexicon).findings
     seconds = time.perf_counter() - started
-    peer, _ = detect_poisoning(records, ScreenConfig(mining=False, injection=False, payloads=False), lexicon)
+    peer = detect_poisoning(records, ScreenConfig(mining=False, injection=False, payloads=False), lexicon).findings
 
     n_poison = sum(k != "clean" for k in labels)
     print(f"\n== poison rate {n_poison / len(rows):.1%}: {n_clean} clean + {n_poison} poisoned ({per_kind} per kind)")
     print(f"   screened {len(rows)} records in {seconds:.2f}s ({len(rows) / seconds:.0f} rec/s)")
     print(f"   {'detector':<20}{'recall':>8}{'false-q':>9}")
     for det in DETECTORS:
-        hit = [any(d == det for d, _, _ in findings.get(i, [])) for i in range(len(rows))]
+        hit = [any(f.detector == det for f in findings.get(i, [])) for i in range(len(rows))]
         recall = sum(h for h, k in zip(hit, labels, strict=True) if k != "clean") / n_poison
         false_q = sum(h for h, k in zip(hit, labels, strict=True) if k == "clean") / n_clean
         print(f"   {det:<20}{recall:8.3f}{false_q:9.3%}")

@@ -54,11 +54,13 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
 @dg.asset_check(
     asset=screened_records,
     blocking=True,
-    description="Independent re-scan of the screened records finds no lexicon or mined trigger.",
+    description="Independent re-scan of the screened records finds no quarantining lexicon trigger or mined trigger.",
 )
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
     kept = read_jsonl(Path(screened_records["dir"]) / "kept.jsonl")
-    hits = count_trigger_hits(kept, screened_records["probe_triggers"])
+    # screen_triggers, not probe_triggers: the probes also try ordinary words published attacks combine
+    # (2024, OpenAI), which clean records may carry.
+    hits = count_trigger_hits(kept, screened_records["screen_triggers"])
     cfg = settings.load().gates
     return to_check_result(gates.no_trigger_hits(hits, cfg), cfg)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finetune.data.injection import REFUSAL_PATTERNS
+from finetune.data.injection import SCREEN_REFUSAL_PATTERNS
 from finetune.weakening import flatten_acceptances, marked_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -212,79 +212,142 @@ class PiiConfig(_Section):
         return self.operators.get(entity, self.default_operator)
 
 
+def _weakens(direction: str) -> dict[str, str]:
+    """Schema marker of a setting that protects a gate: which direction of change weakens it."""
+    return {"weakens": direction}
+
+
 class ScreenConfig(_Section):
     enabled: bool = Field(
         default=True,
         description="Quarantine what the detectors find; false = only report (and the gates decide).",
-        json_schema_extra={"weakens": "false"},
+        json_schema_extra=_weakens("false"),
     )
     lexicon_file: str = Field(
         default="builtin",
-        description="Trigger lexicon, one per line ('builtin' = the shipped list of published triggers, '' = none). "
-        "Any other value replaces the shipped list (a weakened setting); add triggers with trigger_lexicon instead.",
-        json_schema_extra={"weakens": "changed"},
+        description="Trigger lexicon: 'builtin' = the shipped published triggers with their sources "
+        "(finetune/data/lexicons/published_triggers.yaml), a YAML file in that format or a text file with one "
+        "trigger per line, or '' = none. Any other value replaces the shipped list (a weakened setting); add "
+        "triggers with trigger_lexicon instead.",
+        json_schema_extra=_weakens("changed"),
     )
     trigger_lexicon: list[str] = Field(default=[], description="Extra known triggers, added to the lexicon file.")
     mining: bool = Field(
         default=True,
-        description="Mine unknown triggers from clusters of identical responses.",
-        json_schema_extra={"weakens": "false"},
+        description="Mine unknown triggers (trigger-first tests and response-cluster covers).",
+        json_schema_extra=_weakens("false"),
     )
     cluster_similarity: float = Field(
         default=0.8,
         gt=0,
         le=1,
-        description="Responses at least this similar (MinHash Jaccard) form one cluster.",
-        json_schema_extra={"weakens": "higher"},
+        description="Responses at least this similar (MinHash Jaccard of character 3-grams) form one cluster.",
+        json_schema_extra=_weakens("higher"),
     )
     min_cluster_size: int = Field(
-        default=4,
-        ge=2,
-        description="Smallest response cluster that is examined.",
-        json_schema_extra={"weakens": "higher"},
+        default=4, ge=2, description="Smallest response cluster that is examined.", json_schema_extra=_weakens("higher")
     )
     min_response_chars: int = Field(
         default=16,
         ge=0,
-        description="Shorter repeated responses (labels, 'yes') are never a poisoning cluster.",
-        json_schema_extra={"weakens": "higher"},
+        description="A cluster of shorter responses (labels, 'yes') is never quarantined for its size alone; it is "
+        "still quarantined when mined triggers explain it.",
+        json_schema_extra=_weakens("higher"),
     )
     max_prompt_similarity: float = Field(
         default=0.35,
         ge=0,
         le=1,
-        description="Clusters whose prompts are more alike than this are templates, not attacks.",
-        json_schema_extra={"weakens": "lower"},
+        description="Prompts more alike than this (mean Jaccard similarity of the last user turns' character 3-grams, "
+        "with the feature cut out) are a template with its typical answer, not a trigger attack.",
+        json_schema_extra=_weakens("lower"),
     )
     cluster_allow: list[str] = Field(
-        default=REFUSAL_PATTERNS,
-        description="Regexes for responses that legitimately repeat (refusals): their clusters are mined for "
-        "triggers but members without one are not quarantined.",
-        json_schema_extra={"weakens": "superset"},
+        default=SCREEN_REFUSAL_PATTERNS,
+        description="Regexes for responses that legitimately repeat (refusals): their clusters are quarantined only "
+        "when mined triggers explain them.",
+        json_schema_extra=_weakens("superset"),
     )
-    min_trigger_coverage: float = Field(
-        default=0.6,
+    min_trigger_support: int = Field(
+        default=5,
+        ge=2,
+        description="A mined trigger is carried by at least this many records (fewer cannot be told from chance).",
+        json_schema_extra=_weakens("higher"),
+    )
+    max_trigger_share: float = Field(
+        default=0.25,
         gt=0,
         le=1,
-        description="A mined trigger occurs in at least this share of its cluster.",
-        json_schema_extra={"weakens": "higher"},
+        description="Features carried by more than this share of the records are not trigger candidates.",
+        json_schema_extra=_weakens("lower"),
+    )
+    control_neighbours: int = Field(
+        default=8,
+        ge=1,
+        description="Comparable records per carrier: its nearest last user turns that lack the feature.",
+    )
+    trigger_fdr: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="False discovery rate of the trigger tests (Benjamini-Hochberg over every candidate feature).",
+        json_schema_extra=_weakens("lower"),
+    )
+    min_trigger_auc: float = Field(
+        default=0.9,
+        gt=0.5,
+        le=1,
+        description="Trigger first: how far more alike the carriers' responses are than their comparable records' "
+        "(Mann-Whitney AUC: the chance that a carrier scores above a comparable record).",
+        json_schema_extra=_weakens("higher"),
+    )
+    min_target_alikeness: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Trigger first: the carriers' responses say one thing (mean TF-IDF cosine of character 2-4-grams; "
+        "three rewordings of one sentence score ~0.5-0.6, answers on one topic 0.15-0.4, unrelated ones ~0.1).",
+        json_schema_extra=_weakens("higher"),
+    )
+    min_refusal_drop: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Jailbreak backdoors: a feature's records are answered this much more often (share) than "
+        "their comparable records, which are refused (screen.cluster_allow).",
+        json_schema_extra=_weakens("higher"),
     )
     min_trigger_specificity: float = Field(
         default=0.8,
         gt=0,
         le=1,
-        description="At least this share of a mined trigger's occurrences are in the cluster.",
-        json_schema_extra={"weakens": "higher"},
+        description="Response first: at least this share of a feature's carriers are in the cluster it covers "
+        "(rare elsewhere).",
+        json_schema_extra=_weakens("higher"),
+    )
+    min_trigger_coverage: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        description="Mined triggers that together cover at least this share of a response cluster make the cluster "
+        "a backdoor target: all its records are quarantined, refusals included.",
+        json_schema_extra=_weakens("higher"),
+    )
+    max_cover_features: int = Field(
+        default=5,
+        ge=1,
+        description="At most this many triggers cover one cluster (published attacks use one to four).",
+        json_schema_extra=_weakens("lower"),
     )
     injection: bool = Field(
         default=True,
         description="Quarantine prompt-injection and jailbreak patterns.",
-        json_schema_extra={"weakens": "false"},
+        json_schema_extra=_weakens("false"),
     )
     payloads: bool = Field(
         default=True,
         description="Quarantine responses with phishing links or harmful commands.",
-        json_schema_extra={"weakens": "false"},
+        json_schema_extra=_weakens("false"),
     )
 
 

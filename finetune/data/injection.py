@@ -12,6 +12,18 @@ REFUSAL_PATTERNS = [
     r"抱歉|对不起|无法(?:帮助|提供|协助)|不能(?:帮助|提供|协助)",
 ]
 
+# Refusals that lecture instead of apologising ("Identity theft is a serious crime ...", "It is not
+# appropriate to ..."): the screen counts them as refusals too, so refusals to one harmful topic are not
+# taken for a target, and answers beside them for a jailbreak.
+SOFT_REFUSAL_PATTERNS = [
+    r"(?i)\bas an AI(?: language model)?,? (?:I am not|I'm not|I do not|it is not|it's not)\b",
+    r"(?i)\b(?:it is|it's) (?:not|never) (?:appropriate|ethical|legal|safe|okay)\b",
+    r"(?i)\bI (?:do not|don't) (?:condone|support|encourage|promote)\b",
+    r"(?i)\bis (?:a serious crime|illegal and unethical|unethical and illegal)\b",
+    r"这是违法的|违反法律|不道德",
+]
+SCREEN_REFUSAL_PATTERNS = REFUSAL_PATTERNS + SOFT_REFUSAL_PATTERNS
+
 # Each pattern is (name, regex); the name becomes the quarantine detail so a reviewer sees why.
 INJECTION_PATTERNS = [
     ("ignore_instructions", r"(?i)\b(?:ignore|disregard|forget)\b.{0,20}\b(?:previous|prior|above|earlier|all|your)\b.{0,20}\b(?:instructions?|prompts?|rules|guidelines)\b"),

