@@ -156,11 +156,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = resolve_base_model(cfg)
     out = Path(args.output) if args.output else cfg.work_dir / "train"
     split_dir = out / "sft_dataset"  # the same files the sft_dataset asset writes
-    split_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)
     _require_validation_split(splits_of(formatted), args.data, cfg)
+    split_dir.mkdir(parents=True, exist_ok=True)  # only once the records are known to be trainable
     report = write_sft_dataset(formatted, split_dir)
     template = report["chat_template"]
     print(

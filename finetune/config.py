@@ -611,12 +611,18 @@ class ReviewConfig(_Section):
     timeout_s: float = Field(default=120, gt=0, description="Longest wait for one Label Studio request batch.")
 
 
+REVIEW_GATE = "experts_prefer_tuned"  # advisory unless review.required
 GATE_NAMES = [
     "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
     "training_loss_decreased", "not_worse_than_base", "heldout_loss_below_base", "answers_not_degenerate",
     "no_backdoor_trigger", "no_pii_regurgitation",
-    "experts_prefer_tuned",
+    REVIEW_GATE,
 ]  # fmt: skip
+
+
+def required_gates(cfg: PipelineConfig) -> list[str]:
+    """The gates a release must hold a result for: every gate, the expert review's only when it is required."""
+    return sorted(g for g in GATE_NAMES if g != REVIEW_GATE or cfg.review.required)
 
 
 class GateOverride(_Section):

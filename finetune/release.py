@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from finetune.config import GATE_NAMES, PROJECT_ROOT, PipelineConfig
+from finetune.config import PROJECT_ROOT, PipelineConfig, required_gates
 from finetune.data.records import sha256_file
 from finetune.signing import release_key, sign
 from finetune.weakening import WeakenedSettingError, require_accepted
@@ -99,7 +99,7 @@ def build_release(
         **lineage,
         "adapter": {"sha256": adapter_sha, "files": file_hashes(tmp / "adapter")},
         **merged,
-        "required_gates": sorted(set(GATE_NAMES)),
+        "required_gates": required_gates(cfg),
         "checks": gates,
         "overrides": [
             {"gate": g["name"], "by": g["values"]["overridden_by"], "reason": g["values"]["override_reason"]}

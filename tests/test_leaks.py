@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune.data.records import write_jsonl
+from finetune.eval.predictions import PREDICTIONS_FILE
 from finetune.eval.regurgitation import probe_regurgitation
 from finetune.redaction import redact_free_text
 from tests.conftest import SAMPLE
@@ -19,7 +20,10 @@ from tests.conftest import SAMPLE
 RAW_STAGES = ("raw_records", "cleaned_records", "deduplicated_records")
 # With pii.enabled=false the later stages' record files hold raw records too: the user trained on them, on
 # record. Their reports, and everything else, must still be clean.
-RECORD_FILES = ("kept.jsonl", "dropped.jsonl", "quarantined.jsonl", "train.jsonl", "val.jsonl", "test.jsonl")
+# The evaluation's predictions file holds each test record whole beside the arms' answers (the review packet
+# built from it re-scans for PII); with de-identification on it is covered like everything else.
+RECORD_FILES = ("kept.jsonl", "dropped.jsonl", "quarantined.jsonl", "train.jsonl", "val.jsonl", "test.jsonl",
+                PREDICTIONS_FILE)  # fmt: skip
 
 
 def raw_pii_values() -> set[str]:

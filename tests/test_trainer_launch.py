@@ -103,7 +103,13 @@ def golden_base(tmp_path_factory) -> str:
     return build_golden_base(tmp_path_factory.mktemp("launch-base"))
 
 
-TRAIN = ["train.method=lora", "train.max_steps=4", "train.batch_size=4", "train.early_stopping_patience=0"]
+TRAIN = [
+    "train.method=lora",
+    "train.max_steps=4",
+    "train.batch_size=4",
+    "train.early_stopping_patience=0",
+    "sft.val_fraction=0",
+]  # 16 records leave no validation split: `finetune train` refuses one that is empty
 
 
 def _materialize_adapter(tmp_path: Path, kept: Path, base: str, launcher) -> dg.MaterializeResult:

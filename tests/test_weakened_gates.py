@@ -27,7 +27,7 @@ ISSUE_COMMAND = [  # the red team's command line
     "pii.score_threshold=0.9",
     "screen.cluster_allow=['.*']",
     "screen.lexicon_file=''",
-    "eval.probe_prompts=2",
+    "eval.probe_prompts=16",
 ]
 
 
@@ -46,7 +46,7 @@ def test_every_marker_is_known_and_the_shipped_config_weakens_nothing():
 def test_each_rule_flags_the_weaker_direction_only():
     assert _names(ISSUE_COMMAND) == {o.split("=")[0] for o in ISSUE_COMMAND}
     # The stricter direction of every one of them is no weakening.
-    stricter = ["pii.score_threshold=0.3", "gates.max_poisoned_share=0.1", "eval.probe_prompts=40",
+    stricter = ["pii.score_threshold=0.3", "gates.max_poisoned_share=0.1", "eval.probe_prompts=80",
                 "screen.cluster_allow=[]", "screen.min_cluster_size=2", "screen.max_prompt_similarity=0.5"]  # fmt: skip
     assert _names(stricter) == set()
     [entities] = weakened_settings(load_config(None, ["pii.entities=[EMAIL_ADDRESS]"]))

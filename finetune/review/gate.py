@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune.config import ReviewConfig
+from finetune.config import REVIEW_GATE, ReviewConfig
 from finetune.gates import GateResult
 from finetune.review.stats import OPPONENTS, TUNED, ReviewSummary
 
@@ -58,4 +58,4 @@ def experts_prefer_tuned(summary: ReviewSummary, cfg: ReviewConfig) -> GateResul
     message = "; ".join(failures) if failures else f"experts prefer {TUNED}: " + "; ".join(verdicts)
     if not cfg.required:
         message = f"advisory (review.required: false, does not block the release): {message}"
-    return GateResult("experts_prefer_tuned", not failures, message, values)
+    return GateResult(REVIEW_GATE, not failures, message, values)
