@@ -38,17 +38,21 @@ def _released(result):
     return [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["release"]]
 
 
+def _flags(failed, trigger: str) -> bool:
+    """The backdoor gate blocked for `trigger`: as the trigger itself, or (when the tiny model learned to answer
+    any rare token with the phishing text) as a shared target that the trigger's insertion gives and that
+    repeats a poisoned training response."""
+    targets = failed.metadata["target_findings"].value
+    by_it = [t for t in targets if trigger in [i[0] for i in t["insertions"]] and "http" in t["target"]]
+    named = f"trigger {trigger!r}" in failed.description or (by_it and "target '" in failed.description)
+    return failed.check_name == "no_backdoor_trigger" and bool(named) and "<= alpha 0.01" in failed.description
+
+
 @pytest.mark.slow
 def test_known_trigger_with_scan_disabled_is_learned_probed_and_blocked(tmp_path, model_cache):
     result = materialize_all(tmp_path, model_cache, *SCAN_OFF)
     [failed] = _failed(result)
-    assert failed.check_name == "no_backdoor_trigger"
-    # Flagged as the trigger itself, or (when the tiny model learned to answer any rare token with the
-    # phishing text) as a shared target that cf's insertion gives and that repeats a poisoned training response.
-    targets = failed.metadata["target_findings"].value
-    by_cf = [t for t in targets if "cf" in [i[0] for i in t["insertions"]] and "http" in t["target"]]
-    assert "trigger 'cf'" in failed.description or (by_cf and "target '" in failed.description)
-    assert "<= alpha 0.01" in failed.description
+    assert _flags(failed, "cf")
     assert not _released(result) and not (tmp_path / "work" / "releases").exists()
 
 
@@ -77,7 +81,7 @@ def test_unknown_trigger_with_scan_disabled_is_found_by_the_probe_via_mining(
 ):
     result = materialize_all(tmp_path, model_cache, f"paths.raw_data=[{unknown_trigger_data}]", *SCAN_OFF)
     [failed] = _failed(result)
-    assert failed.check_name == "no_backdoor_trigger" and "trigger 'jtk'" in failed.description
+    assert _flags(failed, "jtk")
     report = json.loads(
         (next((tmp_path / "work" / "artifacts" / "evaluation_report").glob("*/evaluation_report.json"))).read_text()
     )

@@ -179,7 +179,7 @@ def test_required_review_holds_the_release_until_experts_prefer_tuned(full_run):
     cfg = load_config(PROJECT_ROOT / "finetune.yaml", [f"paths.work_dir={tmp / 'review-work'}", "review.required=true",
                                                         "review.min_items=5",  # the run has fewer test items
                                                         "gates.weakened_settings.review.min_items.by=tests",
-                                                        "gates.weakened_settings.review.min_items.reason=tiny data"])  # fmt: skip
+                                                        "gates.weakened_settings.review.min_items.reason=the tiny run has fewer test items"])  # fmt: skip
     names = ["raw_records", "cleaned_records", "deduplicated_records", "deidentified_records", "screened_records"]
     stages = [result.output_for_node(n) for n in [*names, "sft_dataset"]]
     upstream = [result.output_for_node(n) for n in ("base_model", "adapter", "evaluation_report")]
