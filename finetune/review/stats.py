@@ -91,10 +91,11 @@ class ReviewSummary:
 
 
 def sign_test(wins: int, losses: int) -> float:
-    """One-sided exact binomial sign test: P(at least `wins` of wins+losses under p = 0.5)."""
-    from scipy.stats import binomtest
+    """One-sided exact binomial sign test: P(at least `wins` of wins+losses under p = 0.5). It is the release
+    gates' exact McNemar test (finetune.stats), with items' wins and losses as the discordant pairs."""
+    from finetune.stats import mcnemar_greater
 
-    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
+    return mcnemar_greater(wins, losses)
 
 
 def score_interval(values: list[float], confidence: float, resamples: int, seed: int) -> ScoreInterval:
