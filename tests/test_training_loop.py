@@ -122,6 +122,13 @@ def test_checkpoints_keep_best_weights_on_disk_and_survive_a_kill_between_rename
     folder.rename(folder.with_name("run-key.old"))  # as if killed between save_checkpoint's two renames
     loop, restored_best = load_checkpoint(folder, "k", model, optimizer, scheduler)
     assert loop["step"] == 6 and restored_best == best
+    # Killed during the cleanup after the renames: a complete folder beside a half-deleted .old.
+    save_checkpoint(folder, model, optimizer, scheduler, {"key": "k", "step": 9, "best_step": 6})
+    stale = folder.with_name("run-key.old")
+    stale.mkdir()
+    (stale / "state.json").write_text("{}", encoding="utf-8")
+    save_checkpoint(folder, model, optimizer, scheduler, {"key": "k", "step": 12, "best_step": 6})
+    assert load_checkpoint(folder, "k", model, optimizer, scheduler)[0]["step"] == 12 and not stale.exists()
     remove_checkpoint(folder)
     assert not list(tmp_path.iterdir())
 

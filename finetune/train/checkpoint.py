@@ -92,6 +92,9 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop: dict[str, A
     (tmp / STATE_FILE).write_text(json.dumps({"loop": loop, "optimizer": plain}), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
+        # A kill during the last save's cleanup leaves a half-deleted .old beside a complete folder; a
+        # non-empty target would make the rename fail (ENOTEMPTY), so the stale copy goes first.
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
