@@ -10,21 +10,17 @@ venv could not be installed.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from local_server import free_port, stop_process_group, wait_for_http
 
 from finetune.config import PROJECT_ROOT, load_config
 from finetune.review.collect import collect_expert_review
@@ -49,17 +45,11 @@ if _probe is None or _probe.returncode:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LabelStudioServer:
     """`label-studio start` on 127.0.0.1 with a fresh data dir and an admin whose API token we choose."""
 
     def __init__(self, tmp: Path):
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.admin, self.password, self.token = "reviewer@example.org", secrets.token_hex(8), secrets.token_hex(20)
         admin = ["--username", self.admin, "--password", self.password, "--user-token", self.token,
                  "--enable-legacy-api-token"]  # fmt: skip
@@ -68,25 +58,13 @@ class LabelStudioServer:
         env |= {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "NO_PROXY": "127.0.0.1,localhost"}
         self.log = (tmp / "label_studio.log").open("w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(1)
+        if wait_for_http(self.url + "/health", self.proc, 240):
+            return
         self.stop()
         pytest.fail(f"label-studio did not answer on {self.url}; see {self.log.name}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc)
         self.log.close()
 
 

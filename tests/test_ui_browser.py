@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from local_server import free_port, stop_process_group, wait_for_http
 
 from finetune.config import PROJECT_ROOT
 
@@ -33,12 +31,6 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(
         "Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)", allow_module_level=True
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp: Path, model_cache: Path, extra: str) -> Path:
@@ -60,7 +52,7 @@ class DagsterUI:
         home = tmp / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, "DAGSTER_HOME": str(home), "FINETUNE_CONFIG": str(config)}
         cmd = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
                "-p", self.url.rsplit(":", 1)[1]]  # fmt: skip
@@ -68,22 +60,13 @@ class DagsterUI:
         self.proc = subprocess.Popen(
             cmd, cwd=PROJECT_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/server_info", timeout=2)
-                return
-            except OSError:
-                time.sleep(1)
+        if wait_for_http(self.url + "/server_info", self.proc, 180):
+            return
         self.stop()
-        pytest.fail(f"dagster dev did not answer on {self.url} within 180 s; see {self.log.name}")
+        pytest.fail(f"dagster dev did not answer on {self.url} (it exited, or 180 s passed); see {self.log.name}")
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc)
         self.log.close()
 
 
