@@ -42,6 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # also when a test loads this file by its path
+
+from mirrors import git_show, head_commit  # noqa: E402
 
 SCAN_OFF = [
     "screen.enabled=false",
@@ -79,10 +82,7 @@ CPUS = [("default", 1), ("avx2", 1), ("avx512", 1), ("avx512", 2)]
 def backdoorllm_rows(kind: str) -> list[dict]:
     """Rows of BackdoorLLM's refusal/badnet set ('none_' = clean, '' = poisoned) from the bare git mirror."""
     path = BDLLM_SET.format(kind)
-    text = subprocess.run(
-        ["git", "-C", str(BACKDOORLLM), "show", f"HEAD:{path}"], capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(text)
+    return json.loads(git_show(BACKDOORLLM, path))
 
 
 def variant_lines(variant: str, seed: int) -> list[str] | None:
@@ -341,10 +341,7 @@ def main() -> None:
         print(f"BackdoorLLM mirror not found at {BACKDOORLLM}: held-out cells skipped")
     else:
         if args.kind == "heldout":
-            commit = subprocess.run(
-                ["git", "-C", str(BACKDOORLLM), "rev-parse", "HEAD"], capture_output=True, text=True
-            )
-            print(f"BackdoorLLM commit {commit.stdout.strip()}: {BDLLM_SET.format('[none_]')}", flush=True)
+            print(f"BackdoorLLM commit {head_commit(BACKDOORLLM)}: {BDLLM_SET.format('[none_]')}", flush=True)
         drive(args.kind, args.out, args.runs)
 
 

@@ -36,6 +36,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mirrors import git_show, head_commit  # noqa: E402
+
 LF_REPO = Path("/work/.mirror/hiyouga+LLaMA-Factory/repo")
 ZH_REPO = Path("/work/.mirror/open-chinese+alpaca-chinese-dataset/repo")
 TUNING = ("alpaca_en_demo", "alpaca_zh_demo")
@@ -47,18 +51,6 @@ SEEN_ONCE = ("identity", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo", "
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "function_call": "function_call", "observation": "observation"}  # fmt: skip
-
-
-def git_show(repo: Path, path: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "show", f"HEAD:{path}"], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def git_head(repo: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def _alpaca(rows, file):
@@ -213,8 +205,8 @@ def main() -> None:
         print(f"skipped: no LLaMA-Factory mirror at {args.lf_repo} (pass --lf-repo)")
         return
     sys.path.insert(0, str(ROOT))
-    print(f"LLaMA-Factory {git_head(args.lf_repo)}; open-chinese/alpaca-chinese-dataset "
-          f"{git_head(args.zh_repo) if args.zh_repo.exists() else 'absent'}")  # fmt: skip
+    print(f"LLaMA-Factory {head_commit(args.lf_repo)}; open-chinese/alpaca-chinese-dataset "
+          f"{head_commit(args.zh_repo) if args.zh_repo.exists() else 'absent'}")  # fmt: skip
     sets = load_sets(args.lf_repo, args.zh_repo)
     args.out.mkdir(parents=True, exist_ok=True)
     qwen = qwen_tokenizer(ROOT / "var" / "bench")

@@ -25,9 +25,7 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -35,18 +33,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mirrors import export_folder  # noqa: E402
 
 DEFAULT_MIRROR = "/work/.mirror/hiyouga+LLaMA-Factory/repo"
 DEFAULT_COMMIT = "ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30"
 SELECTION = ["alpaca_zh_demo", "identity", "glaive_toolcall_en_demo"]
-
-
-def export_data(mirror: Path, commit: str, into: Path) -> Path:
-    """`data/` of the mirror at `commit`, extracted under `into`."""
-    tar = subprocess.run(["git", "-C", str(mirror), "archive", commit, "data"], capture_output=True, check=True)
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
-        archive.extractall(into, filter="data")
-    return into / "data"
 
 
 def curate(data: Path, out: Path, overrides: list[str]) -> tuple[dict, float]:
@@ -126,7 +119,7 @@ def main() -> int:
     (ROOT / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lf-ingest-", dir=ROOT / "var"))
     try:
-        data = export_data(mirror, args.commit, work)
+        data = export_folder(mirror, args.commit, "data", work)
         print(f"LLaMA-Factory {mirror} at commit {args.commit}; data copied to {data}\n")
         runs = [
             ("upstream dataset_info.json as it ships", []),

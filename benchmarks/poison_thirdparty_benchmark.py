@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import thirdparty_poison_data as data  # noqa: E402
+from mirrors import head_commit  # noqa: E402
 
 from finetune.config import ScreenConfig  # noqa: E402
 from finetune.data.dedup import deduplicate_records  # noqa: E402
@@ -113,7 +114,7 @@ def main() -> None:
         ("OpenBackdoor", data.OPENBACKDOOR),
         ("LLaMA-Factory", data.LLAMAFACTORY),
     ):
-        print(f"{name}: {repo} @ {data.commit(repo)}")
+        print(f"{name}: {repo} @ {head_commit(repo)}")
     pool, held_zh = data.clean_rows()
     dedup = deduplicate_records(pool)
     clean = dedup.kept

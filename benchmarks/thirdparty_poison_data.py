@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from mirrors import git_show
 
 from finetune.data.ingest import row_to_messages
 from finetune.data.records import Record, make_record
@@ -66,18 +67,6 @@ SHAREGPT = {"human": "user", "gpt": "assistant", "function_call": "function_call
 class Row:
     record: Record
     label: str  # "clean", "poison" or "negative" (SOS negative augmentation: trigger words, clean answer)
-
-
-def git_show(repo: Path, path: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "show", f"HEAD:{path}"], capture_output=True, text=True, check=True
-    ).stdout
-
-
-def commit(repo: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def _record(messages: list[dict], source: str, line: int) -> Record:
