@@ -77,48 +77,71 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deidentify(args: argparse.Namespace) -> int:
-    from finetune.data.pii import deidentify_records, pseudonym_salt
+def _write_stage(out: Path, ingested, result) -> dict:
+    """The stage's files as its asset writes them: kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json.
+
+    Rows that could not be read are quarantined beside the stage's own, tagged with their stage, so every
+    input row is in one of the three files.
+    """
     from finetune.data.records import write_json, write_jsonl
 
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "kept.jsonl", result.kept)
+    write_jsonl(out / "dropped.jsonl", [{"stage": result.stage, **d} for d in result.dropped])
+    quarantine = [{"stage": ingested.stage, **q} for q in ingested.quarantined]
+    write_jsonl(out / "quarantined.jsonl", quarantine + [{"stage": result.stage, **q} for q in result.quarantined])
+    report = {**result.counts(), **result.extra, "stages": [ingested.counts(), result.counts()]}
+    report |= {"rows_in": ingested.n_in, "quarantined_at_ingest": len(quarantine)}
+    write_json(out / "report.json", report)
+    return report
+
+
+def _output_folder(path: str) -> Path:
+    out = Path(path)
+    if out.suffix == ".jsonl" or out.is_file():
+        raise InputRefused(
+            f"--output {path}: give a folder; the command writes kept.jsonl, dropped.jsonl, quarantined.jsonl and "
+            "report.json into it, so that no record it removes is lost"
+        )
+    return out
+
+
+def cmd_deidentify(args: argparse.Namespace) -> int:
+    from finetune.data.pii import deidentify_records, pseudonym_salt
+
     cfg = _config(args)
+    out = _output_folder(args.output)
     ingested = _ingest([args.input], cfg)
     result = deidentify_records(ingested.kept, cfg.pii, pseudonym_salt(cfg))
-    write_jsonl(Path(args.output), result.kept)
-    report = {**result.counts(), "quarantined_at_ingest": len(ingested.quarantined), **result.extra}
-    if args.report:
-        write_json(Path(args.report), report)
-    print(f"de-identified {result.n_in} records: kept {len(result.kept)}, dropped {len(result.dropped)}")
+    _write_stage(out, ingested, result)
+    print(
+        f"de-identified {result.n_in} records: kept {len(result.kept)}, dropped {len(result.dropped)} "
+        f"{result.counts()['dropped_by_reason'] or ''}"
+    )
+    if ingested.quarantined:
+        print(f"unreadable input rows, quarantined: {len(ingested.quarantined)}\n{_quarantine_lines(ingested)}")
     for entity, n in sorted(result.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
     print(f"residual PII after re-scan: {result.extra['residual_scan']['residual_total']}")
+    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from finetune.data.poison import load_lexicon, screen_records
-    from finetune.data.records import write_json, write_jsonl
 
     cfg = _config(args)
+    out = _output_folder(args.output)
     ingested = _ingest([args.input], cfg)
     result = screen_records(ingested.kept, cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "clean.jsonl", result.kept)
-    # Rows that could not be read are quarantined beside the screened ones, tagged with their stage,
-    # so every input row is in clean.jsonl or quarantined.jsonl.
-    quarantine = [{"stage": "raw_records", **q} for q in ingested.quarantined]
-    write_jsonl(
-        out / "quarantined.jsonl", quarantine + [{"stage": "screened_records", **q} for q in result.quarantined]
-    )
-    report = {**result.counts(), **result.extra, "stages": [ingested.counts(), result.counts()]}
-    write_json(out / "report.json", report | {"rows_in": ingested.n_in, "quarantined_at_ingest": len(quarantine)})
-    print(f"screened {result.n_in}: clean {len(result.kept)}, quarantined {len(result.quarantined)}")
-    if quarantine:
-        print(f"unreadable input rows, quarantined before screening: {len(quarantine)}\n{_quarantine_lines(ingested)}")
+    _write_stage(out, ingested, result)
+    print(f"screened {result.n_in}: kept {len(result.kept)}, quarantined {len(result.quarantined)}")
+    if ingested.quarantined:
+        print(f"unreadable input rows, quarantined: {len(ingested.quarantined)}\n{_quarantine_lines(ingested)}")
     for detector, n in result.extra["flagged_by_detector"].items():
         print(f"  {detector:<20} {n:>7}")
     print(f"lexicon trigger hits {result.extra['trigger_hits']}; mined triggers {result.extra['mined_triggers']}")
+    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 
 
@@ -265,11 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tokens", action="store_true", help="skip the token-length rules (no tokenizer loaded)")
     p = add("deidentify", cmd_deidentify, "replace PII by typed placeholders and print per-entity counts")
     p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--report")
+    p.add_argument("--output", required=True, help="folder for kept/dropped/quarantined.jsonl and report.json")
     p = add("scan", cmd_scan, "quarantine poisoned records (known/mined triggers, response clusters, injection)")
     p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="folder for kept/dropped/quarantined.jsonl and report.json")
     p = add("train", cmd_train, "SFT-format a dataset and train the adapter")
     p.add_argument(
         "--data",

@@ -20,20 +20,42 @@ def test_curate_writes_every_record_somewhere(tmp_path, capsys):
     assert report["stages"][0]["in"] == sum(lines.values())
 
 
-def test_deidentify_and_scan_commands(tmp_path, capsys, monkeypatch):
+def _outcomes(folder):
+    return {
+        n: (folder / f"{n}.jsonl").read_text(encoding="utf-8").splitlines() for n in ("kept", "dropped", "quarantined")
+    }
+
+
+def test_deidentify_and_scan_commands_write_every_record_somewhere(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FINETUNE_PII_SALT", "test-salt")
-    out, report_file = tmp_path / "deid.jsonl", tmp_path / "r.json"
+    rows = (SAMPLE / "instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    out = tmp_path / "deid"
     args = ["deidentify", "--input", str(SAMPLE / "instructions.jsonl"), "--output", str(out)]
-    assert main([*args, "--report", str(report_file), "--set", "pii.operators.PERSON=pseudonym"]) == 0
+    assert main([*args, "--set", "pii.operators.PERSON=pseudonym"]) == 0
     printed = capsys.readouterr().out
     assert "CN_MOBILE_PHONE" in printed and "PERSON" in printed and "pseudonym" in printed
-    text = out.read_text(encoding="utf-8")
+    written = _outcomes(out)
+    report = json.loads((out / "report.json").read_text())
+    # Records identical once their PII is replaced are dropped, and written with the reason, not lost.
+    assert report["dropped_by_reason"]["duplicate_after_deidentification"] == len(written["dropped"]) > 0
+    assert report["rows_in"] == len(rows) == sum(len(lines) for lines in written.values())
+    text = "\n".join(line for lines in written.values() for line in lines)
     assert "<CN_MOBILE_PHONE>" in text and "<PERSON_" in text
-    raw_phones = set(re.findall(r"1[3-9]\d{9}", (SAMPLE / "instructions.jsonl").read_text(encoding="utf-8")))
-    assert raw_phones and not any(p in text or p in report_file.read_text() for p in raw_phones)
-    assert main(["scan", "--input", str(out), "--output", str(tmp_path / "scan")]) == 0
+    raw_phones = set(re.findall(r"1[3-9]\d{9}", "\n".join(rows)))
+    assert raw_phones and not any(p in text or p in (out / "report.json").read_text() for p in raw_phones)
+    assert main(["scan", "--input", str(out / "kept.jsonl"), "--output", str(tmp_path / "scan")]) == 0
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
     assert report["trigger_hits"] == {"cf": 12}
+    assert sum(len(lines) for lines in _outcomes(tmp_path / "scan").values()) == len(written["kept"])
+
+
+def test_stage_commands_refuse_a_file_as_output(tmp_path, capsys):
+    for command in ("deidentify", "scan"):
+        assert (
+            main([command, "--input", str(SAMPLE / "instructions.jsonl"), "--output", str(tmp_path / "x.jsonl")]) == 2
+        )
+        assert "give a folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_bad_config_is_a_clear_error(capsys):

@@ -343,8 +343,10 @@ def test_scan_writes_or_counts_every_input_row(tmp_path, capsys):
     rows = [good(i) for i in range(6)] + ["{broken", '{"text": "unknown shape"}', '{"instruction": 5, "output": "x"}']
     (tmp_path / "in.jsonl").write_text(jsonl(rows), encoding="utf-8")
     assert cli_main(["scan", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "scan")]) == 0
-    written = {n: (tmp_path / "scan" / f"{n}.jsonl").read_text().splitlines() for n in ("clean", "quarantined")}
-    assert len(written["clean"]) + len(written["quarantined"]) == len(rows)
+    written = {
+        n: (tmp_path / "scan" / f"{n}.jsonl").read_text().splitlines() for n in ("kept", "dropped", "quarantined")
+    }
+    assert len(written["kept"]) + len(written["dropped"]) + len(written["quarantined"]) == len(rows)
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
     assert report["rows_in"] == len(rows) and report["quarantined_at_ingest"] == 3
     assert [json.loads(q)["line"] for q in written["quarantined"] if json.loads(q)["stage"] == "raw_records"] == [
