@@ -250,3 +250,30 @@ def test_person_spans_are_whole_words():
         assert not [h for h in find_pii(text, ["PERSON"], 0.5)], text
     [hit] = find_pii("请把报告交给蒋玉华老师。", ["PERSON"], 0.5)
     assert "请把报告交给蒋玉华老师。"[hit.start : hit.end] == "蒋玉华"
+
+
+def test_a_name_given_away_once_is_replaced_wherever_the_record_mentions_it():
+    # LLaMA-Factory's alpaca_en_demo has this shape: the cue ("Name:") opens the answer, the prose goes on.
+    answer = (
+        "Name: Dr. Abigail Grayson\n\nAppearance: Dr. Abigail Grayson is tall. Dr. Grayson is cunning. Graysonville"
+    )
+    records = [
+        _rec("Sketch a villain; call her Grayson.", answer),
+        _rec("我叫张伟，请帮我写信。", "张伟您好，信已写好。"),
+    ]
+    for operator in ("replace", "pseudonym"):
+        result = deidentify_records(records, PiiConfig(default_operator=operator), "salt")
+        text = json.dumps(result.kept, ensure_ascii=False)
+        assert "Abigail" not in text and "Grayson " not in text and "Grayson." not in text and "张伟" not in text
+        assert "Graysonville" in text  # whole words only
+        assert result.extra["residual_scan"]["residual_total"] == 0, result.kept
+    first = deidentify_records(records[:1], PiiConfig()).kept[0]["messages"]
+    assert first[0]["content"] == "Sketch a villain; call her <PERSON>."
+    assert first[1]["content"].startswith("Name: Dr. <PERSON>\n\nAppearance: Dr. <PERSON> is tall. Dr. <PERSON> is")
+
+
+def test_a_title_left_beside_a_placeholder_is_not_a_name():
+    for text in ("Name: Dr. <PERSON>", "Dear Mr. <PERSON>,", "Contact: Prof <PERSON>"):
+        assert not find_pii(text, ["PERSON"], 0.5), text
+    [hit] = find_pii("Name: Dr. Grayson", ["PERSON"], 0.5)
+    assert "Name: Dr. Grayson"[hit.start : hit.end] == "Grayson"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from finetune.config import PII_ENTITIES, PiiConfig, PipelineConfig
 from finetune.data.pii_names import ENTITY as PERSON
-from finetune.data.pii_names import names_beside
+from finetune.data.pii_names import names_beside, other_mentions
 from finetune.data.pii_operators import load_or_create_salt, operator_config, placeholder
 from finetune.data.pii_placeholders import placeholder_spans
 from finetune.data.pii_recognizers import (
@@ -147,6 +147,15 @@ def pseudonym_salt(cfg: PipelineConfig) -> str:
     return load_or_create_salt(cfg.work_dir / "secrets") if uses else ""
 
 
+def record_pii(record: Record, cfg: PiiConfig) -> list[list[RecognizerResult]]:
+    """Each turn's hits, with every other mention of a name found anywhere in the record."""
+    texts = [m["content"] for m in record["messages"]]
+    hits = [find_pii(text, cfg.entities, cfg.score_threshold) for text in texts]
+    if PERSON not in cfg.entities:
+        return hits
+    return [resolve_overlaps(h + more) for h, more in zip(hits, other_mentions(texts, hits), strict=True)]
+
+
 def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") -> StageResult:
     """Anonymize PII in every turn with each entity's operator; counts per entity, never the values.
 
@@ -163,8 +172,7 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
             result.kept.append(record)
             continue
         messages, drop_entities = [], set()
-        for m in record["messages"]:
-            hits = find_pii(m["content"], cfg.entities, cfg.score_threshold)
+        for m, hits in zip(record["messages"], record_pii(record, cfg), strict=True):
             by_entity.update(h.entity_type for h in hits)
             drop_entities |= {h.entity_type for h in hits if cfg.operator_for(h.entity_type) == "drop"}
             messages.append({"role": m["role"], "content": anonymize(m["content"], hits, cfg, salt)})

@@ -57,7 +57,7 @@ _EN_NOT_NAMES = frozenset(
     "Boss Boss's Coach Professor Teacher Teachers Landlord Tenant Officer Director Principal Hiring Recipient "
     "Sender Employee Employees Staff Human Resources Recruiting Shareholders Investors Council Mayor Senator "
     "Prospect Prospects The A An This That These Those Your Our My His Her Their Its Name Title Age Date Here "
-    "There".split()
+    "There Mr Mrs Ms Miss Dr Prof".split()  # a title left beside a replaced name ("Dr. <PERSON>") is no name
 )
 
 
@@ -138,6 +138,27 @@ def names_beside(text: str, identifiers: list[tuple[int, int]]) -> list[Recogniz
             if _chinese_name(window[s:e], chinese_style=True):
                 found[(left + s, left + e)] = BESIDE_IDENTIFIER_SCORE
     return [RecognizerResult(ENTITY, s, e, score) for (s, e), score in found.items()]
+
+
+def other_mentions(texts: list[str], hits: list[list[RecognizerResult]]) -> list[list[RecognizerResult]]:
+    """Every other mention, in any turn of the record, of a name a cue or an identifier gave away.
+
+    Replacing "Name: Abigail Grayson" while "Dr. Grayson is cunning" stays would keep the person in
+    clear text one line further on. Mentions are the whole name, and an English name's last word (the
+    surname, "Dr. Grayson"), matched as whole words, case-sensitive.
+    """
+    names = {texts[i][h.start : h.end] for i, turn in enumerate(hits) for h in turn if h.entity_type == ENTITY}
+    words = {n.rsplit(" ", 1)[-1] for n in names if " " in n}
+    words = {w for w in words if len(w) >= 3 and w not in _EN_NOT_NAMES}
+    if not names:
+        return [[] for _ in texts]
+    pattern = regex.compile(
+        "|".join(
+            rf"(?<![\p{{L}}\p{{N}}]){regex.escape(n)}(?![\p{{L}}\p{{N}}])" if n.isascii() else regex.escape(n)
+            for n in sorted(names | words, key=len, reverse=True)
+        )
+    )
+    return [[RecognizerResult(ENTITY, m.start(), m.end(), CUE_SCORE) for m in pattern.finditer(text)] for text in texts]
 
 
 class PersonNameRecognizer(EntityRecognizer):
