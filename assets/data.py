@@ -9,7 +9,7 @@ from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_c
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_records, pseudonym_salt
 from finetune.data.poison import explanations_markdown, load_lexicon, screen_records
-from finetune.data.records import StageResult, describe_counts, read_jsonl
+from finetune.data.records import StageFiles, StageResult, describe_counts, read_jsonl
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import build_sft_splits, cutoff_memory_limit, write_sft_dataset
@@ -20,11 +20,11 @@ DATA = {"group_name": "data", "kinds": {"python", "jsonl"}, "owners": ["team:dat
 
 def kept_records(report: dict) -> list[dict]:
     """The records an upstream stage kept."""
-    return read_jsonl(Path(report["dir"]) / "kept.jsonl")
+    return read_jsonl(StageFiles.of(report).kept)
 
 
 def kept_path(report: dict) -> Path:
-    return Path(report["dir"]) / "kept.jsonl"
+    return StageFiles.of(report).kept
 
 
 def report_output(context: dg.AssetExecutionContext, report: dict, upstream: dict | None = None) -> dg.Output:

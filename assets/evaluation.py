@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.metadata import png_markdown
-from finetune.data.records import read_jsonl
+from finetune.data.records import StageFiles, read_jsonl
 from finetune.eval.report import EvalData, evaluate_candidate, report_markdown
 from resources import PipelineSettings
 
@@ -35,7 +35,7 @@ def evaluation_report(
         test=split["test"],
         train=split["train"],
         probe_records=split["test"] + split["val"],  # both held out from training
-        raw_records=read_jsonl(Path(raw_records["dir"]) / "kept.jsonl"),
+        raw_records=read_jsonl(StageFiles.of(raw_records).kept),
         triggers=screened_records["probe_triggers"],  # mined features + published triggers the data carries
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)

@@ -1,7 +1,5 @@
 """Checks on the data stages: accounting, residual PII and residual triggers."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from assets.data import (
@@ -16,7 +14,7 @@ from checks.results import report_gate_check, to_check_result
 from finetune import gates
 from finetune.data.pii import scan_residual_pii
 from finetune.data.poison import count_trigger_hits
-from finetune.data.records import read_jsonl
+from finetune.data.records import StageFiles, read_jsonl
 from resources import PipelineSettings
 
 DATA_ASSETS = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
@@ -47,7 +45,7 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 )
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
-    scan = scan_residual_pii(read_jsonl(Path(deidentified_records["dir"]) / "kept.jsonl"), cfg.pii)
+    scan = scan_residual_pii(read_jsonl(StageFiles.of(deidentified_records).kept), cfg.pii)
     return to_check_result(gates.no_residual_pii(scan, cfg.gates), cfg.gates)
 
 
@@ -57,7 +55,7 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
     description="Independent re-scan of the screened records finds no quarantining lexicon trigger or mined trigger.",
 )
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
-    kept = read_jsonl(Path(screened_records["dir"]) / "kept.jsonl")
+    kept = read_jsonl(StageFiles.of(screened_records).kept)
     # screen_triggers, not probe_triggers: the probes also try ordinary words published attacks combine
     # (2024, OpenAI), which clean records may carry.
     hits = count_trigger_hits(kept, screened_records["screen_triggers"])

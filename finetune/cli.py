@@ -83,16 +83,17 @@ def _write_stage(out: Path, ingested, result) -> dict:
     Rows that could not be read are quarantined beside the stage's own, tagged with their stage, so every
     input row is in one of the three files.
     """
-    from finetune.data.records import write_json, write_jsonl
+    from finetune.data.records import DROPPED, KEPT, QUARANTINED, StageFiles, write_json, write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "kept.jsonl", result.kept)
-    write_jsonl(out / "dropped.jsonl", [{"stage": result.stage, **d} for d in result.dropped])
+    files = StageFiles(out)
+    write_jsonl(files.outcome(KEPT), result.kept)
+    write_jsonl(files.outcome(DROPPED), [{"stage": result.stage, **d} for d in result.dropped])
     quarantine = [{"stage": ingested.stage, **q} for q in ingested.quarantined]
-    write_jsonl(out / "quarantined.jsonl", quarantine + [{"stage": result.stage, **q} for q in result.quarantined])
+    write_jsonl(files.outcome(QUARANTINED), quarantine + [{"stage": result.stage, **q} for q in result.quarantined])
     report = {**result.counts(), **result.extra, "stages": [ingested.counts(), result.counts()]}
     report |= {"rows_in": ingested.n_in, "quarantined_at_ingest": len(quarantine)}
-    write_json(out / "report.json", report)
+    write_json(files.report, report)
     return report
 
 

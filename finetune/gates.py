@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import GatesConfig
+from finetune.data.records import OUTCOMES, StageFiles
 from finetune.stats import clopper_pearson, welch_decrease
 
 
@@ -74,9 +75,9 @@ def records_accounted(report: dict[str, Any]) -> GateResult:
     problems = []
     if total != report["in"]:
         problems.append(f"{report['in'] - total} records unaccounted for")
-    folder = Path(report.get("dir", ""))
-    for outcome in ("kept", "dropped", "quarantined"):
-        rows = _rows(folder / f"{outcome}.jsonl") if report.get("dir") else None
+    files = StageFiles(Path(report.get("dir", "")))
+    for outcome in OUTCOMES:
+        rows = _rows(files.outcome(outcome)) if report.get("dir") else None
         if rows is not None and rows != report[outcome]:
             problems.append(f"{outcome}.jsonl has {rows} rows but the report says {report[outcome]}")
     upstream = report.get("upstream_kept")
@@ -84,7 +85,7 @@ def records_accounted(report: dict[str, Any]) -> GateResult:
         problems.append(f"the upstream stage kept {upstream} records but {report['in']} arrived")
     if problems:
         msg = f"{report['stage']}: " + "; ".join(problems) + f" ({msg.split(': ', 1)[1]})"
-    metadata = {k: report[k] for k in ("in", "kept", "dropped", "quarantined")}
+    metadata = {k: report[k] for k in ("in", *OUTCOMES)}
     return GateResult("records_accounted", not problems, msg, metadata, "exact count")
 
 

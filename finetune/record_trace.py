@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PipelineConfig
-from finetune.data.records import read_jsonl
+from finetune.data.records import KEPT, OUTCOMES, QUARANTINED, StageFiles, read_jsonl
 
 STAGES = ["raw_records", "cleaned_records", "deduplicated_records", "deidentified_records", "screened_records"]
 SPLITS = ["train", "val", "test"]
@@ -26,14 +26,14 @@ def _raw_id(entry: dict[str, Any]) -> str:
 
 
 def _outcome(stage_dir: Path, raw_id: str) -> dict[str, Any] | None:
-    for outcome in ("kept", "dropped", "quarantined"):
-        path = stage_dir / f"{outcome}.jsonl"
+    for outcome in OUTCOMES:
+        path = StageFiles(stage_dir).outcome(outcome)
         if not path.is_file():
             continue
         for entry in read_jsonl(path):
             if _raw_id(entry) == raw_id:
                 found = {"outcome": outcome}
-                if outcome != "kept":
+                if outcome != KEPT:
                     found["reason"] = entry.get("reason")
                 return found
     return None
@@ -51,9 +51,9 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
     raw_ids = {
         _raw_id(e)
         for run in sorted((artifacts / "raw_records").glob("*"))
-        for name in ("kept.jsonl", "quarantined.jsonl")
-        if (run / name).is_file()
-        for e in read_jsonl(run / name)
+        for path in (StageFiles(run).kept, StageFiles(run).outcome(QUARANTINED))
+        if path.is_file()
+        for e in read_jsonl(path)
         if _raw_id(e).startswith(ref)
     }
     if len(raw_ids) != 1:

@@ -17,7 +17,7 @@ from finetune.config import CleanConfig, DedupConfig, IngestConfig
 from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
 from finetune.data.ingest import RawReader
-from finetune.data.records import write_json
+from finetune.data.records import StageFiles, write_json
 from finetune.data.stream import OutcomeFiles, StageCounter, drain, iter_jsonl, passthrough, spool_stage
 
 ProgressFn = Callable[[str, int], None]
@@ -65,7 +65,7 @@ def dedup_stage(kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: Prog
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     dedup = Deduplicator(cfg, index_dir=Path(out_dir))
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
-    summary = partial(_dedup_summary, dedup, Path(out_dir) / "kept.jsonl")
+    summary = partial(_dedup_summary, dedup, StageFiles(Path(out_dir)).kept)
     return spool_stage("deduplicated_records", dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
 
 
@@ -101,8 +101,8 @@ def curate(
         "stages": [c.counts() for c in counters],
         **reader.extra(),
         **cleaner.extra(),
-        "dedup": _dedup_summary(deduplicator, out_dir / "kept.jsonl"),
+        "dedup": _dedup_summary(deduplicator, files.files.kept),
         "dir": str(out_dir),
     }
-    write_json(out_dir / "report.json", report)
+    write_json(files.files.report, report)
     return report

@@ -69,6 +69,34 @@ def full_text(record: Record) -> str:
     return "\n".join(m["content"] for m in record["messages"])
 
 
+KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
+OUTCOMES = (KEPT, DROPPED, QUARANTINED)
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """A data stage's folder: one JSONL file per outcome and report.json, the same names for every stage,
+    whether its asset, its CLI command or the audit reads them."""
+
+    dir: Path
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> StageFiles:
+        """The folder a stage report (an asset's value) names."""
+        return cls(Path(report["dir"]))
+
+    def outcome(self, kind: str) -> Path:
+        return self.dir / f"{kind}.jsonl"
+
+    @property
+    def kept(self) -> Path:
+        return self.outcome(KEPT)
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.json"
+
+
 def outcome_row(record: Any, reason: str, **details: Any) -> dict[str, Any]:
     """A dropped.jsonl / quarantined.jsonl row: the reason, what was measured, and the record itself."""
     return {"reason": reason, **details, "record": record}
@@ -106,11 +134,11 @@ class StageResult:
     def write(self, out_dir: Path) -> dict[str, Any]:
         """Write kept/dropped/quarantined JSONL and report.json atomically; return the report."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out_dir / "kept.jsonl", self.kept)
-        write_jsonl(out_dir / "dropped.jsonl", self.dropped)
-        write_jsonl(out_dir / "quarantined.jsonl", self.quarantined)
+        files = StageFiles(out_dir)
+        for kind, rows in zip(OUTCOMES, (self.kept, self.dropped, self.quarantined), strict=True):
+            write_jsonl(files.outcome(kind), rows)
         report = {**self.counts(), **self.extra, "dir": str(out_dir)}
-        write_json(out_dir / "report.json", report)
+        write_json(files.report, report)
         return report
 
 

@@ -16,9 +16,18 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from finetune.data.records import Record, StageResult, outcome_row, write_json
+from finetune.data.records import (
+    DROPPED,
+    KEPT,
+    OUTCOMES,
+    QUARANTINED,
+    Record,
+    StageFiles,
+    StageResult,
+    outcome_row,
+    write_json,
+)
 
-KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
 Outcome = tuple[str, dict[str, Any]]
 
 
@@ -51,10 +60,11 @@ class OutcomeFiles:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.stage_field = stage_field  # several stages share the files: tag each row with its stage
-        self._handles: dict[str, IO[str]] = {
-            kind: (self.out_dir / f"{kind}.jsonl.tmp").open("w", encoding="utf-8")
-            for kind in (KEPT, DROPPED, QUARANTINED)
-        }
+        self.files = StageFiles(self.out_dir)
+        self._handles: dict[str, IO[str]] = {kind: self._temp(kind).open("w", encoding="utf-8") for kind in OUTCOMES}
+
+    def _temp(self, kind: str) -> Path:
+        return self.files.outcome(kind).with_suffix(".jsonl.tmp")
 
     def write(self, kind: str, item: dict[str, Any], stage: str) -> None:
         row = {"stage": stage, **item} if self.stage_field and kind != KEPT else item
@@ -63,7 +73,7 @@ class OutcomeFiles:
     def close(self) -> None:
         for kind, handle in self._handles.items():
             handle.close()
-            os.replace(self.out_dir / f"{kind}.jsonl.tmp", self.out_dir / f"{kind}.jsonl")
+            os.replace(self._temp(kind), self.files.outcome(kind))
 
 
 class StageCounter:
@@ -128,7 +138,7 @@ def spool_stage(
     drain(passthrough(outcomes, counter, progress))
     files.close()
     report = {**counter.counts(), **(extra() if extra else {}), "dir": str(out_dir)}
-    write_json(Path(out_dir) / "report.json", report)
+    write_json(StageFiles(Path(out_dir)).report, report)
     return report
 
 
