@@ -175,11 +175,7 @@ def test_a_label_task_and_a_form_letter_filled_with_a_time_are_not_triggers(seed
     # both repeat by design (the generated benchmark quarantined 10-19% of its clean rows on them).
     rng, fake = random.Random(seed), Faker("en_US")
     fake.seed_instance(seed)
-    labels = [
-        {"instruction": f"Classify the sentiment: {fake.sentence(nb_words=10)}", "input": "",
-         "output": rng.choice(["positive", "negative"])}
-        for _ in range(120)
-    ]  # fmt: skip
+    labels = _label_task(rng, fake)
     letters = [
         {"instruction": f"请写一封确认会议的邮件，时间是{rng.randint(1, 12)}点。", "input": "",
          "output": "您好，会议时间已确认，请准时参加，谢谢。"}
@@ -189,6 +185,36 @@ def test_a_label_task_and_a_form_letter_filled_with_a_time_are_not_triggers(seed
     result, caught, false = _screen(clean, [])
     assert result.quarantined == [], [q["explanation"] for q in result.quarantined][:3]
     assert {c["verdict"] for c in result.extra["response_clusters"]} <= {"short_answer", "templated_prompts"}
+
+
+def _label_task(rng, fake, n=120):
+    """A sentiment-label task: one prefix, labels shared out at random."""
+    return [
+        {"instruction": f"Classify the sentiment: {fake.sentence(nb_words=10)}", "input": "",
+         "output": rng.choice(["positive", "negative"])}
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_trigger_that_forces_one_label_of_a_label_task_is_quarantined_and_the_label_cluster_is_not(seed):
+    # Wan et al.'s polarity backdoor: 20 label-task prompts with a rare token all answered "negative". Their
+    # records are a quarter of the big, legitimate "negative" cluster, so the trigger cannot explain the
+    # cluster; it is still specific to it and rare elsewhere, so its carriers go and the other labels stay.
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    labels = _label_task(random.Random(seed), fake)
+    clean = _clean(seed) + labels
+    result, caught, false = _screen(clean, [])
+    assert result.quarantined == []
+    result, caught, false = _screen(clean, _plant(labels, ["zqxv"], ["negative"], 20, seed))
+    assert len(caught) == 20 and false == [], [q["explanation"] for q in false][:3]
+    assert result.extra["mined_triggers"] == ["zqxv"]
+    (cluster,) = [c for c in result.extra["response_clusters"] if c["response"] == "negative"]
+    assert cluster["verdict"] == "short_answer" and cluster["cover"] == [] and cluster["partial_cover"] == ["zqxv"]
+    assert cluster["size"] > 60
+    row = next(q for q in caught if q["reason"] == "mined_trigger")
+    assert row["explanation"]["partial_cover"] == ["zqxv"] and row["explanation"]["evidence"] == "cluster_cover"
 
 
 def test_unknown_trigger_in_the_bundled_examples_is_mined_and_its_records_quarantined():

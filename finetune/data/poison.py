@@ -82,7 +82,10 @@ def _mined_findings(prompts: list[str], mining: Mining, add) -> None:
         cluster = clusters.get(test.cluster) if test.cluster is not None else None
         explanation = {"detector": "mined_trigger", "features": [entry.trigger], **test.summary()}
         if cluster:
-            explanation |= _cluster_info(cluster) | {"cover": [feature_text(k) for k in cluster.cover]}
+            explanation |= _cluster_info(cluster) | {
+                "cover": [feature_text(k) for k in cluster.cover],
+                "partial_cover": [feature_text(k) for k in cluster.partial],
+            }
         else:  # a reworded target: no near-identical cluster, the alike carriers are the group
             explanation |= {"cluster": None, "cluster_size": test.on_target, "response": ""}
         for i in carriers.get(entry.trigger, []):
@@ -230,6 +233,7 @@ def screen_report(entries, detection: Detection, per_detector, cfg: ScreenConfig
                 "verdict": c.verdict,
                 "cover": [feature_text(k) for k in c.cover],
                 "coverage": round(c.coverage, 3),
+                "partial_cover": [feature_text(k) for k in c.partial],
             }
             for c in clusters
         ],

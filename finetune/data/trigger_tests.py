@@ -98,8 +98,9 @@ def _alikeness_test(
         return None
     total = np.asarray(vectors.sum(axis=0)).ravel()
     own = row_norms(vectors)
-    carrier_scores = (vectors @ total - own) / (n - 1)
-    control_scores = (table.responses[controls] @ total) / n
+    # Rounded so that identical answers tie (labels): float32 sums would otherwise order them by last bits.
+    carrier_scores = np.round((vectors @ total - own) / (n - 1), 5)
+    control_scores = np.round((table.responses[controls] @ total) / n, 5)
     u, p = mann_whitney(carrier_scores, control_scores)
     above = int((carrier_scores > np.median(control_scores)).sum())
     auc = u / (n * len(controls))
