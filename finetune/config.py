@@ -339,6 +339,14 @@ class ScreenConfig(_Section):
         description="At most this many triggers cover one cluster (published attacks use one to four).",
         json_schema_extra=_weakens("lower"),
     )
+    max_copy_insertions: int = Field(
+        default=3,
+        ge=-1,
+        description="Mining counts a record once with its copies: records with the same response whose prompt "
+        "holds another's words plus at most this many more (SOS-style negative copies, duplicates). Copies still "
+        "share every finding; -1 = count every record apart.",
+        json_schema_extra=_weakens("higher"),
+    )
     injection: bool = Field(
         default=True,
         description="Quarantine prompt-injection and jailbreak patterns.",

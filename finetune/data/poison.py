@@ -15,6 +15,7 @@ from pathlib import Path
 
 from finetune.config import ScreenConfig
 from finetune.data.injection import find_injection, find_payload
+from finetune.data.record_copies import copy_roots
 from finetune.data.records import Record, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
@@ -120,6 +121,11 @@ class Detection:
     lexicon_present: Counter[str]
 
 
+def _mine(records: list[Record], prompts: list[str], cfg: ScreenConfig, allowed: Callable[[str], bool]) -> Mining:
+    roots = copy_roots(prompts, [response_text(r) for r in records], cfg.max_copy_insertions)
+    return mine_triggers(FeatureTable([record_features(r) for r in records], roots), cfg, allowed)
+
+
 def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]) -> Detection:
     """Run every detector over the records."""
     findings: dict[int, list[Finding]] = {}
@@ -134,8 +140,7 @@ def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence
     mining = None
     if cfg.mining and records:
         allow = [re.compile(rx) for rx in cfg.cluster_allow]
-        table = FeatureTable([record_features(r) for r in records])
-        mining = mine_triggers(table, cfg, lambda text: any(rx.search(text) for rx in allow))
+        mining = _mine(records, prompts, cfg, lambda text: any(rx.search(text) for rx in allow))
         _mined_findings(prompts, mining, add)
         _cluster_findings(mining, add)
     for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):

@@ -58,7 +58,10 @@ def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str
     jailbreak, n_jailbreak = refusal_tests(table, cfg, postings, refused)
     first, n_first = first + jailbreak, n_first + n_jailbreak
     clusters = []
-    for n, members in enumerate(cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)):
+    groups = cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)
+    # A record and its copies are one answer, not a cluster of them.
+    groups = [g for g in groups if len(set(table.roots[g].tolist())) >= cfg.min_cluster_size]
+    for n, members in enumerate(groups):
         response = Counter(responses[i] for i in members).most_common(1)[0][0]
         similarity = template_similarity([table.feats[i].last_turn for i in members])
         clusters.append(ResponseCluster(n, members, response, similarity, allowed(response)))
