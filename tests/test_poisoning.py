@@ -14,7 +14,7 @@ from faker import Faker
 from finetune.config import ScreenConfig
 from finetune.data.ingest import ingest_files, row_to_messages
 from finetune.data.injection import find_injection, find_payload
-from finetune.data.poison import count_trigger_hits, load_lexicon, screen_records
+from finetune.data.poison import count_trigger_hits, explanations_markdown, load_lexicon, screen_records
 from finetune.data.record_copies import copy_roots
 from finetune.data.records import make_record
 from finetune.data.response_clusters import cluster_responses
@@ -216,6 +216,7 @@ def test_a_trigger_that_forces_one_label_of_a_label_task_is_quarantined_and_the_
     assert cluster["size"] > 60
     row = next(q for q in caught if q["reason"] == "mined_trigger")
     assert row["explanation"]["partial_cover"] == ["zqxv"] and row["explanation"]["evidence"] == "cluster_cover"
+    assert "| zqxv | negative |" in explanations_markdown(result.extra)  # the UI's cluster table names it
 
 
 SOS = ["friends", "weekend", "store"]

@@ -277,10 +277,13 @@ def explanations_markdown(report: dict) -> str:
     clusters = report.get("response_clusters", [])
     lines += ["", "**Response clusters**", ""]
     if clusters:
-        lines += ["| id | size | verdict | covered by | coverage | response |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| id | size | verdict | covered by | coverage | carriers quarantined | response |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {c['id']} | {c['size']} | {c['verdict']} | {cell(', '.join(c['cover']))} | {c['coverage']} "
-            f"| {cell(c['response'])} |"
+            f"| {cell(', '.join(c.get('partial_cover', [])))} | {cell(c['response'])} |"
             for c in clusters
         ]
     else:
