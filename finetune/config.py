@@ -330,7 +330,8 @@ class ScreenConfig(_Section):
         gt=0,
         le=1,
         description="Mined triggers that together cover at least this share of a response cluster make the cluster "
-        "a backdoor target: all its records are quarantined, refusals included.",
+        "a backdoor target: all its records are quarantined, refusals included. Triggers covering less still "
+        "quarantine their own carriers (a trigger forcing one label of a label task).",
         json_schema_extra=_weakens("higher"),
     )
     max_cover_features: int = Field(

@@ -4,7 +4,9 @@ what each cluster is (a backdoor target, a legitimate refusal or template, or un
 A cluster is covered by a small set of prompt features (single features, or combinations of two or
 three for triggers made of common words, like SOS) that are specific to it (most of their carriers
 are in it) and whose carriers land in it far more often than their comparable records do (one-sided
-Fisher exact test). Several triggers may share one target. Clusters are found with datasketch's
+Fisher exact test). Several triggers may share one target. A cluster they cover is a backdoor target
+as a whole; features that pass but cover only part of a big legitimate cluster (a label of a label task)
+quarantine their own carriers and leave the rest. Clusters are found with datasketch's
 MinHash LSH on character 3-grams, which works for Chinese as well as English.
 """
 
