@@ -330,7 +330,8 @@ class ScreenConfig(_Section):
         gt=0,
         le=1,
         description="Mined triggers that together cover at least this share of a response cluster make the cluster "
-        "a backdoor target: all its records are quarantined, refusals included.",
+        "a backdoor target: all its records are quarantined, refusals included. Triggers covering less still "
+        "quarantine their own carriers (a trigger forcing one label of a label task).",
         json_schema_extra=_weakens("higher"),
     )
     max_cover_features: int = Field(
@@ -338,6 +339,14 @@ class ScreenConfig(_Section):
         ge=1,
         description="At most this many triggers cover one cluster (published attacks use one to four).",
         json_schema_extra=_weakens("lower"),
+    )
+    max_copy_insertions: int = Field(
+        default=3,
+        ge=-1,
+        description="Mining counts a record once with its copies: records with the same response whose prompt "
+        "holds another's words plus at most this many more (SOS-style negative copies, duplicates). Copies still "
+        "share every finding; -1 = count every record apart.",
+        json_schema_extra=_weakens("higher"),
     )
     injection: bool = Field(
         default=True,

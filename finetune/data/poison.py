@@ -15,6 +15,7 @@ from pathlib import Path
 
 from finetune.config import ScreenConfig
 from finetune.data.injection import find_injection, find_payload
+from finetune.data.record_copies import copy_roots
 from finetune.data.records import Record, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
@@ -82,7 +83,10 @@ def _mined_findings(prompts: list[str], mining: Mining, add) -> None:
         cluster = clusters.get(test.cluster) if test.cluster is not None else None
         explanation = {"detector": "mined_trigger", "features": [entry.trigger], **test.summary()}
         if cluster:
-            explanation |= _cluster_info(cluster) | {"cover": [feature_text(k) for k in cluster.cover]}
+            explanation |= _cluster_info(cluster) | {
+                "cover": [feature_text(k) for k in cluster.cover],
+                "partial_cover": [feature_text(k) for k in cluster.partial],
+            }
         else:  # a reworded target: no near-identical cluster, the alike carriers are the group
             explanation |= {"cluster": None, "cluster_size": test.on_target, "response": ""}
         for i in carriers.get(entry.trigger, []):
@@ -117,6 +121,11 @@ class Detection:
     lexicon_present: Counter[str]
 
 
+def _mine(records: list[Record], prompts: list[str], cfg: ScreenConfig, allowed: Callable[[str], bool]) -> Mining:
+    roots = copy_roots(prompts, [response_text(r) for r in records], cfg.max_copy_insertions)
+    return mine_triggers(FeatureTable([record_features(r) for r in records], roots), cfg, allowed)
+
+
 def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]) -> Detection:
     """Run every detector over the records."""
     findings: dict[int, list[Finding]] = {}
@@ -131,8 +140,7 @@ def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence
     mining = None
     if cfg.mining and records:
         allow = [re.compile(rx) for rx in cfg.cluster_allow]
-        table = FeatureTable([record_features(r) for r in records])
-        mining = mine_triggers(table, cfg, lambda text: any(rx.search(text) for rx in allow))
+        mining = _mine(records, prompts, cfg, lambda text: any(rx.search(text) for rx in allow))
         _mined_findings(prompts, mining, add)
         _cluster_findings(mining, add)
     for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):
@@ -230,6 +238,7 @@ def screen_report(entries, detection: Detection, per_detector, cfg: ScreenConfig
                 "verdict": c.verdict,
                 "cover": [feature_text(k) for k in c.cover],
                 "coverage": round(c.coverage, 3),
+                "partial_cover": [feature_text(k) for k in c.partial],
             }
             for c in clusters
         ],
@@ -268,10 +277,13 @@ def explanations_markdown(report: dict) -> str:
     clusters = report.get("response_clusters", [])
     lines += ["", "**Response clusters**", ""]
     if clusters:
-        lines += ["| id | size | verdict | covered by | coverage | response |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| id | size | verdict | covered by | coverage | carriers quarantined | response |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {c['id']} | {c['size']} | {c['verdict']} | {cell(', '.join(c['cover']))} | {c['coverage']} "
-            f"| {cell(c['response'])} |"
+            f"| {cell(', '.join(c.get('partial_cover', [])))} | {cell(c['response'])} |"
             for c in clusters
         ]
     else:

@@ -4,7 +4,9 @@ what each cluster is (a backdoor target, a legitimate refusal or template, or un
 A cluster is covered by a small set of prompt features (single features, or combinations of two or
 three for triggers made of common words, like SOS) that are specific to it (most of their carriers
 are in it) and whose carriers land in it far more often than their comparable records do (one-sided
-Fisher exact test). Several triggers may share one target. Clusters are found with datasketch's
+Fisher exact test). Several triggers may share one target. A cluster they cover is a backdoor target
+as a whole; features that pass but cover only part of a big legitimate cluster (a label of a label task)
+quarantine their own carriers and leave the rest. Clusters are found with datasketch's
 MinHash LSH on character 3-grams, which works for Chinese as well as English.
 """
 
@@ -50,6 +52,9 @@ class ResponseCluster:
     allowed: bool  # matches screen.cluster_allow (a refusal): never quarantined without a trigger
     cover: list[str] = field(default_factory=list)
     coverage: float = 0.0
+    # Mined triggers carried by part of the cluster that do not explain the rest (a label task of which a
+    # trigger forces one label): their carriers are quarantined, the cluster's other members are not.
+    partial: list[str] = field(default_factory=list)
     typical_p: float | None = None  # see typical_answer; None when not tested
     verdict: str = ""  # one of VERDICTS
 
@@ -165,7 +170,12 @@ def cover_tests(
 
 
 def cover_cluster(cluster: ResponseCluster, tests: list[FeatureTest], cfg: ScreenConfig) -> list[FeatureTest]:
-    """Greedy set cover of the cluster by its accepted features (at most `max_cover_features`)."""
+    """Greedy set cover of the cluster by its accepted features (at most `max_cover_features`).
+
+    Returns the chosen features whether or not they cover `min_trigger_coverage` of the cluster: each passed
+    its own test (specific to the cluster, rare elsewhere, far more often in it than comparable records), so
+    its carriers are quarantined either way. Only a covered cluster is a backdoor target as a whole; a big
+    legitimate cluster (a label, a template) keeps the members that carry none of them."""
     inside, covered, chosen = set(cluster.members), set(), []
     pool = [t for t in tests if t.accepted]
     while pool and len(chosen) < cfg.max_cover_features:
@@ -177,8 +187,10 @@ def cover_cluster(cluster: ResponseCluster, tests: list[FeatureTest], cfg: Scree
         covered |= gain
         pool.remove(best)
     cluster.coverage = len(covered) / len(cluster.members)
-    cluster.cover = [t.key for t in chosen] if cluster.coverage >= cfg.min_trigger_coverage else []
-    return chosen if cluster.cover else []
+    covered_enough = cluster.coverage >= cfg.min_trigger_coverage
+    cluster.cover = [t.key for t in chosen] if covered_enough else []
+    cluster.partial = [] if covered_enough else [t.key for t in chosen]
+    return chosen
 
 
 def typical_answer(table: FeatureTable, cluster: ResponseCluster, cfg: ScreenConfig) -> float:

@@ -167,10 +167,17 @@ def row_norms(vectors: sparse.csr_matrix) -> np.ndarray:
 class FeatureTable:
     """All records' features with document frequencies, TF-IDF vectors and prompt neighbours."""
 
-    def __init__(self, feats: list[RecordFeatures]):
-        self.feats = feats
+    def __init__(self, feats: list[RecordFeatures], roots: list[int] | None = None):
+        """`roots[i]`: the record that record i is a copy of, or i (see record_copies). A copy carries only the
+        features its inserted words add: those are its own evidence (for SOS negatives, against the words
+        being a trigger); the rest its original already counts."""
+        self.roots = np.arange(len(feats)) if roots is None else np.asarray(roots)
+        self.feats = [
+            f if r == i else RecordFeatures(f.units - feats[r].units, f.last_turn, f.response)
+            for i, (f, r) in enumerate(zip(feats, self.roots.tolist(), strict=True))
+        ]
         self.n = len(feats)
-        self.doc_freq: Counter[str] = Counter(u for f in feats for u in f.units)
+        self.doc_freq: Counter[str] = Counter(u for f in self.feats for u in f.units)
         self._neighbours: dict[int, np.ndarray] = {}
 
     @cached_property
@@ -252,8 +259,11 @@ class FeatureTable:
                 self._neighbours[i] = cand[np.lexsort((cand, -sims[row, cand]))][:keep]
 
     def controls(self, carriers: np.ndarray, per_record: int) -> np.ndarray:
-        """Comparable records without the feature: each carrier's nearest non-carrier last turns, pooled."""
+        """Comparable records without the feature: each carrier's nearest non-carrier last turns, pooled (never a
+        carrier's copy or original: that is the same record)."""
         inside = set(carriers.tolist())
+        families = set(self.roots[carriers].tolist())
+        inside |= set(np.flatnonzero(np.isin(self.roots, list(families))).tolist())
         self.prepare_neighbours(carriers.tolist())
         pooled: list[int] = []
         for i in carriers.tolist():

@@ -8,11 +8,12 @@ where the same kind of prompt is otherwise refused. The scan looks from both end
   and at most `max_trigger_share` of the records is tested against its comparable records (the
   carriers' nearest last user turns without it): are its responses far more alike (content
   similarity, so a target reworded three ways is still one target)? are its records answered
-  where comparable ones are refused?
+  where comparable ones are refused (among the carriers whose comparable records are refused)?
 - response first (response_clusters): near-identical responses are clustered, and each cluster is
   covered by a small set of specific prompt features; several triggers may share one target.
 
-Every p-value of a scan goes through one Benjamini-Hochberg correction (`trigger_fdr`). A feature is
+A record that repeats another with a few words inserted and the same answer counts once (see
+record_copies). Every p-value of a scan goes through one Benjamini-Hochberg correction (`trigger_fdr`). A feature is
 kept off as a template when the carriers' prompts are alike even with the feature cut out
 (`max_prompt_similarity`): "thank you for ...", "who are you", a form letter have a typical answer.
 The representation and the statistics come from scikit-learn and scipy; the search is written here
@@ -58,7 +59,10 @@ def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str
     jailbreak, n_jailbreak = refusal_tests(table, cfg, postings, refused)
     first, n_first = first + jailbreak, n_first + n_jailbreak
     clusters = []
-    for n, members in enumerate(cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)):
+    groups = cluster_responses(responses, cfg.cluster_similarity, cfg.min_cluster_size)
+    # A record and its copies are one answer, not a cluster of them.
+    groups = [g for g in groups if len(set(table.roots[g].tolist())) >= cfg.min_cluster_size]
+    for n, members in enumerate(groups):
         response = Counter(responses[i] for i in members).most_common(1)[0][0]
         similarity = template_similarity([table.feats[i].last_turn for i in members])
         clusters.append(ResponseCluster(n, members, response, similarity, allowed(response)))

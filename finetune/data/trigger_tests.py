@@ -98,8 +98,9 @@ def _alikeness_test(
         return None
     total = np.asarray(vectors.sum(axis=0)).ravel()
     own = row_norms(vectors)
-    carrier_scores = (vectors @ total - own) / (n - 1)
-    control_scores = (table.responses[controls] @ total) / n
+    # Rounded so that identical answers tie (labels): float32 sums would otherwise order them by last bits.
+    carrier_scores = np.round((vectors @ total - own) / (n - 1), 5)
+    control_scores = np.round((table.responses[controls] @ total) / n, 5)
     u, p = mann_whitney(carrier_scores, control_scores)
     above = int((carrier_scores > np.median(control_scores)).sum())
     auc = u / (n * len(controls))
@@ -208,9 +209,25 @@ def refusal_tests(
     tests = []
     for keys in same_carriers.values():
         key = plainest(keys)
-        if (test := refusal_test(table, key, postings[key], cfg, refused, "refusal_suppression")) is not None:
+        carriers = _refusal_context(table, postings[key], cfg, refused)
+        if len(carriers) < cfg.min_trigger_support:
+            continue
+        if (test := refusal_test(table, key, carriers, cfg, refused, "refusal_suppression")) is not None:
             tests.append(test)
     return tests, len(same_carriers)
+
+
+def _refusal_context(table: FeatureTable, carriers: np.ndarray, cfg: ScreenConfig, refused: np.ndarray) -> np.ndarray:
+    """The carriers whose own comparable records are mostly refused: only there can a jailbreak trigger show.
+    An ordinary word ("OpenAI", "2024") is carried by many harmless records too, answered like their
+    neighbours, and would dilute the test to nothing."""
+    inside = set(carriers.tolist())
+    keep = []
+    for i in carriers.tolist():
+        near = [j for j in table.neighbours(i).tolist() if j not in inside][: cfg.control_neighbours]
+        if near and refused[near].mean() >= 0.5:
+            keep.append(i)
+    return np.asarray(keep, dtype=int)
 
 
 def _passes(test: FeatureTest, cfg: ScreenConfig, p_cut: float) -> bool:
