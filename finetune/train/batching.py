@@ -9,12 +9,9 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.data.records import Record
 from finetune.sft import IGNORE_INDEX, tokenize_record
+from finetune.train.guards import TrainingError
 
 Example = dict[str, list[int]]
-
-
-class TrainingError(RuntimeError):
-    """Training produced a result that must not be used (no trained token, NaN loss, dead gradients)."""
 
 
 def encode_records(tokenizer: PreTrainedTokenizerBase, records: list[Record], cutoff_len: int) -> list[Example]:

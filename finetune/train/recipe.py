@@ -2,7 +2,8 @@
 
 The shape is torchtune's single-device LoRA recipe. What differs per method (which parameters
 train, how the result is saved and reloaded) is in `methods.py`; how global batches split over
-ranks and micro-batches is in `distributed.py`; records become tensors in `batching.py`.
+ranks and micro-batches is in `distributed.py`; records become tensors in `batching.py`; the checks that
+stop a diverging or silently idle run are in `guards.py`.
 Everything a run needs comes in one `TrainingSpec`.
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from finetune.data.records import read_jsonl, sha256_file, write_json
 from finetune.model.chat_template import apply_template
 from finetune.model.loading import load_tokenizer
 from finetune.process_memory import peak_rss_mib
-from finetune.train.batching import TrainingError, collate, encode_records, epoch_batches, pack_examples, trained_tokens
+from finetune.train.batching import collate, encode_records, epoch_batches, pack_examples, trained_tokens
 from finetune.train.checkpoint import (
     best_weights_file,
     load_checkpoint,
@@ -43,6 +44,13 @@ from finetune.train.distributed import (
     rank_slice,
     reduce_sum,
     wrap_data_parallel,
+)
+from finetune.train.guards import (
+    check_every_tensor_learned,
+    check_grad_norm,
+    check_loss_finite,
+    check_not_collapsed,
+    names_with_gradient,
 )
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
@@ -181,7 +189,7 @@ class SFTRecipe:
             state.losses.append(loss)
             state.tokens += tokens
             state.step += 1
-            _check_not_collapsed(state.losses, state.step)
+            check_not_collapsed(state.losses, state.step)
             seconds = time.perf_counter() - tick
             state.train_seconds += seconds
             self._track_step(loss, grad_norm, tokens / max(seconds, 1e-9))
@@ -193,7 +201,7 @@ class SFTRecipe:
                 self._checkpoint()
         bar.close()
         state.with_grad = sorted(with_grad)
-        _check_every_tensor_learned(self.trainable, with_grad)
+        check_every_tensor_learned(self.trainable, with_grad)
 
     def _optimizer_step(self, group: list[int], with_grad: set[str]) -> tuple[float, int, float]:
         """One optimizer step over a global batch; returns its mean loss, non-padding tokens and gradient norm."""
@@ -213,10 +221,10 @@ class SFTRecipe:
             tokens += int(batch["attention_mask"].sum()) if micro.indices else 0
         step_loss, tokens = reduce_sum([step_loss, tokens], self.ranks, self.device)
         step = self.state.step + 1
-        _check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
-        with_grad.update(_names_with_gradient(self.trainable))
+        check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
+        with_grad.update(names_with_gradient(self.trainable))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.cfg.max_grad_norm))
-        _check_grad_norm(grad_norm, step, self.cfg.learning_rate)
+        check_grad_norm(grad_norm, step, self.cfg.learning_rate)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -359,51 +367,6 @@ def run_training(spec: TrainingSpec, log: Log = print) -> TrainResult:
             raise
         recipe.cleanup()
         return result
-
-
-# Guards against silent failures, each raising TrainingError with the setting to change: a loss that
-# collapses to ~0 means the answer leaks into the input or nearly every token is masked; a NaN loss or an
-# exploding gradient norm means the run diverges; a trainable tensor that never gets a gradient means
-# training silently does nothing to it.
-LOSS_COLLAPSE = 1e-4
-COLLAPSE_STEPS = 5
-GRAD_NORM_LIMIT = 1e4
-
-
-def _check_loss_finite(loss: float, step: int, learning_rate: float) -> None:
-    if not math.isfinite(loss):
-        raise TrainingError(f"loss is {loss} at step {step}; lower train.learning_rate (now {learning_rate})")
-
-
-def _check_grad_norm(grad_norm: float, step: int, learning_rate: float) -> None:
-    if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
-        raise TrainingError(
-            f"gradient norm {grad_norm:.3g} at step {step} (limit {GRAD_NORM_LIMIT:g}): training diverges; "
-            f"lower train.learning_rate (now {learning_rate})"
-        )
-
-
-def _check_not_collapsed(losses: list[float], step: int) -> None:
-    if len(losses) >= COLLAPSE_STEPS and max(losses[-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
-        raise TrainingError(
-            f"loss collapsed below {LOSS_COLLAPSE} for {COLLAPSE_STEPS} steps at step {step}: the answer is "
-            "probably visible in the input or almost every token is masked; check the mask preview"
-        )
-
-
-def _check_every_tensor_learned(trainable: Iterable[str], with_grad: set[str]) -> None:
-    names = list(trainable)
-    missing = sorted(set(names) - with_grad)
-    if missing:
-        raise TrainingError(
-            f"{len(missing)} of {len(names)} trainable tensors never received a gradient "
-            f"(first: {missing[0]}); training would silently do nothing"
-        )
-
-
-def _names_with_gradient(trainable: dict[str, torch.nn.Parameter]) -> set[str]:
-    """The trainable tensors whose gradient after this backward pass is non-zero."""
-    return {n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def tensor_digest(tensor: torch.Tensor) -> bytes:

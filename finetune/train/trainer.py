@@ -11,7 +11,7 @@ from pathlib import Path
 
 from finetune.config import SftConfig, TrainConfig
 from finetune.data.records import Record, write_jsonl
-from finetune.train.batching import TrainingError
+from finetune.train.guards import TrainingError
 from finetune.train.recipe import run_training
 from finetune.train.result import RESULT_FILE, TrainResult, load_train_result, save_loss_curve
 from finetune.train.spec import TrainingSpec
