@@ -122,6 +122,8 @@ def test_spec_crosses_to_the_child_as_json_and_training_reads_only_encoded_examp
     assert encoded.encoding.cutoff_len == 64 and encoded.encoding.chat_template == chat.chat_template
     assert encoded.record_ids == [r["id"] for r in golden_records()]
     assert encoded.examples[0]["input_ids"] == encode_split(chat, golden_records()[:1], 64).examples[0]["input_ids"]
+    write_split(split, "val", encode_split(chat, [], 64))  # sft.val_fraction=0 leaves an empty split
+    assert read_split(split, "val", tokenizer).examples == []
     assert tokenizer_sha256(load_tokenizer(tiny_base)) != tokenizer_sha256(tokenizer)
     with pytest.raises(ValueError, match=r"encoded by another tokenizer .* materialize sft_dataset again"):
         read_split(split, "train", load_tokenizer(tiny_base))

@@ -119,7 +119,7 @@ def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> 
             "again with this base model"
         )
     ends = tensors["lengths"].cumsum(0).tolist()
-    starts = [0, *ends[:-1]]
+    starts = [0, *ends][:-1]
     ids, labels = tensors["input_ids"].tolist(), tensors["labels"].tolist()
     examples = [{"input_ids": ids[s:e], "labels": labels[s:e]} for s, e in zip(starts, ends, strict=True)]
     encoding = Encoding(meta["tokenizer_sha256"], meta["chat_template"], int(meta["cutoff_len"]))

@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 from finetune.data.records import sha256_file, write_json
 from finetune.model.loading import load_tokenizer
 from finetune.process_memory import peak_rss_mib
+from finetune.train import guards
 from finetune.train.checkpoint import (
     best_weights_file,
     load_checkpoint,
@@ -44,13 +45,6 @@ from finetune.train.distributed import (
     wrap_data_parallel,
 )
 from finetune.train.examples import EncodedSplit, collate, epoch_batches, pack_examples, read_split, trained_tokens
-from finetune.train.guards import (
-    check_every_tensor_learned,
-    check_grad_norm,
-    check_loss_finite,
-    check_not_collapsed,
-    names_with_gradient,
-)
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
 from finetune.train.result import RESULT_FILE, TrainResult, save_loss_curve
@@ -192,7 +186,7 @@ class SFTRecipe:
             state.losses.append(loss)
             state.tokens += tokens
             state.step += 1
-            check_not_collapsed(state.losses, state.step)
+            guards.check_not_collapsed(state.losses, state.step)
             seconds = time.perf_counter() - tick
             state.train_seconds += seconds
             self._track_step(loss, grad_norm, tokens / max(seconds, 1e-9))
@@ -204,7 +198,7 @@ class SFTRecipe:
                 self._checkpoint()
         bar.close()
         state.with_grad = sorted(with_grad)
-        check_every_tensor_learned(self.trainable, with_grad)
+        guards.check_every_tensor_learned(self.trainable, with_grad)
 
     def _optimizer_step(self, group: list[int], with_grad: set[str]) -> tuple[float, int, float]:
         """One optimizer step over a global batch; returns its mean loss, non-padding tokens and gradient norm."""
@@ -224,10 +218,10 @@ class SFTRecipe:
             tokens += int(batch["attention_mask"].sum()) if micro.indices else 0
         step_loss, tokens = reduce_sum([step_loss, tokens], self.ranks, self.device)
         step = self.state.step + 1
-        check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
-        with_grad.update(names_with_gradient(self.trainable))
+        guards.check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
+        with_grad.update(guards.names_with_gradient(self.trainable))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.cfg.max_grad_norm))
-        check_grad_norm(grad_norm, step, self.cfg.learning_rate)
+        guards.check_grad_norm(grad_norm, step, self.cfg.learning_rate)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
