@@ -1,9 +1,13 @@
-"""SFT formatting: deterministic train/val/test split and chat-template tokenization with response-only labels."""
+"""SFT formatting: deterministic train/val/test split and chat-template tokenization with response-only labels.
+
+Each kept record is rendered and tokenized here, once; the stage writes the encoded examples of every
+split beside its records (finetune/train/examples.py), and training reads those instead of rendering again.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,9 @@ from finetune.model.chat_template import template_info
 from finetune.model.conversation import RecordFormatError
 from finetune.redaction import redact_text
 from finetune.sft_render import render_record
+from finetune.train.examples import IGNORE_INDEX, EncodedSplit, Encoding, Example, encoding_of, write_split
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
-REPORT = "report.json"  # the stage report beside the splits; training reads the resolved cutoff from it
 
 
 def split_of(record_id: str, cfg: SftConfig) -> str:
@@ -48,7 +51,7 @@ def tokenize_conversation(
     if not isinstance(cutoff_len, int):
         raise ValueError(
             f"cutoff_len must be a number of tokens here, got {cutoff_len!r}; sft.cutoff_len: auto is resolved by "
-            "the sft_dataset stage (build_sft_splits) and read back with sft_settings()"
+            "the sft_dataset stage (build_sft_splits), which records the cutoff with the encoded examples"
         )
     rendered = render_record(tokenizer, messages, tools)
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -67,6 +70,23 @@ def tokenize_conversation(
 def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: Record, cutoff_len: int) -> dict[str, list[int]]:
     """`tokenize_conversation` on a record's turns and the tools it may call."""
     return tokenize_conversation(tokenizer, record["messages"], cutoff_len, record.get("tools"))
+
+
+def encode_split(tokenizer: PreTrainedTokenizerBase, records: list[Record], cutoff_len: int) -> EncodedSplit:
+    """Records encoded for training at `cutoff_len`; refuses one with no trained token (its loss would be NaN).
+
+    For records that did not pass through `build_sft_splits`, which drops such records instead.
+    """
+    examples = []
+    for record in records:
+        full = tokenize_record(tokenizer, record, cutoff_len)
+        if all(label == IGNORE_INDEX for label in full["labels"]):
+            raise ValueError(
+                f"record {record['id']} has no response token within sft.cutoff_len={cutoff_len}; "
+                "raise the cutoff or drop it (the sft_dataset stage drops such records as no_trainable_tokens)"
+            )
+        examples.append({"input_ids": full["input_ids"], "labels": full["labels"]})
+    return EncodedSplit([r["id"] for r in records], examples, encoding_of(tokenizer, cutoff_len))
 
 
 def mask_preview(tokenizer: PreTrainedTokenizerBase, example: dict[str, list[int]]) -> str:
@@ -135,16 +155,24 @@ def cutoff_memory_limit(
     )
 
 
+@dataclass
+class SftDataset(StageResult):
+    """The stage's outcome, and the encoded example of each kept record (in the order of `kept`)."""
+
+    examples: list[Example] = field(default_factory=list)
+    encoding: Encoding | None = None
+
+
 def build_sft_splits(
     records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig, memory_limit: int | None = None
-) -> StageResult:
+) -> SftDataset:
     """Split records and check each tokenizes with at least one trained token within the cutoff.
 
     A record the chat template cannot render is quarantined with the reason (`chat_template_failed`); one
     with nothing to train within the cutoff is dropped (`no_trainable_tokens`). The report says which
     template was used, the cutoff and how it was chosen, and how many records it truncates.
     """
-    result = StageResult(stage="sft_dataset", n_in=len(records))
+    result = SftDataset(stage="sft_dataset", n_in=len(records))
     encoded = []
     for record in records:
         try:
@@ -162,9 +190,11 @@ def build_sft_splits(
             result.drop(record, "no_trainable_tokens", cutoff_len=cutoff)
             continue
         result.kept.append({**record, "split": split_of(record["id"], cfg)})
+        result.examples.append(example)
         trained_tokens += n_trained
         if len(previews) < 3:
             previews.append(redact_text(mask_preview(tokenizer, example)))  # shown in metadata: no raw PII
+    result.encoding = encoding_of(tokenizer, cutoff)
     splits = splits_of(result)
     if not splits["train"]:
         first = result.quarantined[0]["detail"] if result.quarantined else "none quarantined"
@@ -191,20 +221,12 @@ def splits_of(result: StageResult) -> dict[str, list[Record]]:
     return {name: [r for r in result.kept if r["split"] == name] for name in SPLITS}
 
 
-def write_sft_dataset(result: StageResult, out_dir: Path) -> dict[str, Any]:
-    """Write train/val/test JSONL beside the stage's kept/dropped files; return the report."""
+def write_sft_dataset(result: SftDataset, out_dir: Path) -> dict[str, Any]:
+    """Write train/val/test JSONL and their encoded examples beside the stage's kept/dropped files; return the
+    report."""
     report = result.write(out_dir)
     for name, rows in splits_of(result).items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
+        examples = [e for r, e in zip(result.kept, result.examples, strict=True) if r["split"] == name]
+        write_split(out_dir, name, EncodedSplit([r["id"] for r in rows], examples, result.encoding))
     return report
-
-
-def sft_settings(split_dir: Path, sft: SftConfig) -> SftConfig:
-    """The SFT settings training uses for splits written by `write_sft_dataset`: `auto` replaced by the cutoff
-    the stage chose, so every example is cut where the stage measured its truncation."""
-    if sft.cutoff_len != "auto":
-        return sft
-    report = Path(split_dir) / REPORT
-    if not report.is_file():
-        raise FileNotFoundError(f"{report} not found: sft.cutoff_len is auto and training needs the cutoff it chose")
-    return sft.model_copy(update={"cutoff_len": json.loads(report.read_text(encoding="utf-8"))["cutoff_len"]})

@@ -30,9 +30,10 @@ from finetune.sft import (
     build_sft_splits,
     mask_preview,
     resolve_cutoff,
-    sft_settings,
     tokenize_conversation,
+    write_sft_dataset,
 )
+from finetune.train.examples import read_split
 from finetune.train.memory import estimate_memory, longest_sequence_within
 from finetune.train.merge import merge_adapter
 from finetune.train.methods import ADAPTER_METHODS, WEIGHT_METHODS, build_trainable_model, target_shortfalls
@@ -180,8 +181,8 @@ def test_cutoff_auto_takes_a_high_percentile_and_the_memory_cap(qwen2, tmp_path)
     assert result.extra["truncated_at_cutoff"] == 2 and result.extra["truncated_share"] == 0.1
     assert resolve_cutoff(lengths, cfg, memory_limit=lengths[3])[0] == lengths[3]
     assert resolve_cutoff(lengths, SftConfig(cutoff_len=64))[0] == 64
-    result.write(tmp_path)
-    assert sft_settings(tmp_path, cfg).cutoff_len == lengths[17]
+    write_sft_dataset(result, tmp_path)  # training reads the chosen cutoff from the encoded examples
+    assert read_split(tmp_path, "train", tok).encoding.cutoff_len == lengths[17]
 
 
 def test_memory_estimate_counts_the_logits_of_a_large_vocabulary(qwen2):

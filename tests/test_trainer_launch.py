@@ -16,11 +16,15 @@ import pytest
 from assets.data import sft_dataset
 from assets.training import adapter, base_model
 from finetune.cli import main as cli_main
-from finetune.config import PROJECT_ROOT, ConfigError, TrainConfig, load_config
+from finetune.config import PROJECT_ROOT, ConfigError, SftConfig, TrainConfig, load_config
 from finetune.data.records import write_jsonl
+from finetune.model.loading import load_chat_tokenizer, load_tokenizer
+from finetune.sft import encode_split
+from finetune.train.examples import EncodedSplit, Encoding, read_split, tokenizer_sha256, write_split
 from finetune.train.launch import accelerate_command, python_command, torchrun_command
 from finetune.train.spec import TrainingSpec, training_spec
 from finetune.train.tracking import TrackingSpec
+from finetune.train.trainer import write_encoded_splits
 from resources import (
     InProcessLauncher,
     NoTracker,
@@ -77,25 +81,52 @@ def test_run_key_holds_what_changes_the_weights_and_nothing_else(tmp_path):
     assert all(s.weight_inputs() == spec.weight_inputs() for s in same)
     changed = [
         spec.model_copy(update={"train": TrainConfig(learning_rate=1e-3)}),
-        spec.model_copy(update={"cutoff_len": 64}),
-        spec.model_copy(update={"chat_template": "chatml"}),
-        spec.model_copy(update={"enable_thinking": True}),
         spec.model_copy(update={"base_path": "other-base"}),
     ]
     assert all(s.weight_inputs() != spec.weight_inputs() for s in changed)
+    # The data's part of the key: the encoded tokens, their labels and the cutoff (template and thinking mode
+    # act through the tokens), not the records' ids.
+    encoding = Encoding("t" * 64, "{{ m }}", 32)
+    split = EncodedSplit(
+        ["a", "b"], [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}], encoding
+    )
+    assert EncodedSplit(["x", "y"], split.examples, encoding).digest() == split.digest()
+    other_labels = [{"input_ids": [1, 2, 3], "labels": [-100, -100, 3]}, split.examples[1]]
+    moved = [{"input_ids": [1, 2], "labels": [-100, 2]}, {"input_ids": [3, 4], "labels": [3, 4]}]
+    for other in (
+        EncodedSplit(split.record_ids, other_labels, encoding),
+        EncodedSplit(split.record_ids, moved, encoding),  # same tokens, cut between examples elsewhere
+        EncodedSplit(split.record_ids, split.examples, Encoding("t" * 64, "{{ m }}", 64)),
+    ):
+        assert other.digest() != split.digest()
 
 
-def test_spec_carries_the_cutoff_sft_dataset_chose_and_the_template_without_reading_yaml_again(tmp_path):
+def test_spec_crosses_to_the_child_as_json_and_training_reads_only_encoded_examples_of_its_tokenizer(
+    golden_base, tiny_base, tmp_path
+):
     cfg = load_config(None, [f"paths.work_dir={tmp_path}", "sft.cutoff_len=auto", "sft.template=chatml"])
     split = tmp_path / "split"
-    split.mkdir()
-    with pytest.raises(FileNotFoundError, match="cutoff_len is auto"):
-        training_spec(cfg, split, "base", tmp_path / "out")
-    (split / "report.json").write_text(json.dumps({"cutoff_len": 48}), encoding="utf-8")
-    spec = training_spec(cfg, split, "base", tmp_path / "out")
-    assert (spec.cutoff_len, spec.chat_template, spec.enable_thinking) == (48, "chatml", False)
-    # What crosses to the Pipes child is the resolved spec: it validates back to the same value.
+    spec = training_spec(cfg, split, golden_base, tmp_path / "out")  # no SFT setting read: they are in the data
     assert TrainingSpec.model_validate(json.loads(json.dumps(spec.model_dump(mode="json")))) == spec
+    # A folder of records alone (what sft_dataset wrote before it encoded examples) is refused with the fix.
+    split.mkdir()
+    write_jsonl(split / "train.jsonl", golden_records())
+    tokenizer = load_tokenizer(golden_base)
+    with pytest.raises(FileNotFoundError, match=r"train.examples.safetensors not found: .* not train.jsonl records"):
+        read_split(split, "train", tokenizer)
+    # The stage's tokenizer carries a chat template and has tokenized with offsets; its digest is still the
+    # base model's. Another model's tokenizer gets other ids for the same text: its examples are refused.
+    chat = load_chat_tokenizer(golden_base, SftConfig(template="chatml"))
+    write_split(split, "train", encode_split(chat, golden_records(), 64))
+    encoded = read_split(split, "train", tokenizer)
+    assert encoded.encoding.cutoff_len == 64 and encoded.encoding.chat_template == chat.chat_template
+    assert encoded.record_ids == [r["id"] for r in golden_records()]
+    assert encoded.examples[0]["input_ids"] == encode_split(chat, golden_records()[:1], 64).examples[0]["input_ids"]
+    write_split(split, "val", encode_split(chat, [], 64))  # sft.val_fraction=0 leaves an empty split
+    assert read_split(split, "val", tokenizer).examples == []
+    assert tokenizer_sha256(load_tokenizer(tiny_base)) != tokenizer_sha256(tokenizer)
+    with pytest.raises(ValueError, match=r"encoded by another tokenizer .* materialize sft_dataset again"):
+        read_split(split, "train", load_tokenizer(tiny_base))
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +239,8 @@ def _alive(pid: int) -> bool:
 def test_sigkill_of_the_run_worker_takes_the_trainer_with_it(golden_base, tmp_path, launcher):
     """Under torchrun and accelerate the trainer is a launcher agent and two ranks: all must go."""
     split = tmp_path / "split"
-    split.mkdir()
     rows = golden_records()
-    write_jsonl(split / "train.jsonl", rows[:12])
-    write_jsonl(split / "val.jsonl", rows[12:])
+    write_encoded_splits(split, {"train": rows[:12], "val": rows[12:]}, golden_base, SftConfig())
     script = tmp_path / "worker.py"
     script.write_text(WORKER, encoding="utf-8")
     worker = subprocess.Popen(

@@ -18,7 +18,7 @@ from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model
 from finetune.train.tracking import TrackingSpec
-from finetune.train.trainer import train_adapter
+from finetune.train.trainer import train_adapter, write_encoded_splits
 from resources import NoTracker, PipelineSettings, TorchrunLauncher
 from tests.test_model_training import _records
 
@@ -138,11 +138,8 @@ def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_
     """The adapter asset launches `torchrun --nproc-per-node=2` through Pipes (Gloo on CPU): each rank
     trains on half of every global batch, so the run matches one process accumulating two micro-batches."""
     rows = _records(21)
-    split = tmp_path / "split"
-    split.mkdir()
     # 13 examples in global batches of 4: the last batch has one example, so rank 1 sits that step out.
-    for name, part in (("train", rows[:13]), ("val", rows[13:])):
-        (split / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
+    split = write_encoded_splits(tmp_path / "split", {"train": rows[:13], "val": rows[13:]}, tiny_base, SftConfig())
     common = dict(method="lora", max_steps=4, batch_size=2, early_stopping_patience=0, ship="last")
     overrides = [f"paths.work_dir={tmp_path / 'work'}", *(f"train.{k}={v}" for k, v in common.items())]
 
@@ -250,7 +247,7 @@ def test_training_on_a_gpu_learns_and_reports_peak_memory(tiny_base, tmp_path, m
 def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
     from finetune.model.loading import load_tokenizer
     from finetune.sft import IGNORE_INDEX, tokenize_conversation
-    from finetune.train.batching import pack_examples
+    from finetune.train.examples import pack_examples
 
     rows = _records(40)
     tok = load_tokenizer(tiny_base)

@@ -2,7 +2,8 @@
 
 The shape is torchtune's single-device LoRA recipe. What differs per method (which parameters
 train, how the result is saved and reloaded) is in `methods.py`; how global batches split over
-ranks and micro-batches is in `distributed.py`; records become tensors in `batching.py`.
+ranks and micro-batches is in `distributed.py`; encoded examples are read and become tensors in `examples.py`; the checks that
+stop a diverging or silently idle run are in `guards.py`.
 Everything a run needs comes in one `TrainingSpec`.
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,11 +21,10 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from finetune.data.records import read_jsonl, sha256_file, write_json
-from finetune.model.chat_template import apply_template
+from finetune.data.records import sha256_file, write_json
 from finetune.model.loading import load_tokenizer
 from finetune.process_memory import peak_rss_mib
-from finetune.train.batching import TrainingError, collate, encode_records, epoch_batches, pack_examples, trained_tokens
+from finetune.train import guards
 from finetune.train.checkpoint import (
     best_weights_file,
     load_checkpoint,
@@ -44,6 +44,7 @@ from finetune.train.distributed import (
     reduce_sum,
     wrap_data_parallel,
 )
+from finetune.train.examples import EncodedSplit, collate, epoch_batches, pack_examples, read_split, trained_tokens
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
 from finetune.train.result import RESULT_FILE, TrainResult, save_loss_curve
@@ -85,22 +86,12 @@ class SFTRecipe:
         self.started = time.perf_counter()
 
     def setup(self) -> None:
-        """Tokenize, build the model and optimizer, and resume from a checkpoint of the same run key."""
+        """Read the encoded examples, build the model and optimizer, and resume from a checkpoint of the same run key."""
         spec, cfg = self.spec, self.cfg
         self.device = training_device(cfg)
         self.dtype = training_dtype(cfg, self.device)
         self.tokenizer = load_tokenizer(spec.base_path, spec.trust_remote_code)
-        apply_template(self.tokenizer, spec.chat_template, spec.enable_thinking)  # the one sft_dataset formatted with
-        train, val = (read_jsonl(spec.split_file(name)) for name in ("train", "val"))
-        self.train_ex = encode_records(self.tokenizer, train, spec.cutoff_len)
-        self.val_ex = encode_records(self.tokenizer, val, spec.cutoff_len)
-        if cfg.packing:
-            packed = pack_examples(self.train_ex, spec.cutoff_len)
-            self.log(
-                f"packing: {len(self.train_ex)} training examples in {len(packed)} sequences of up to "
-                f"{spec.cutoff_len} tokens"
-            )
-            self.train_ex = packed
+        train, val = self._read_examples()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.model = build_trainable_model(spec.base_path, cfg, spec.trust_remote_code)
@@ -117,17 +108,31 @@ class SFTRecipe:
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         total = self.plan.total_steps
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * total), total)
-        key = run_key(spec.weight_inputs(), [r["id"] for r in train], [r["id"] for r in val], self.ranks.world_size)
+        key = run_key(spec.weight_inputs(), train.digest(), val.digest(), self.ranks.world_size)
         self.checkpoint_dir = spec.checkpoint_root / key
         self.state, self.best_file = LoopState(key=key), None
         self._resume()
         params = {
             **cfg.model_dump(),
-            "cutoff_len": spec.cutoff_len,
+            "cutoff_len": self.cutoff_len,
             "base": spec.base_path,
             "world_size": self.ranks.world_size,
         }
         self.tracker = MetricSinks(spec.tracking, spec.out_dir, params, enabled=self.ranks.is_main)
+
+    def _read_examples(self) -> tuple[EncodedSplit, EncodedSplit]:
+        """The train and val examples the sft_dataset stage encoded with this base model's tokenizer, packed if asked."""
+        train, val = (read_split(self.spec.split_dir, name, self.tokenizer) for name in ("train", "val"))
+        self.tokenizer.chat_template = train.encoding.chat_template  # saved with the adapter: what rendered its data
+        self.cutoff_len = train.encoding.cutoff_len
+        self.train_ex, self.val_ex = train.examples, val.examples
+        if self.cfg.packing:
+            self.train_ex = pack_examples(self.train_ex, self.cutoff_len)
+            self.log(
+                f"packing: {len(train.examples)} training examples in {len(self.train_ex)} sequences of up to "
+                f"{self.cutoff_len} tokens"
+            )
+        return train, val
 
     def _estimate_memory(self) -> None:
         longest = max((len(e["input_ids"]) for e in self.train_ex), default=1)
@@ -181,7 +186,7 @@ class SFTRecipe:
             state.losses.append(loss)
             state.tokens += tokens
             state.step += 1
-            _check_not_collapsed(state.losses, state.step)
+            guards.check_not_collapsed(state.losses, state.step)
             seconds = time.perf_counter() - tick
             state.train_seconds += seconds
             self._track_step(loss, grad_norm, tokens / max(seconds, 1e-9))
@@ -193,7 +198,7 @@ class SFTRecipe:
                 self._checkpoint()
         bar.close()
         state.with_grad = sorted(with_grad)
-        _check_every_tensor_learned(self.trainable, with_grad)
+        guards.check_every_tensor_learned(self.trainable, with_grad)
 
     def _optimizer_step(self, group: list[int], with_grad: set[str]) -> tuple[float, int, float]:
         """One optimizer step over a global batch; returns its mean loss, non-padding tokens and gradient norm."""
@@ -213,10 +218,10 @@ class SFTRecipe:
             tokens += int(batch["attention_mask"].sum()) if micro.indices else 0
         step_loss, tokens = reduce_sum([step_loss, tokens], self.ranks, self.device)
         step = self.state.step + 1
-        _check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
-        with_grad.update(_names_with_gradient(self.trainable))
+        guards.check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
+        with_grad.update(guards.names_with_gradient(self.trainable))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.cfg.max_grad_norm))
-        _check_grad_norm(grad_norm, step, self.cfg.learning_rate)
+        guards.check_grad_norm(grad_norm, step, self.cfg.learning_rate)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -305,7 +310,7 @@ class SFTRecipe:
             params_with_grad=len(state.with_grad),
             params_changed=changed,
             seconds=time.perf_counter() - self.started,
-            # Optimisation steps only (no loading, tokenising or validation), as HF Trainer's train_runtime.
+            # Optimisation steps only (no loading, reading examples or validation), as HF Trainer's train_runtime.
             tokens_per_second=state.tokens / max(state.train_seconds, 1e-9),
             loss_curve_png=str(curve),
             extra=self._extra(),
@@ -329,7 +334,7 @@ class SFTRecipe:
             "world_size": self.ranks.world_size,
             "dtype": str(self.dtype).removeprefix("torch."),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else 0.0,
-            "peak_rss_gib": peak_rss_mib() / 1024,  # the process's whole life: includes loading and tokenising
+            "peak_rss_gib": peak_rss_mib() / 1024,  # the process's whole life: includes loading and reading examples
             "tensorboard_dir": str(self.spec.out_dir / TENSORBOARD_DIR) if self.tracker.tensorboard else "",
             "mlflow_run_id": self.tracker.mlflow_run_id,
             "run_key": state.key,
@@ -359,51 +364,6 @@ def run_training(spec: TrainingSpec, log: Log = print) -> TrainResult:
             raise
         recipe.cleanup()
         return result
-
-
-# Guards against silent failures, each raising TrainingError with the setting to change: a loss that
-# collapses to ~0 means the answer leaks into the input or nearly every token is masked; a NaN loss or an
-# exploding gradient norm means the run diverges; a trainable tensor that never gets a gradient means
-# training silently does nothing to it.
-LOSS_COLLAPSE = 1e-4
-COLLAPSE_STEPS = 5
-GRAD_NORM_LIMIT = 1e4
-
-
-def _check_loss_finite(loss: float, step: int, learning_rate: float) -> None:
-    if not math.isfinite(loss):
-        raise TrainingError(f"loss is {loss} at step {step}; lower train.learning_rate (now {learning_rate})")
-
-
-def _check_grad_norm(grad_norm: float, step: int, learning_rate: float) -> None:
-    if not math.isfinite(grad_norm) or grad_norm > GRAD_NORM_LIMIT:
-        raise TrainingError(
-            f"gradient norm {grad_norm:.3g} at step {step} (limit {GRAD_NORM_LIMIT:g}): training diverges; "
-            f"lower train.learning_rate (now {learning_rate})"
-        )
-
-
-def _check_not_collapsed(losses: list[float], step: int) -> None:
-    if len(losses) >= COLLAPSE_STEPS and max(losses[-COLLAPSE_STEPS:]) < LOSS_COLLAPSE:
-        raise TrainingError(
-            f"loss collapsed below {LOSS_COLLAPSE} for {COLLAPSE_STEPS} steps at step {step}: the answer is "
-            "probably visible in the input or almost every token is masked; check the mask preview"
-        )
-
-
-def _check_every_tensor_learned(trainable: Iterable[str], with_grad: set[str]) -> None:
-    names = list(trainable)
-    missing = sorted(set(names) - with_grad)
-    if missing:
-        raise TrainingError(
-            f"{len(missing)} of {len(names)} trainable tensors never received a gradient "
-            f"(first: {missing[0]}); training would silently do nothing"
-        )
-
-
-def _names_with_gradient(trainable: dict[str, torch.nn.Parameter]) -> set[str]:
-    """The trainable tensors whose gradient after this backward pass is non-zero."""
-    return {n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def tensor_digest(tensor: torch.Tensor) -> bytes:

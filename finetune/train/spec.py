@@ -12,10 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune.config import PipelineConfig, TrainConfig
-from finetune.sft import sft_settings
 from finetune.train.tracking import TrackingSpec
 
-SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl"}  # as the sft_dataset stage writes them
 # Settings of `train` that decide when to write a checkpoint or whether to read one, not what is learned.
 NOT_WEIGHT_SETTINGS = {"resume", "save_steps"}
 
@@ -26,31 +24,19 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     train: TrainConfig = Field(description="The method and its hyper-parameters (the config's `train` section).")
-    cutoff_len: int = Field(gt=8, description="Max tokens per example: sft.cutoff_len, `auto` resolved to a number.")
-    chat_template: str = Field(
-        default="", description="sft.template: '' = the model's own, a template name or a Jinja file's path."
-    )
-    enable_thinking: bool = Field(default=False, description="sft.enable_thinking (reasoning templates).")
     base_path: str = Field(description="Local folder or hub id of the base model.")
     trust_remote_code: bool = Field(default=False, description="model.trust_remote_code.")
-    split_dir: Path = Field(description="Folder holding train.jsonl and val.jsonl (the sft_dataset stage's output).")
+    split_dir: Path = Field(
+        description="The sft_dataset stage's folder: its encoded train and val examples, with the template and "
+        "cutoff they were encoded with."
+    )
     out_dir: Path = Field(description="Where the adapter (or model), loss curve and train_result.json are written.")
     checkpoint_root: Path = Field(description="Checkpoints live under <checkpoint_root>/<run key>.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Where per-step metrics go.")
 
-    def split_file(self, name: str) -> Path:
-        """The JSONL file of split `name` (train or val)."""
-        return self.split_dir / SPLIT_FILES[name]
-
     def weight_inputs(self) -> dict[str, Any]:
-        """What, besides the records, determines the trained weights: the run key hashes exactly this."""
-        return {
-            "train": self.train.model_dump(exclude=NOT_WEIGHT_SETTINGS),
-            "cutoff_len": self.cutoff_len,
-            "chat_template": self.chat_template,
-            "enable_thinking": self.enable_thinking,
-            "base_path": self.base_path,
-        }
+        """What, besides the encoded examples, determines the trained weights: the run key hashes exactly this."""
+        return {"train": self.train.model_dump(exclude=NOT_WEIGHT_SETTINGS), "base_path": self.base_path}
 
 
 def training_spec(
@@ -60,15 +46,12 @@ def training_spec(
     out_dir: str | Path,
     tracking: TrackingSpec | None = None,
 ) -> TrainingSpec:
-    """The spec of training on `split_dir`'s splits with the validated `cfg`; checkpoints go under work_dir.
+    """The spec of training on the examples in `split_dir` with the validated `cfg`; checkpoints go under work_dir.
 
-    With `sft.cutoff_len: auto` the cutoff is the one the sft_dataset stage chose (its report beside the splits).
+    The SFT settings are not part of it: the cutoff and the template are those the examples were encoded with.
     """
     return TrainingSpec(
         train=cfg.train,
-        cutoff_len=sft_settings(Path(split_dir), cfg.sft).cutoff_len,
-        chat_template=cfg.sft.template,
-        enable_thinking=cfg.sft.enable_thinking,
         base_path=base_path,
         trust_remote_code=cfg.model.trust_remote_code,
         split_dir=Path(split_dir),

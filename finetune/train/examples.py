@@ -1,0 +1,168 @@
+"""Encoded SFT examples, from the file the sft_dataset stage writes them to, to padded tensors.
+
+The stage renders each record through the chat template and tokenizes it once (token ids, and labels
+that copy the ids on trained turns and are IGNORE_INDEX elsewhere); training only reads the result. The
+file records which tokenizer encoded the examples, so training refuses examples made for another model,
+and the template they were rendered with, which is saved with the adapter. Here too: packing, the
+order of each epoch, and collation into padded batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # the label of a token the loss skips
+FORMAT = "finetune-sft-examples/1"
+
+Example = dict[str, list[int]]
+
+
+def examples_file(folder: Path, split: str) -> Path:
+    """Where split `split`'s encoded examples live in an sft_dataset folder."""
+    return Path(folder) / f"{split}.examples.safetensors"
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A digest of what turns text into ids (vocabulary, merges, normalizer, added tokens), chat template aside."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        for per_call in ("truncation", "padding"):  # set and reset by every tokenizer call
+            state.pop(per_call, None)
+    else:  # a slow (Python) tokenizer has no serialised pipeline: its class and vocabulary decide
+        state = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What produced a split's examples: the tokenizer, the chat template text and the cutoff."""
+
+    tokenizer_sha256: str
+    chat_template: str
+    cutoff_len: int
+
+
+def encoding_of(tokenizer: PreTrainedTokenizerBase, cutoff_len: int) -> Encoding:
+    return Encoding(tokenizer_sha256(tokenizer), tokenizer.chat_template or "", cutoff_len)
+
+
+@dataclass
+class EncodedSplit:
+    """One split's examples, in record order, with the record each came from and how they were encoded."""
+
+    record_ids: list[str]
+    examples: list[Example]
+    encoding: Encoding
+
+    def digest(self) -> str:
+        """A hash of the trained tokens, their labels and the cutoff: what the data contributes to the weights."""
+        h = hashlib.sha256(str(self.encoding.cutoff_len).encode())
+        for tensor in _flat(self.examples).values():
+            h.update(tensor.numpy().tobytes())
+        return h.hexdigest()
+
+
+def _flat(examples: list[Example]) -> dict[str, torch.Tensor]:
+    def joined(key: str) -> torch.Tensor:
+        return torch.tensor([t for e in examples for t in e[key]], dtype=torch.int32)
+
+    lengths = torch.tensor([len(e["input_ids"]) for e in examples], dtype=torch.int64)
+    return {"input_ids": joined("input_ids"), "labels": joined("labels"), "lengths": lengths}
+
+
+def write_split(folder: Path, split: str, encoded: EncodedSplit) -> Path:
+    """Write a split's examples as safetensors (flat int32 ids and labels, per-example lengths)."""
+    path = examples_file(folder, split)
+    metadata = {
+        "format": FORMAT,
+        "tokenizer_sha256": encoded.encoding.tokenizer_sha256,
+        "chat_template": encoded.encoding.chat_template,
+        "cutoff_len": str(encoded.encoding.cutoff_len),
+        "record_ids": json.dumps(encoded.record_ids, ensure_ascii=False),
+    }
+    save_file(_flat(encoded.examples), str(path), metadata=metadata)
+    return path
+
+
+def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> EncodedSplit:
+    """The examples the sft_dataset stage encoded for `split`, checked to come from `tokenizer`.
+
+    Raises:
+        FileNotFoundError: the folder holds no encoded examples (records alone are not trained on).
+        ValueError: the examples were encoded by another tokenizer, or the file is not in this format.
+    """
+    path = examples_file(folder, split)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: training reads the examples the sft_dataset stage encodes, not {split}.jsonl "
+            "records; materialize sft_dataset again (or run `finetune train --data` on the records)"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in ("input_ids", "labels", "lengths")}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}; write it with write_split")
+    if meta["tokenizer_sha256"] != tokenizer_sha256(tokenizer):
+        raise ValueError(
+            f"{path} was encoded by another tokenizer (sha256 {meta['tokenizer_sha256'][:12]}) than the base "
+            f"model's at {tokenizer.name_or_path} ({tokenizer_sha256(tokenizer)[:12]}); materialize sft_dataset "
+            "again with this base model"
+        )
+    ends = tensors["lengths"].cumsum(0).tolist()
+    starts = [0, *ends][:-1]
+    ids, labels = tensors["input_ids"].tolist(), tensors["labels"].tolist()
+    examples = [{"input_ids": ids[s:e], "labels": labels[s:e]} for s, e in zip(starts, ends, strict=True)]
+    encoding = Encoding(meta["tokenizer_sha256"], meta["chat_template"], int(meta["cutoff_len"]))
+    return EncodedSplit(json.loads(meta["record_ids"]), examples, encoding)
+
+
+def pack_examples(examples: list[Example], max_len: int) -> list[Example]:
+    """Greedily concatenate tokenized examples, in order, into sequences of at most `max_len` tokens.
+
+    Labels travel with their tokens, so exactly the same tokens are trained as without packing.
+    """
+    packed: list[Example] = []
+    for example in examples:
+        ids, labels = example["input_ids"], example["labels"]
+        if packed and len(packed[-1]["input_ids"]) + len(ids) <= max_len:
+            packed[-1]["input_ids"] += ids
+            packed[-1]["labels"] += labels
+        else:
+            packed.append({"input_ids": list(ids), "labels": list(labels)})
+    return packed
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch; the order depends only on (seed, epoch), so a resumed run sees the same."""
+    order = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def collate(examples: list[Example], pad_id: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-pad a batch onto `device`; padded positions get label -100 and attention 0."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens whose next token is trained (the positions the loss averages over)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
