@@ -37,6 +37,7 @@ def evaluation_report(
         probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=read_jsonl(StageFiles.of(raw_records).kept),
         triggers=screened_records["probe_triggers"],  # mined features + published triggers the data carries
+        cutoff_len=sft_dataset["cutoff_len"],  # as trained: `sft.cutoff_len: auto` is resolved by that stage
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}

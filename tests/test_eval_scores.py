@@ -32,3 +32,15 @@ def test_degenerate_answers_are_empty_repetitive_or_all_alike():
     assert degenerate_reasons(preds, refs) == ["empty", "repetitive", "", "", "same answer as others", ""]
     # Labels legitimately repeat as often as the references do.
     assert degenerate_reasons(["正面", "正面", "负面"], ["正面", "正面", "负面"]) == ["", "", ""]
+
+
+def test_held_out_loss_uses_the_cutoff_the_sft_stage_chose():
+    # `sft.cutoff_len: auto` is resolved by the sft_dataset stage; evaluation must not read the setting.
+    from finetune.config import SftConfig
+    from finetune.eval.report import EvalData
+
+    auto = SftConfig(cutoff_len="auto")
+    assert EvalData(test=[], cutoff_len=574).heldout_cutoff(auto) == 574
+    assert EvalData(test=[]).heldout_cutoff(SftConfig(cutoff_len=128)) == 128
+    with pytest.raises(ValueError, match="cutoff the sft_dataset stage chose"):
+        EvalData(test=[]).heldout_cutoff(auto)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.config import PipelineConfig
+from finetune.config import PipelineConfig, SftConfig
 from finetune.data.records import Record, response_text, write_json
 from finetune.eval.ceval import load_ceval, score_ceval, subject_names
 from finetune.eval.degenerate import degenerate_reasons
@@ -53,6 +53,17 @@ class EvalData:
     probe_records: list[Record] = field(default_factory=list)  # held-out prompts for backdoor probes
     raw_records: list[Record] = field(default_factory=list)  # pre-de-identification, for the PII probe
     triggers: list[str] = field(default_factory=list)
+    # The cutoff the sft_dataset stage trained with (it resolves `sft.cutoff_len: auto`); None = the setting.
+    cutoff_len: int | None = None
+
+    def heldout_cutoff(self, sft: SftConfig) -> int:
+        cutoff = self.cutoff_len if self.cutoff_len is not None else sft.cutoff_len
+        if not isinstance(cutoff, int):
+            raise ValueError(
+                f"sft.cutoff_len is {cutoff!r}: held-out loss needs the cutoff the sft_dataset stage chose "
+                "(pass EvalData.cutoff_len from its report)"
+            )
+        return cutoff
 
 
 def with_prompting(conversation: list[dict[str, str]], system_prompt: str, shots: list[Record]) -> list[dict[str, str]]:
@@ -100,7 +111,7 @@ class _Arm:
             "predictions": predictions,
         }
         scores["per_example"]["heldout_loss"] = heldout_losses(
-            self.model, self.tokenizer, data.test, self.cfg.sft.cutoff_len, self.cfg.eval.batch_size
+            self.model, self.tokenizer, data.test, data.heldout_cutoff(self.cfg.sft), self.cfg.eval.batch_size
         )
         self.log(f"  [{self.name}] generation metrics: {scores['metrics']}; refusals {scores['refusal_rate']:.2f}")
         return scores
