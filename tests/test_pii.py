@@ -277,3 +277,9 @@ def test_a_title_left_beside_a_placeholder_is_not_a_name():
         assert not find_pii(text, ["PERSON"], 0.5), text
     [hit] = find_pii("Name: Dr. Grayson", ["PERSON"], 0.5)
     assert "Name: Dr. Grayson"[hit.start : hit.end] == "Grayson"
+
+
+def test_a_transliterated_name_is_replaced_whole():
+    text = "我的名字是约翰·多伊，我今年30岁。"
+    [hit] = find_pii(text, ["PERSON"], 0.5)
+    assert text[hit.start : hit.end] == "约翰·多伊"

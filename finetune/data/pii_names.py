@@ -79,12 +79,17 @@ def _lac():
     return lac
 
 
+_DOTTED_REST = regex.compile(r"·\p{Han}{1,8}")
+
+
 def lac_people(text: str) -> list[tuple[int, int]]:
-    """Spans LAC tags as person names (PER) in a short text."""
+    """Spans LAC tags as person names (PER) in a short text, a transliterated name's part after "·" included
+    (LAC tags 约翰 in 约翰·多伊; replacing only that would leave the surname)."""
     spans, at = [], 0
     for word, tag in _lac().run(text):
         if tag == "PER":
-            spans.append((at, at + len(word)))
+            rest = _DOTTED_REST.match(text, at + len(word))
+            spans.append((at, rest.end() if rest else at + len(word)))
         at += len(word)
     return spans
 
