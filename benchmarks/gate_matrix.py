@@ -161,7 +161,7 @@ def run_cell(name: str, variant: str, seed: int, models: Path, extra: list[str])
         }
 
 
-def cells(kind: str, runs: int) -> list[tuple[str, str, int, dict[str, str]]]:
+def cells(kind: str, runs: int, first_seed: int = 10) -> list[tuple[str, str, int, dict[str, str]]]:
     """(cell name, variant, seed, environment) for one kind of run."""
     if kind == "matrix":
         return [(f"{v}-s{s}", v, s, {}) for v in VARIANTS if v not in HELDOUT for s in SEEDS]
@@ -170,13 +170,13 @@ def cells(kind: str, runs: int) -> list[tuple[str, str, int, dict[str, str]]]:
     if kind == "cpus":  # `make demo`'s own config (seed 0 = the shipped seeds) under each emulated CPU
         return [(f"demo-{cap}-t{t}", "clean", 0, {"ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)})
                 for cap, t in CPUS]  # fmt: skip
-    return [(f"calib-s{s}", "clean", s, {}) for s in range(10, 10 + runs)]
+    return [(f"calib-s{s}", "clean", s, {}) for s in range(first_seed, first_seed + runs)]
 
 
-def drive(kind: str, out: Path, runs: int) -> None:
+def drive(kind: str, out: Path, runs: int, first_seed: int = 10) -> None:
     """Run every unfinished cell of `kind`, each in its own process."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, variant, seed, env in cells(kind, runs):
+    for name, variant, seed, env in cells(kind, runs, first_seed):
         target = out / f"{name}.json"
         if target.exists():
             print(f"{name}: done", flush=True)
@@ -328,6 +328,7 @@ def main() -> None:
     parser.add_argument("args", nargs="*")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "benchmarks" / "gate_matrix")
     parser.add_argument("--runs", type=int, default=12, help="calibration: clean runs (train/split seeds)")
+    parser.add_argument("--first-seed", type=int, default=10, help="calibration: seeds first-seed .. +runs-1")
     parser.add_argument("--figure", type=Path, default=None, help="table: also write the calibration figure (PNG)")
     args = parser.parse_args()
     if args.kind == "cell":
@@ -342,7 +343,7 @@ def main() -> None:
     else:
         if args.kind == "heldout":
             print(f"BackdoorLLM commit {head_commit(BACKDOORLLM)}: {BDLLM_SET.format('[none_]')}", flush=True)
-        drive(args.kind, args.out, args.runs)
+        drive(args.kind, args.out, args.runs, args.first_seed)
 
 
 if __name__ == "__main__":
