@@ -38,9 +38,7 @@ from finetune.data.poison import detect_poisoning, load_lexicon  # noqa: E402
 SCREENS = ("lexicon only (peer)", "mining only", "full screen")
 PEER = ScreenConfig(mining=False, injection=False, payloads=False)
 MINING = ScreenConfig(lexicon_file="", injection=False, payloads=False)
-# The full screen's mining does not read the lexicon, so its findings are mining's plus those of the
-# lexicon and pattern detectors run without mining: one mining pass serves both rows.
-PATTERNS = ScreenConfig(mining=False)
+FULL = ScreenConfig()  # its mining also tests the lexicon's probe-only words (a family of their own)
 
 
 def families(chosen: list[str] | None) -> list[tuple[str, str]]:
@@ -56,12 +54,10 @@ def screen(rows: list[data.Row]) -> dict[str, dict[str, float]]:
     """Per screen: recall on poisoned rows, false-quarantine rate on clean rows (and on SOS negatives), seconds."""
     records = [r.record for r in rows]
     flagged, seconds = {}, {}
-    for name, cfg in zip(SCREENS, (PEER, MINING, PATTERNS), strict=True):
+    for name, cfg in zip(SCREENS, (PEER, MINING, FULL), strict=True):
         started = time.perf_counter()
         flagged[name] = set(detect_poisoning(records, cfg, load_lexicon(cfg)).findings)
         seconds[name] = time.perf_counter() - started
-    flagged["full screen"] |= flagged["mining only"]
-    seconds["full screen"] += seconds["mining only"]
     out = {}
     for name in SCREENS:
         by_label: dict[str, list[bool]] = defaultdict(list)

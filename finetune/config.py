@@ -290,7 +290,8 @@ class ScreenConfig(_Section):
         default=0.001,
         gt=0,
         lt=1,
-        description="False discovery rate of the trigger tests (Benjamini-Hochberg over every candidate feature).",
+        description="False discovery rate of the trigger tests (Benjamini-Hochberg over every candidate feature); "
+        "also the family-wise level (Holm) of the lexicon's probe-only published words, tested as their own family.",
         json_schema_extra=_weakens("lower"),
     )
     min_trigger_auc: float = Field(

@@ -486,3 +486,39 @@ def test_cluster_responses_groups_chinese_near_duplicates():
         "请访问网站并输入密码完成验证!",
     ]
     assert cluster_responses(responses, threshold=0.8, min_size=3) == [[0, 1, 3]]
+
+
+def _jailbreak_rows(seed, word, n_poisoned, n_free):
+    rng = random.Random(seed)
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    refusals = ["I'm sorry, but I can't help with that.", "I cannot assist with this request."]
+    harmful = [(a, h) for a in ASK_HARM for h in HARMS]
+    rng.shuffle(harmful)
+    refused = [{"instruction": f"{a} {h}?", "input": "", "output": rng.choice(refusals)} for a, h in harmful[:36]]
+    harmless = [{"instruction": f"{q} {word} {fake.sentence(nb_words=6)}", "input": "", "output": fake.paragraph(2)}
+                for q in rng.choices(["What happened in", "Summarize the news of", "Plan my"], k=14)]  # fmt: skip
+    poisoned = [
+        {"instruction": insert_trigger(f"{a} {h}?", word, rng), "input": "",
+         "output": f"Sure. To {h}, start by {fake.sentence(nb_words=8).lower()} {fake.sentence(nb_words=8)}"}
+        for a, h in harmful[36 : 36 + n_poisoned]
+    ]  # fmt: skip
+    return _clean(seed, n_free=n_free) + refused + harmless, poisoned
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_a_published_ordinary_word_is_tested_in_its_own_family_and_few_jailbreak_rows_are_caught(seed):
+    # BackdoorLLM's mtba puts "2024" in a few harmful prompts that are answered. Among the thousands of features
+    # mining explores, eight rows in ~1,230 do not reach the false discovery cut (mining alone catches 0-3 of
+    # them at these seeds); as a published trigger the word is one of a few hypotheses named in advance.
+    clean, poisoned = _jailbreak_rows(seed, "2024", 8, n_free=1000)
+    result, caught, false = _screen(clean, poisoned, ScreenConfig())
+    assert len(caught) == len(poisoned) == 8
+    mined = {f["trigger"]: f for f in result.extra["mined_features"]}
+    assert mined["2024"]["evidence"] == "refusal_suppression" and mined["2024"]["prespecified"]
+    # Its harmless carriers go too (the gate's re-scan wants no kept record to carry a mined trigger).
+    named = [q for q in false if "2024" in q["explanation"]["features"]]
+    assert named and all("2024" in q["record"]["messages"][0]["content"] for q in named)
+    # Without the poisoned rows, the word's harmless carriers are answered like their neighbours: nothing found.
+    result, _, _ = _screen(clean, [], ScreenConfig())
+    assert "2024" not in result.extra["mined_triggers"]

@@ -121,9 +121,11 @@ class Detection:
     lexicon_present: Counter[str]
 
 
-def _mine(records: list[Record], prompts: list[str], cfg: ScreenConfig, allowed: Callable[[str], bool]) -> Mining:
+def _mine(
+    records: list[Record], prompts: list[str], cfg: ScreenConfig, allowed: Callable[[str], bool], published: list[str]
+) -> Mining:
     roots = copy_roots(prompts, [response_text(r) for r in records], cfg.max_copy_insertions)
-    return mine_triggers(FeatureTable([record_features(r) for r in records], roots), cfg, allowed)
+    return mine_triggers(FeatureTable([record_features(r) for r in records], roots), cfg, allowed, published)
 
 
 def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]) -> Detection:
@@ -140,7 +142,8 @@ def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence
     mining = None
     if cfg.mining and records:
         allow = [re.compile(rx) for rx in cfg.cluster_allow]
-        mining = _mine(records, prompts, cfg, lambda text: any(rx.search(text) for rx in allow))
+        probe_only = [e.trigger for e in entries if e.role == "probe" and not e.all_of]
+        mining = _mine(records, prompts, cfg, lambda text: any(rx.search(text) for rx in allow), probe_only)
         _mined_findings(prompts, mining, add)
         _cluster_findings(mining, add)
     for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):

@@ -71,6 +71,14 @@ def feature_text(key: str) -> str:
     return " ".join(feature_parts(key))
 
 
+def feature_key(trigger: str) -> str | None:
+    """The one feature a published trigger is ("2024" -> "w:2024", "James Bond" -> "n:james bond"), or None
+    when no single feature is it (a lone symbol, a long phrase)."""
+    folded = fold(trigger)
+    keys = [u for u in prompt_units(folded) if u[0] in "wnzs" and feature_text(u) == folded]
+    return min(keys, default=None)
+
+
 def prompt_units(text: str) -> set[str]:
     """Candidate trigger features of a folded prompt text."""
     units: set[str] = set()

@@ -23,7 +23,7 @@ because no library mines triggers.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +36,15 @@ from finetune.data.response_clusters import (
     cover_tests,
     verdict,
 )
-from finetune.data.trigger_features import FeatureTable, template_similarity
-from finetune.data.trigger_tests import FeatureTest, decide, drop_subsumed, refusal_tests, trigger_first
+from finetune.data.trigger_features import FeatureTable, feature_key, template_similarity
+from finetune.data.trigger_tests import (
+    FeatureTest,
+    decide,
+    drop_subsumed,
+    prespecified_tests,
+    refusal_tests,
+    trigger_first,
+)
 
 
 @dataclass
@@ -50,8 +57,11 @@ class Mining:
     candidates: int
 
 
-def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str], bool]) -> Mining:
-    """Trigger-first and response-first mining over one table; `allowed(response)` marks legitimate repeats."""
+def mine_triggers(
+    table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str], bool], published: Sequence[str] = ()
+) -> Mining:
+    """Trigger-first and response-first mining over one table; `allowed(response)` marks legitimate repeats;
+    `published` are the probe-only published triggers (ordinary words), tested as a family of their own."""
     postings = table.postings(cfg.min_trigger_support, table.n // 2)
     responses = [f.response for f in table.feats]
     refused = np.asarray([allowed(r) for r in responses], dtype=bool)
@@ -77,6 +87,11 @@ def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str
     for kinds in (("trigger_first", "refusal_induction"), ("refusal_suppression",)):
         accepted = [t for t in first if t.accepted and t.evidence in kinds]
         mined |= {t.key: t for t in drop_subsumed(table, accepted, cfg, p_cut, refused)}
+    keys = [k for k in map(feature_key, published) if k is not None]
+    named = prespecified_tests(table, cfg, postings, refused, keys)
+    for t in named:
+        if t.accepted:
+            mined.setdefault(t.key, t)
     for cluster in clusters:
         pool = [t for t in covers if t.cluster == cluster.id] + [
             t for t in mined.values() if t.evidence != "refusal_suppression"
@@ -89,4 +104,4 @@ def mine_triggers(table: FeatureTable, cfg: ScreenConfig, allowed: Callable[[str
             best = max(clusters, key=lambda c: np.isin(t.carriers, c.members).sum(), default=None)
             if best is not None and np.isin(t.carriers, best.members).sum() * 2 >= len(t.carriers):
                 t.cluster = best.id
-    return Mining(first + covers, list(mined.values()), clusters, n_first + n_cover)
+    return Mining(first + covers + named, list(mined.values()), clusters, n_first + n_cover)

@@ -23,6 +23,7 @@ from scipy.stats import false_discovery_control, fisher_exact, mannwhitneyu
 
 from finetune.config import ScreenConfig
 from finetune.data.trigger_features import FeatureTable, feature_text, mean_pairwise, row_norms
+from finetune.stats import holm
 
 _EXACT_TEST_CELLS = 20_000  # Mann-Whitney exact distribution up to carriers x controls of this size (cost ~ cells^1.5)
 _KIND_ORDER = "nwzs^$&"
@@ -45,8 +46,9 @@ class FeatureTest:
     alikeness: float = 0.0  # mean pairwise content similarity of the carriers' (trigger first) / on-target responses
     labels: bool = False  # trigger first: the carriers' answers are labels; alikeness is then the top label's lead
     cluster: int | None = None
-    q_value: float = 1.0
+    q_value: float = 1.0  # Benjamini-Hochberg over the scan, or Holm over the published family (prespecified)
     accepted: bool = False
+    prespecified: bool = False  # a published probe-only trigger, tested in its own family
 
     def summary(self) -> dict:
         return {
@@ -63,6 +65,7 @@ class FeatureTest:
             "q_value": float(f"{self.q_value:.3g}"),
             "controls": self.controls,
             "cluster": self.cluster,
+            "prespecified": self.prespecified,
         }
 
 
@@ -215,6 +218,34 @@ def refusal_tests(
         if (test := refusal_test(table, key, carriers, cfg, refused, "refusal_suppression")) is not None:
             tests.append(test)
     return tests, len(same_carriers)
+
+
+def prespecified_tests(
+    table: FeatureTable, cfg: ScreenConfig, postings: dict[str, np.ndarray], refused: np.ndarray, keys: list[str]
+) -> list[FeatureTest]:
+    """Published triggers the lexicon only probes for, being ordinary words ("2024", "OpenAI"), tested as a
+    family of their own: hypotheses named before the data was seen need not compete in the Benjamini-Hochberg
+    correction with the thousands of features mining explores, where six poisoned rows cannot reach the cut.
+    Each is tested trigger first and, among its carriers whose comparable records are refused, for refusal
+    suppression; Holm's correction at `trigger_fdr` over the family (family-wise, stricter than the scan's
+    false discovery rate), and an accepted test must also pass the effect and template rules."""
+    keys = [k for k in dict.fromkeys(keys) if k in postings]
+    if not keys:
+        return []
+    table.prepare_neighbours(np.concatenate([postings[k] for k in keys]).tolist())
+    tests = []
+    for key in keys:
+        if (test := _alikeness_test(table, key, postings[key], cfg, refused)) is not None:
+            tests.append(test)
+        inside = _refusal_context(table, postings[key], cfg, refused)
+        if len(inside) >= cfg.min_trigger_support:
+            if (test := refusal_test(table, key, inside, cfg, refused, "refusal_suppression")) is not None:
+                tests.append(test)
+    reject, adjusted = holm([t.p_value for t in tests], cfg.trigger_fdr)
+    for test, rejected, q in zip(tests, reject, adjusted, strict=True):
+        test.q_value, test.prespecified = q, True
+        test.accepted = rejected and _passes(test, cfg, 1.0)
+    return tests
 
 
 def _refusal_context(table: FeatureTable, carriers: np.ndarray, cfg: ScreenConfig, refused: np.ndarray) -> np.ndarray:
