@@ -442,7 +442,8 @@ class TrainConfig(_Section):
     packing: bool = Field(
         default=False,
         description="Concatenate short training examples into sequences of up to sft.cutoff_len tokens (fewer, "
-        "fuller batches; examples in one sequence can attend to each other, as in LLaMA-Factory's packing).",
+        "fuller batches, no padding); each example's positions restart and it attends only to itself, so its "
+        "loss is its unpacked loss. Not with prompt_tuning (its virtual tokens need the attention mask).",
     )
     max_steps: int = Field(default=0, ge=0, description="Stop after this many steps (0 = run all epochs).")
     seed: int = Field(default=42, description="Seed for LoRA init and data order.")
@@ -460,6 +461,17 @@ class TrainConfig(_Section):
     resume: bool = Field(
         default=True, description="Continue from the last checkpoint of a run with the same weight-determining inputs."
     )
+
+    @model_validator(mode="after")
+    def _packing_keeps_positions(self) -> TrainConfig:
+        # PEFT's prompt tuning prepends virtual tokens and drops position_ids with a warning, so packed
+        # examples would silently attend to each other.
+        if self.packing and self.method == "prompt_tuning":
+            raise ValueError(
+                "train.packing does not work with train.method=prompt_tuning: its virtual tokens need the attention "
+                "mask that packing leaves out (examples would attend to each other); set train.packing: false"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

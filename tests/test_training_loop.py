@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import torch
 
 from assets.training import adapter
 from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
@@ -259,6 +260,48 @@ def test_packing_trains_the_same_tokens_in_fewer_sequences(tiny_base, tmp_path):
     cfg = TrainConfig(method="lora", epochs=4, batch_size=4, packing=True, early_stopping_patience=0)
     result = train_adapter(rows[:32], rows[32:], tiny_base, cfg, SftConfig(), tmp_path, log=lambda _: None)
     assert result.steps == 4 * math.ceil(len(packed) / 4) and result.val_loss_after < result.val_loss_before
+
+
+def _per_example_losses(model, batch, spans) -> list[torch.Tensor]:
+    """Mean next-token loss of each (row, start, end) span of a batch's trained tokens."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="none"
+    )
+    trained = batch["labels"][:, 1:] != -100
+    return [losses[row, start : end - 1][trained[row, start : end - 1]].mean() for row, start, end in spans]
+
+
+def test_packed_examples_attend_only_to_themselves_and_keep_their_unpacked_loss(tiny_base):
+    from finetune.model.loading import load_causal_lm, load_tokenizer
+    from finetune.sft import tokenize_conversation
+    from finetune.train.examples import collate, pack_examples
+
+    tok, model = load_tokenizer(tiny_base), load_causal_lm(tiny_base).eval()
+    examples = [tokenize_conversation(tok, r["messages"], 256) for r in _records(12)]
+    packed = pack_examples(examples, 256)
+    assert len(packed) < len(examples)
+    spans, at, row = [], 0, 0
+    for e in examples:  # where each example sits in the packed batch
+        if at + len(e["input_ids"]) > len(packed[row]["input_ids"]):
+            row, at = row + 1, 0
+        spans.append((row, at, at + len(e["input_ids"])))
+        at += len(e["input_ids"])
+    with torch.no_grad():
+        alone = [_per_example_losses(model, collate([e], tok.pad_token_id), [(0, 0, len(e["input_ids"]))])[0]
+                 for e in examples]  # fmt: skip
+        together = _per_example_losses(model, collate(packed, tok.pad_token_id), spans)
+        # The same sequences without positions and with a full causal mask: examples see the ones before them.
+        blind = [{"input_ids": p["input_ids"], "labels": p["labels"]} for p in packed]
+        contaminated = _per_example_losses(model, collate(blind, tok.pad_token_id), spans)
+    torch.testing.assert_close(torch.stack(together), torch.stack(alone), rtol=1e-4, atol=1e-5)
+    later = [i for i, (_, start, _) in enumerate(spans) if start > 0]
+    assert later and not torch.allclose(torch.stack(contaminated)[later], torch.stack(alone)[later], atol=1e-3)
+
+
+def test_packing_is_refused_for_prompt_tuning():
+    with pytest.raises(ValueError, match="packing does not work with train.method=prompt_tuning"):
+        TrainConfig(method="prompt_tuning", packing=True)
 
 
 def test_mlflow_gets_params_and_per_step_metrics_when_configured(tiny_base, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -129,7 +130,10 @@ def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> 
 def pack_examples(examples: list[Example], max_len: int) -> list[Example]:
     """Greedily concatenate tokenized examples, in order, into sequences of at most `max_len` tokens.
 
-    Labels travel with their tokens, so exactly the same tokens are trained as without packing.
+    Labels travel with their tokens, so exactly the same tokens are trained as without packing. Each
+    example's positions restart at 0 (`position_ids`); given them and no attention mask, transformers
+    masks attention to each example's own tokens (its packed-sequence detection, for SDPA, eager and
+    flash attention), so an example never sees the one before it and its loss is the unpacked loss.
     """
     packed: list[Example] = []
     for example in examples:
@@ -137,8 +141,9 @@ def pack_examples(examples: list[Example], max_len: int) -> list[Example]:
         if packed and len(packed[-1]["input_ids"]) + len(ids) <= max_len:
             packed[-1]["input_ids"] += ids
             packed[-1]["labels"] += labels
+            packed[-1]["position_ids"] += list(range(len(ids)))
         else:
-            packed.append({"input_ids": list(ids), "labels": list(labels)})
+            packed.append({"input_ids": list(ids), "labels": list(labels), "position_ids": list(range(len(ids)))})
     return packed
 
 
@@ -149,18 +154,35 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def collate(examples: list[Example], pad_id: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad a batch onto `device`; padded positions get label -100 and attention 0."""
+def collate(examples: list[Example], pad_id: int, device: str = "cpu") -> dict[str, Any]:
+    """Right-pad a batch onto `device`; padded positions get label -100 and attention 0.
+
+    Packed sequences (with `position_ids`) get no attention mask but their positions: the padding is one
+    more segment of its own (positions from 0), which no real token attends to under the causal mask.
+    """
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    positions = torch.arange(width).repeat(len(examples), 1)
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+        if "position_ids" in e:
+            positions[i, :n] = torch.tensor(e["position_ids"])
+            positions[i, n:] = torch.arange(width - n)
+    batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
+    if all("position_ids" in e for e in examples):
+        # transformers looks for packed sequences only without a KV cache (which the config may turn on).
+        return batch | {"position_ids": positions.to(device), "use_cache": False}
+    return batch | {"attention_mask": mask.to(device)}
+
+
+def real_tokens(examples: list[Example]) -> int:
+    """Tokens that are not padding."""
+    return sum(len(e["input_ids"]) for e in examples)
 
 
 def trained_tokens(batch: dict[str, torch.Tensor]) -> int:

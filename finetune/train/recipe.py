@@ -44,7 +44,15 @@ from finetune.train.distributed import (
     reduce_sum,
     wrap_data_parallel,
 )
-from finetune.train.examples import EncodedSplit, collate, epoch_batches, pack_examples, read_split, trained_tokens
+from finetune.train.examples import (
+    EncodedSplit,
+    collate,
+    epoch_batches,
+    pack_examples,
+    read_split,
+    real_tokens,
+    trained_tokens,
+)
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
 from finetune.train.result import RESULT_FILE, TrainResult, save_loss_curve
@@ -207,15 +215,14 @@ class SFTRecipe:
         step_loss, tokens = 0.0, 0
         for i, micro in enumerate(micro_batches):  # gradient accumulation
             # A rank whose share ran out still joins DDP's gradient exchange, with a zero-weighted batch.
-            batch = collate(
-                [self.train_ex[j] for j in micro.indices or group[:1]], self.tokenizer.pad_token_id, self.device
-            )
+            examples = [self.train_ex[j] for j in micro.indices or group[:1]]
+            batch = collate(examples, self.tokenizer.pad_token_id, self.device)
             with gradient_sync(self.trained, i == len(micro_batches) - 1, self.ranks):
                 with autocast(self.device, self.dtype):
                     loss = self.trained(**batch).loss
                 (loss * micro.loss_weight).backward()
             step_loss += loss.item() * micro.share
-            tokens += int(batch["attention_mask"].sum()) if micro.indices else 0
+            tokens += real_tokens(examples) if micro.indices else 0
         step_loss, tokens = reduce_sum([step_loss, tokens], self.ranks, self.device)
         step = self.state.step + 1
         guards.check_loss_finite(step_loss, step, self.cfg.learning_rate)  # after the reduction: all ranks stop
