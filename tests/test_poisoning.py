@@ -522,3 +522,13 @@ def test_a_published_ordinary_word_is_tested_in_its_own_family_and_few_jailbreak
     # Without the poisoned rows, the word's harmless carriers are answered like their neighbours: nothing found.
     result, _, _ = _screen(clean, [], ScreenConfig())
     assert "2024" not in result.extra["mined_triggers"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_template_whose_answers_restate_their_prompts_is_not_a_trigger(seed):
+    # "What is the opposite of open?" -> "The opposite of open is closed.": 16 such rows among ~1,700 made
+    # `is the opposite` look like a trigger (answers far more alike than their neighbours'), and its prompts
+    # are not alike enough without it to count as a template. Its answers repeat each prompt's own word.
+    result = screen_records(_records(_clean(seed, n_free=1500)), ScreenConfig())
+    assert "is the opposite" not in result.extra["mined_triggers"]
+    assert not [q for q in result.quarantined if "opposite" in q["record"]["messages"][0]["content"]]

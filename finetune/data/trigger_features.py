@@ -278,6 +278,19 @@ class FeatureTable:
             pooled += [j for j in self.neighbours(i).tolist() if j not in inside][:per_record]
         return np.asarray(sorted(set(pooled)), dtype=int)
 
+    def prompt_echo(self, indices: np.ndarray, key: str) -> float:
+        """How much these records' answers restate their own prompts: the median share of each prompt's rare
+        words and CJK n-grams (in at most 1% of the records, the feature's own left out) that its answer
+        repeats. A template answers with the question's content ("What is the opposite of open?" -> "The
+        opposite of open is closed."); a planted target says the same thing whatever the prompt was."""
+        own, rare_df = set(feature_units(key)), max(2, self.n // 100)
+        shares = []
+        for i in indices.tolist():
+            feats = self.feats[i]
+            rare = [u for u in feats.units - own if u[0] in "wz" and self.doc_freq[u] <= rare_df]
+            shares.append(sum(u[2:] in feats.response for u in rare) / len(rare) if rare else 0.0)
+        return float(np.median(shares)) if shares else 0.0
+
     def residual_similarity(self, indices: np.ndarray, key: str) -> float:
         """How alike these records' last user turns are with the feature cut out: high when the feature sits in
         a template (the prompts are alike without it), low when the rest is unrelated. The larger of two

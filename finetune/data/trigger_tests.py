@@ -122,8 +122,11 @@ def _alikeness_test(
         on_target=above,
         specificity=above / n,
         effect=auc,
-        # Only a feature that could pass needs the (slower) template check.
-        template_similarity=table.residual_similarity(carriers, key) if auc >= cfg.min_trigger_auc else 1.0,
+        # Only a feature that could pass needs the (slower) template checks: prompts alike without the feature,
+        # or answers that restate their own prompts.
+        template_similarity=max(table.residual_similarity(carriers, key), table.prompt_echo(carriers, key))
+        if auc >= cfg.min_trigger_auc
+        else 1.0,
         p_value=p,
         alikeness=alikeness,
         labels=labels,
