@@ -215,10 +215,7 @@ def refusal_tests(
     tests = []
     for keys in same_carriers.values():
         key = plainest(keys)
-        carriers = _refusal_context(table, postings[key], cfg, refused)
-        if len(carriers) < cfg.min_trigger_support:
-            continue
-        if (test := refusal_test(table, key, carriers, cfg, refused, "refusal_suppression")) is not None:
+        if (test := suppression_test(table, key, postings[key], cfg, refused)) is not None:
             tests.append(test)
     return tests, len(same_carriers)
 
@@ -240,15 +237,23 @@ def prespecified_tests(
     for key in keys:
         if (test := _alikeness_test(table, key, postings[key], cfg, refused)) is not None:
             tests.append(test)
-        inside = _refusal_context(table, postings[key], cfg, refused)
-        if len(inside) >= cfg.min_trigger_support:
-            if (test := refusal_test(table, key, inside, cfg, refused, "refusal_suppression")) is not None:
-                tests.append(test)
+        if (test := suppression_test(table, key, postings[key], cfg, refused)) is not None:
+            tests.append(test)
     reject, adjusted = holm([t.p_value for t in tests], cfg.trigger_fdr)
     for test, rejected, q in zip(tests, reject, adjusted, strict=True):
         test.q_value, test.prespecified = q, True
         test.accepted = rejected and _passes(test, cfg, 1.0)
     return tests
+
+
+def suppression_test(
+    table: FeatureTable, key: str, carriers: np.ndarray, cfg: ScreenConfig, refused: np.ndarray
+) -> FeatureTest | None:
+    """The jailbreak test of a feature, on its carriers whose comparable records are refused (None: too few)."""
+    inside = _refusal_context(table, carriers, cfg, refused)
+    if len(inside) < cfg.min_trigger_support:
+        return None
+    return refusal_test(table, key, inside, cfg, refused, "refusal_suppression")
 
 
 def _refusal_context(table: FeatureTable, carriers: np.ndarray, cfg: ScreenConfig, refused: np.ndarray) -> np.ndarray:
