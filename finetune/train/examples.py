@@ -161,20 +161,21 @@ def collate(examples: list[Example], pad_id: int, device: str = "cpu") -> dict[s
     more segment of its own (positions from 0), which no real token attends to under the causal mask.
     """
     width = max(len(e["input_ids"]) for e in examples)
+    packed = all("position_ids" in e for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    positions = torch.arange(width).repeat(len(examples), 1)
+    positions = torch.arange(width).repeat(len(examples), 1) if packed else None
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
-        if "position_ids" in e:
+        if positions is not None:
             positions[i, :n] = torch.tensor(e["position_ids"])
             positions[i, n:] = torch.arange(width - n)
     batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
-    if all("position_ids" in e for e in examples):
+    if positions is not None:
         # transformers looks for packed sequences only without a KV cache (which the config may turn on).
         return batch | {"position_ids": positions.to(device), "use_cache": False}
     return batch | {"attention_mask": mask.to(device)}
