@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from lf_ingest_benchmark import DEFAULT_COMMIT, DEFAULT_MIRROR  # noqa: E402
 from mirrors import export_folder  # noqa: E402
 
+from finetune.data.records import DROPPED, KEPT, QUARANTINED, StageFiles, read_jsonl  # noqa: E402
+
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]+)>")
 STAGES = ["raw_records", "cleaned_records", "deduplicated_records", "deidentified_records", "screened_records",
           "sft_dataset"]  # fmt: skip
@@ -88,14 +90,9 @@ def run_pipeline(config: Path, log: Path) -> tuple[int, float]:
 
 
 def stage_dir(work: Path, stage: str) -> Path | None:
-    runs = sorted((work / "artifacts" / stage).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent if runs else None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The stage's folder of the latest run that wrote its report."""
+    runs = [d for d in (work / "artifacts" / stage).glob("*") if StageFiles(d).report.is_file()]
+    return max(runs, key=lambda d: StageFiles(d).report.stat().st_mtime, default=None)
 
 
 def where(row: dict) -> str:
@@ -122,7 +119,8 @@ def print_stages(reports: dict[str, dict]) -> None:
 
 
 def print_outcomes(folder: Path, title: str) -> None:
-    rows = read_jsonl(folder / "dropped.jsonl") + read_jsonl(folder / "quarantined.jsonl")
+    files = StageFiles(folder)
+    rows = read_jsonl(files.outcome(DROPPED)) + read_jsonl(files.outcome(QUARANTINED))
     print(f"\n{title}: {len(rows)} (every one)")
     for row in rows:
         detail = {k: v for k, v in row.items() if k not in ("record", "reason", "file", "line")}
@@ -142,7 +140,7 @@ def print_pii(report: dict) -> None:
 def print_replacements(folder: Path) -> None:
     """Every de-identified turn, shown around its placeholders (the values themselves are gone)."""
     windows = []
-    for record in read_jsonl(folder / "kept.jsonl"):
+    for record in read_jsonl(StageFiles(folder).outcome(KEPT)):
         for m in record["messages"]:
             for hit in PLACEHOLDER.finditer(m["content"]):
                 text = m["content"]
@@ -191,7 +189,7 @@ def main() -> int:
     print(f"finetune run --config {config}: exit {code} in {seconds:.0f} s (log: {out / 'run.log'})\n")
     work = out / "work"
     folders = {stage: stage_dir(work, stage) for stage in STAGES}
-    reports = {s: json.loads((f / "report.json").read_text(encoding="utf-8")) for s, f in folders.items() if f}
+    reports = {s: json.loads(StageFiles(f).report.read_text(encoding="utf-8")) for s, f in folders.items() if f}
     if set(reports) != set(STAGES):
         print(f"the run stopped before {[s for s in STAGES if s not in reports]}; see {out / 'run.log'}")
         return 1
