@@ -24,17 +24,16 @@ def pipes_extras(spec) -> dict:
 
 def report_training(pipes: PipesContext) -> None:
     """Train the spec in `pipes`' extras and report the materialization back through it."""
+    from finetune.train.job import TrainingSpec, result_metadata
     from finetune.train.recipe import run_training
-    from finetune.train.result import result_metadata
-    from finetune.train.spec import TrainingSpec
 
     result = run_training(TrainingSpec.model_validate(pipes.extras[SPEC_EXTRA]), log=pipes.log.info)
     pipes.report_asset_materialization(metadata=result_metadata(result))
 
 
 def _train_without_pipes() -> None:
+    from finetune.train.job import TrainingSpec
     from finetune.train.recipe import run_training
-    from finetune.train.spec import TrainingSpec
 
     params = PipesEnvVarParamsLoader().load_context_params()
     with PipesDefaultContextLoader().load_context(params) as data:

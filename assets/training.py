@@ -3,7 +3,7 @@
 import dagster as dg
 
 from finetune.model.loading import model_hash, resolve_base_model
-from finetune.train.spec import training_spec
+from finetune.train.job import training_spec
 from resources import PipelineSettings, Tracker, TrainerLauncher
 
 TRAINING = {"group_name": "training", "owners": ["team:ml"], "code_version": "1"}

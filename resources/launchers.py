@@ -11,9 +11,8 @@ import dagster as dg
 from pydantic import Field
 
 from finetune.config import PROJECT_ROOT
+from finetune.train.job import RESULT_ENTRY, TrainingSpec
 from finetune.train.launch import accelerate_command, child_env, python_command, torchrun_command
-from finetune.train.result import RESULT_ENTRY
-from finetune.train.spec import TrainingSpec
 from train_process import pipes_extras
 
 LAUNCHER_ENV = "FINETUNE_LAUNCHER"
@@ -37,8 +36,8 @@ class InProcessLauncher(TrainerLauncher):
     """Train inside the asset's own process (no Pipes subprocess; the quickest for tests and notebooks)."""
 
     def launch(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
+        from finetune.train.job import result_metadata
         from finetune.train.recipe import run_training
-        from finetune.train.result import result_metadata
 
         reported = result_metadata(run_training(spec, log=context.log.info))
         return _with_value(dg.MaterializeResult(metadata={k: _metadata_value(v) for k, v in reported.items()}))

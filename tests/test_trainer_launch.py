@@ -21,8 +21,8 @@ from finetune.data.records import write_jsonl
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import encode_split
 from finetune.train.examples import EncodedSplit, Encoding, read_split, tokenizer_sha256, write_split
+from finetune.train.job import TrainingSpec, training_spec
 from finetune.train.launch import accelerate_command, python_command, torchrun_command
-from finetune.train.spec import TrainingSpec, training_spec
 from finetune.train.tracking import TrackingSpec
 from finetune.train.trainer import write_encoded_splits
 from resources import (

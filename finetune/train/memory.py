@@ -75,3 +75,12 @@ def longest_sequence_within(
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
+
+
+def describe(estimate: dict[str, float]) -> str:
+    """An `estimate_memory` result as one log line."""
+    m = estimate
+    return (
+        f"weights {m['weights_gib']:.3f} GiB, gradients {m['gradients_gib']:.3f}, optimizer "
+        f"{m['optimizer_gib']:.3f}, activations {m['activations_gib']:.3f} => ~{m['total_gib']:.3f} GiB"
+    )

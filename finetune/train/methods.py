@@ -7,6 +7,7 @@ LLaMA-style models have no biases, so their RMSNorm gains are trained instead an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -159,6 +160,17 @@ def training_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
     if cfg.precision == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision]
+
+
+def autocast(device: str, dtype: torch.dtype):
+    """bf16 mixed precision when asked for, a no-op context for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def build_trainable_model(base_path: str, cfg: TrainConfig, trust_remote_code: bool = False) -> torch.nn.Module:

@@ -2,14 +2,13 @@
 
 The shape is torchtune's single-device LoRA recipe. What differs per method (which parameters
 train, how the result is saved and reloaded) is in `methods.py`; how global batches split over
-ranks and micro-batches is in `distributed.py`; encoded examples are read and become tensors in `examples.py`; the checks that
-stop a diverging or silently idle run are in `guards.py`.
-Everything a run needs comes in one `TrainingSpec`.
+ranks and micro-batches is in `distributed.py`; encoded examples are read and become tensors in
+`examples.py`; the checks that stop a diverging or silently idle run are in `guards.py`.
+Everything a run needs comes in one `TrainingSpec`, and it gives back one `TrainResult` (`job.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -53,11 +52,17 @@ from finetune.train.examples import (
     real_tokens,
     trained_tokens,
 )
-from finetune.train.memory import estimate_memory
-from finetune.train.methods import build_trainable_model, training_device, training_dtype, weights_file
-from finetune.train.result import RESULT_FILE, TrainResult, save_loss_curve
-from finetune.train.spec import TrainingSpec
-from finetune.train.tracking import TENSORBOARD_DIR, MetricSinks
+from finetune.train.job import RESULT_FILE, TrainingSpec, TrainResult
+from finetune.train.memory import describe, estimate_memory
+from finetune.train.methods import (
+    autocast,
+    build_trainable_model,
+    dtype_name,
+    training_device,
+    training_dtype,
+    weights_file,
+)
+from finetune.train.tracking import TENSORBOARD_DIR, MetricSinks, save_loss_curve
 
 Log = Callable[[str], None]
 
@@ -144,15 +149,10 @@ class SFTRecipe:
 
     def _estimate_memory(self) -> None:
         longest = max((len(e["input_ids"]) for e in self.train_ex), default=1)
-        self.memory = estimate_memory(
-            self.model, self.cfg.batch_size, longest, self.dtype == torch.bfloat16, self.cfg.gradient_checkpointing
-        )
-        m = self.memory
-        self.log(
-            f"memory estimate ({self.cfg.method}, {self.device}, {str(self.dtype).removeprefix('torch.')}): weights "
-            f"{m['weights_gib']:.3f} GiB, gradients {m['gradients_gib']:.3f}, optimizer {m['optimizer_gib']:.3f}, "
-            f"activations {m['activations_gib']:.3f} => ~{m['total_gib']:.3f} GiB"
-        )
+        bf16 = self.dtype == torch.bfloat16
+        self.memory = estimate_memory(self.model, self.cfg.batch_size, longest, bf16, self.cfg.gradient_checkpointing)
+        where = f"{self.cfg.method}, {self.device}, {dtype_name(self.dtype)}"
+        self.log(f"memory estimate ({where}): {describe(self.memory)}")
 
     def _resume(self) -> None:
         if not self.cfg.resume:
@@ -339,7 +339,7 @@ class SFTRecipe:
             "memory_estimate": self.memory,
             "device": self.device,
             "world_size": self.ranks.world_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else 0.0,
             "peak_rss_gib": peak_rss_mib() / 1024,  # the process's whole life: includes loading and reading examples
             "tensorboard_dir": str(self.spec.out_dir / TENSORBOARD_DIR) if self.tracker.tensorboard else "",
@@ -380,13 +380,6 @@ def tensor_digest(tensor: torch.Tensor) -> bytes:
     """
     data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
     return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def autocast(device: str, dtype: torch.dtype):
-    """bf16 mixed precision when asked for, a no-op context for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
 
 
 def _silent(_: str) -> None:

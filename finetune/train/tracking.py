@@ -1,4 +1,5 @@
-"""Where per-step training metrics go: nowhere, TensorBoard event files, or an MLflow run.
+"""Where a run's training metrics go: nowhere, TensorBoard event files, or an MLflow run; and the loss-curve PNG
+that every run draws from the same losses.
 
 Which tracker a run uses is an operational choice (a Dagster resource, a `finetune train` option):
 it travels in the training spec but never in the checkpoint's run key, so switching it between a
@@ -82,6 +83,25 @@ class MetricSinks:
     @property
     def mlflow_run_id(self) -> str:
         return self.run.info.run_id if self.run else ""
+
+
+def save_loss_curve(losses: list[float], path: Path, val: list[tuple[int, float]] | None = None) -> None:
+    """Plot the per-step training loss and the validation losses to a PNG (train vs val shows overfitting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, label="train loss", linewidth=1)
+    if val:
+        ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="tab:orange", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _import_mlflow():

@@ -15,10 +15,9 @@ from finetune.model.loading import load_chat_tokenizer
 from finetune.sft import encode_split
 from finetune.train.examples import write_split
 from finetune.train.guards import TrainingError
+from finetune.train.job import RESULT_FILE, TrainingSpec, TrainResult, load_train_result
 from finetune.train.recipe import run_training
-from finetune.train.result import RESULT_FILE, TrainResult, load_train_result, save_loss_curve
-from finetune.train.spec import TrainingSpec
-from finetune.train.tracking import TrackingSpec
+from finetune.train.tracking import TrackingSpec, save_loss_curve
 
 __all__ = [
     "RESULT_FILE",
