@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from lf_ingest_benchmark import DEFAULT_COMMIT, DEFAULT_MIRROR  # noqa: E402
 from mirrors import export_folder  # noqa: E402
 
+from finetune.data.pii import RESIDUAL_SCAN  # noqa: E402
 from finetune.data.records import DROPPED, KEPT, QUARANTINED, StageFiles, read_jsonl  # noqa: E402
 
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]+)>")
@@ -134,7 +135,8 @@ def print_pii(report: dict) -> None:
     print(f"\nPII replacements: {total} in {n} records = {1000 * total / max(n, 1):.1f} per 1,000 records")
     for entity, count in sorted(by_entity.items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {count:>5}  {1000 * count / max(n, 1):6.1f} per 1,000")
-    print(f"  records changed: {report.get('records_changed')}, residual after: {report['residual_scan']}")
+    residual = json.loads((StageFiles.of(report).dir / RESIDUAL_SCAN).read_text())  # the check's re-scan
+    print(f"  records changed: {report.get('records_changed')}, residual after: {residual}")
 
 
 def print_replacements(folder: Path) -> None:

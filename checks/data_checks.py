@@ -12,7 +12,7 @@ from assets.data import (
 )
 from checks.results import report_gate_check, to_check_result
 from finetune import gates
-from finetune.data.pii import scan_residual_pii
+from finetune.data.pii import record_residual_scan
 from finetune.data.poison import count_trigger_hits
 from finetune.data.records import StageFiles, read_jsonl
 from resources import PipelineSettings
@@ -45,7 +45,7 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 )
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
-    scan = scan_residual_pii(read_jsonl(StageFiles.of(deidentified_records).kept), cfg.pii)
+    scan = record_residual_scan(StageFiles.of(deidentified_records).dir, cfg.pii)
     return to_check_result(gates.no_residual_pii(scan, cfg.gates), cfg.gates)
 
 

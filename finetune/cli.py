@@ -108,7 +108,7 @@ def _output_folder(path: str) -> Path:
 
 
 def cmd_deidentify(args: argparse.Namespace) -> int:
-    from finetune.data.pii import deidentify_records, pseudonym_salt
+    from finetune.data.pii import deidentify_records, pseudonym_salt, record_residual_scan
 
     cfg = _config(args)
     out = _output_folder(args.output)
@@ -123,8 +123,8 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
         print(f"unreadable input rows, quarantined: {len(ingested.quarantined)}\n{_quarantine_lines(ingested)}")
     for entity, n in sorted(result.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
-    print(f"residual PII after re-scan: {result.extra['residual_scan']['residual_total']}")
-    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
+    print(f"residual PII after re-scan: {record_residual_scan(out, cfg.pii)['residual_total']}")
+    print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json and residual_scan.json")
     return 0
 
 

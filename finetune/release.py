@@ -283,15 +283,21 @@ def pii_statement(pii: dict[str, Any]) -> str:
 def gate_results(
     cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict, review=None
 ) -> list[dict[str, Any]]:
-    """Every gate's verdict recomputed from the artifacts a release is built from (the expert review's only
-    when review.required; an advisory review is reported in the manifest's `review` section instead)."""
+    """Every gate's verdict from the artifacts a release is built from (the expert review's only when
+    review.required; an advisory review is reported in the manifest's `review` section instead).
+
+    The residual-PII count is the one the `no_residual_pii` check recorded, not a second re-scan.
+    """
     from finetune import gates as g
+    from finetune.data.pii import recorded_residual_scan
+    from finetune.data.records import StageFiles
     from finetune.eval import model_gates as mg
 
     by_stage = {s["stage"]: s for s in stages}
+    deidentified = by_stage["deidentified_records"]
     results = [g.records_accounted(s) for s in stages]
     results += [
-        g.no_residual_pii(by_stage["deidentified_records"]["residual_scan"], cfg.gates),
+        g.no_residual_pii(recorded_residual_scan(StageFiles.of(deidentified).dir, cfg.pii), cfg.gates),
         g.no_trigger_hits(by_stage["screened_records"]["trigger_hits_after"], cfg.gates),
         g.poisoned_share_below_threshold(by_stage["screened_records"], cfg.gates),
         g.training_loss_decreased(train["losses"], cfg.gates),

@@ -4,10 +4,19 @@ import logging
 import pytest
 
 from finetune.config import PII_ENTITIES, PiiConfig
-from finetune.data.pii import deidentify_records, find_pii, redact, scan_residual_pii
+from finetune.data import pii
+from finetune.data.pii import (
+    RESIDUAL_SCAN,
+    deidentify_records,
+    find_pii,
+    record_residual_scan,
+    recorded_residual_scan,
+    redact,
+    scan_residual_pii,
+)
 from finetune.data.pii_operators import load_or_create_salt, mask_value, pseudonym
 from finetune.data.pii_recognizers import ALL_ENTITIES, is_valid_cn_resident_id, luhn_valid
-from finetune.data.records import make_record
+from finetune.data.records import StageFiles, make_record, write_jsonl
 
 ENTITIES = PiiConfig().entities
 VALID_ID = "11010519491231002X"
@@ -209,7 +218,7 @@ def test_deidentify_accounts_and_never_exposes_values(caplog):
         "CN_MOBILE_PHONE": 1,
         "EMAIL_ADDRESS": 1,
     }
-    assert result.extra["residual_scan"]["residual_total"] == 0
+    assert scan_residual_pii(result.kept, PiiConfig())["residual_total"] == 0
     visible = json.dumps(result.extra, ensure_ascii=False) + caplog.text
     assert phone not in visible and email not in visible
 
@@ -225,7 +234,25 @@ def test_residual_scan_is_independent_of_the_configured_entities():
     cfg = PiiConfig(entities=["EMAIL_ADDRESS"])
     result = deidentify_records([_rec("邮箱a@example.com，手机13912345678")], cfg)
     assert result.kept[0]["messages"][0]["content"] == "邮箱<EMAIL_ADDRESS>，手机13912345678"
-    assert result.extra["residual_scan"]["by_entity"] == {"CN_MOBILE_PHONE": 1}
+    assert scan_residual_pii(result.kept, cfg)["by_entity"] == {"CN_MOBILE_PHONE": 1}
+
+
+def test_the_residual_scan_runs_once_on_the_written_file_and_the_release_reads_what_it_recorded(tmp_path, monkeypatch):
+    # The check scans the stage's kept.jsonl (so it can fail on its own); the release copies that verdict.
+    write_jsonl(StageFiles(tmp_path).kept, [_rec("手机13912345678"), _rec("没有隐私")])
+    assert record_residual_scan(tmp_path, PiiConfig())["by_entity"] == {"CN_MOBILE_PHONE": 1}
+    assert json.loads((tmp_path / RESIDUAL_SCAN).read_text())["residual_total"] == 1
+
+    def no_second_scan(*_):
+        raise AssertionError("the release re-scanned although the check had recorded its scan")
+
+    monkeypatch.setattr(pii, "scan_residual_pii", no_second_scan)
+    assert recorded_residual_scan(tmp_path, PiiConfig())["residual_total"] == 1
+    elsewhere = tmp_path / "unchecked"  # a stage folder no check has scanned: the release scans it once itself
+    elsewhere.mkdir()
+    write_jsonl(StageFiles(elsewhere).kept, [_rec("没有隐私")])
+    with pytest.raises(AssertionError, match="re-scanned"):
+        recorded_residual_scan(elsewhere, PiiConfig())
 
 
 def test_deidentified_text_passes_the_residual_scan_whatever_it_mentions():
@@ -238,7 +265,7 @@ def test_deidentified_text_passes_the_residual_scan_whatever_it_mentions():
     ]
     for operator in ("replace", "pseudonym"):
         result = deidentify_records(records, PiiConfig(default_operator=operator), "salt")
-        assert result.extra["residual_scan"]["residual_total"] == 0, result.kept
+        assert scan_residual_pii(result.kept, PiiConfig())["residual_total"] == 0, result.kept
         text = json.dumps(result.kept, ensure_ascii=False)
         for value in ("Abc12345", "hunter2abc", "wJalrXUtnFEMI", "王小明", "一三八一二三四五六七八"):
             assert value not in text
@@ -266,7 +293,7 @@ def test_a_name_given_away_once_is_replaced_wherever_the_record_mentions_it():
         text = json.dumps(result.kept, ensure_ascii=False)
         assert "Abigail" not in text and "Grayson " not in text and "Grayson." not in text and "张伟" not in text
         assert "Graysonville" in text  # whole words only
-        assert result.extra["residual_scan"]["residual_total"] == 0, result.kept
+        assert scan_residual_pii(result.kept, PiiConfig())["residual_total"] == 0, result.kept
     first = deidentify_records(records[:1], PiiConfig()).kept[0]["messages"]
     assert first[0]["content"] == "Sketch a villain; call her <PERSON>."
     assert first[1]["content"].startswith("Name: Dr. <PERSON>\n\nAppearance: Dr. <PERSON> is tall. Dr. <PERSON> is")

@@ -7,8 +7,10 @@ each record (kept, or dropped when an entity's operator is `drop`).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import regex
@@ -29,7 +31,7 @@ from finetune.data.pii_recognizers import (
     is_valid_cn_resident_id,
     luhn_valid,
 )
-from finetune.data.records import Record, StageResult, with_messages
+from finetune.data.records import Record, StageFiles, StageResult, read_jsonl, with_messages, write_json
 
 __all__ = [
     "build_analyzer",
@@ -39,6 +41,8 @@ __all__ = [
     "is_valid_cn_resident_id",
     "luhn_valid",
     "pseudonym_salt",
+    "record_residual_scan",
+    "recorded_residual_scan",
     "redact",
     "scan_residual_pii",
 ]
@@ -190,8 +194,29 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
         changed += new["id"] != record["id"]
         result.kept.append(new)
     result.extra.update(pii_enabled=cfg.enabled, replaced_by_entity=dict(by_entity), records_changed=changed)
-    result.extra["residual_scan"] = scan_residual_pii(result.kept, cfg)
     return result
+
+
+RESIDUAL_SCAN = "residual_scan.json"
+
+
+def record_residual_scan(stage_dir: Path, cfg: PiiConfig) -> dict[str, Any]:
+    """Re-scan the kept.jsonl a de-identification stage wrote and record the result beside it.
+
+    The one independent re-scan of a run: the `no_residual_pii` check runs it on the written file (so it
+    can fail on its own), and the release reads what it recorded (`recorded_residual_scan`).
+    """
+    scan = scan_residual_pii(read_jsonl(StageFiles(Path(stage_dir)).kept), cfg)
+    write_json(Path(stage_dir) / RESIDUAL_SCAN, scan)
+    return scan
+
+
+def recorded_residual_scan(stage_dir: Path, cfg: PiiConfig) -> dict[str, Any]:
+    """The re-scan `record_residual_scan` recorded for this stage folder, run now if nothing recorded one."""
+    path = Path(stage_dir) / RESIDUAL_SCAN
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return record_residual_scan(stage_dir, cfg)
 
 
 def scan_residual_pii(records: list[Record], cfg: PiiConfig) -> dict[str, Any]:
