@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from finetune.config import PII_ENTITIES, PiiConfig, PipelineConfig
 from finetune.data.pii_names import ENTITY as PERSON
-from finetune.data.pii_names import names_beside, other_mentions
+from finetune.data.pii_names import HAN, names_beside, other_mentions
 from finetune.data.pii_operators import load_or_create_salt, operator_config, placeholder
 from finetune.data.pii_placeholders import placeholder_spans
 from finetune.data.pii_recognizers import (
@@ -30,6 +30,7 @@ from finetune.data.pii_recognizers import (
     cn_resident_id_check_digit,
     is_valid_cn_resident_id,
     luhn_valid,
+    possible_entities,
 )
 from finetune.data.records import Record, StageFiles, StageResult, read_jsonl, with_messages, write_json
 
@@ -106,8 +107,10 @@ def find_pii(text: str, entities: list[str], threshold: float) -> list[Recognize
     if not text:
         return []
     folded = fold_numerals(text.translate(_WIDTH_FOLD))
-    hits = build_analyzer().analyze(text=folded, language=LANGUAGE, entities=entities, score_threshold=threshold)
-    if PERSON in entities and regex.search(r"\p{Han}", text):
+    if not (asked := possible_entities(folded, entities)):
+        return []
+    hits = build_analyzer().analyze(text=folded, language=LANGUAGE, entities=asked, score_threshold=threshold)
+    if PERSON in entities and HAN.search(text):
         near = [(h.start, h.end) for h in hits if h.entity_type in DIRECT_IDENTIFIERS]
         hits += [h for h in names_beside(text, near) if h.score >= threshold] if near else []
     if held := placeholder_spans(text):

@@ -35,6 +35,7 @@ _CN_BEFORE = re.compile(rf"(?:(?P<self>{_CN_SELF})|患者|客户|用户|员工|�
 _CN_AFTER = re.compile(r"先生|女士|小姐|老师|同学|医生|经理|教授|师傅|阿姨|叔叔|律师|主任")
 _WINDOW = 12  # characters on the name's side of a cue: a four-character name and slack for LAC's context
 _IDENTIFIER_WINDOW = 40  # how far from a phone/ID/email a name may stand and still be its owner's
+HAN = regex.compile(r"\p{Han}")
 _HAN_NAME = regex.compile(r"\p{Han}{2,4}|\p{Han}{1,6}·\p{Han}{1,8}")
 # Characters of transliterated foreign names (罗切斯特, 史密斯) that Chinese given names all but never use;
 # they tell a Chinese-style name (surname + given name) from a foreign one starting with a surname character.
@@ -179,6 +180,6 @@ class PersonNameRecognizer(EntityRecognizer):
         if ENTITY not in entities:
             return []
         spans = _cued_english(text)
-        if regex.search(r"\p{Han}", text):
+        if HAN.search(text):
             spans |= _cued_chinese(text)
         return [RecognizerResult(ENTITY, s, e, score) for (s, e), score in spans.items()]

@@ -134,8 +134,11 @@ def _secret_like(value: str) -> bool:
     return classes >= 2
 
 
+_ASSIGNMENT_SIGN = regex.compile(r"[=:]")
+
+
 def _has_ascii_assignment(text: str) -> bool:
-    return bool(regex.search(r"[=:]", text))
+    return bool(_ASSIGNMENT_SIGN.search(text))
 
 
 def _lines_with_assignments(text: str):
