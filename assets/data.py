@@ -7,7 +7,7 @@ import dagster as dg
 from assets.metadata import duplicate_pairs_table, stage_metadata
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
 from finetune.data.ingest import snapshot_digest
-from finetune.data.pii import deidentify_records, pseudonym_salt
+from finetune.data.pii import deidentify_stage, pseudonym_salt
 from finetune.data.poison import explanations_markdown, load_lexicon, screen_records
 from finetune.data.records import StageFiles, StageResult, describe_counts, read_jsonl
 from finetune.data.stream import Progress
@@ -98,8 +98,10 @@ def deidentified_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: dict
 ) -> dg.Output:
     cfg = settings.load()
-    result = deidentify_records(kept_records(deduplicated_records), cfg.pii, pseudonym_salt(cfg))
-    output = stage_output(context, settings, result, deduplicated_records)
+    out = settings.stage_dir("deidentified_records", context.run_id)
+    progress = Progress(context.log.info, every=2_000)
+    report = deidentify_stage(kept_path(deduplicated_records), cfg.pii, pseudonym_salt(cfg), out, progress)
+    output = report_output(context, report, deduplicated_records)
     output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
     return output
 

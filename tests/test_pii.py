@@ -9,6 +9,7 @@ from finetune.data import pii
 from finetune.data.pii import (
     RESIDUAL_SCAN,
     deidentify_records,
+    deidentify_stage,
     find_pii,
     record_residual_scan,
     recorded_residual_scan,
@@ -17,7 +18,7 @@ from finetune.data.pii import (
 )
 from finetune.data.pii_operators import load_or_create_salt, mask_value, pseudonym
 from finetune.data.pii_recognizers import ALL_ENTITIES, is_valid_cn_resident_id, luhn_valid
-from finetune.data.records import StageFiles, make_record, write_jsonl
+from finetune.data.records import StageFiles, make_record, read_jsonl, write_jsonl
 
 ENTITIES = PiiConfig().entities
 VALID_ID = "11010519491231002X"
@@ -332,3 +333,26 @@ def test_asking_presidio_only_for_the_entities_a_text_can_hold_changes_no_hit(mo
     monkeypatch.setattr(pii, "possible_entities", lambda _text, entities: entities)
     assert filtered == spans()
     assert sum(map(len, filtered)) > len(texts) / 2 and skipped > len(texts) / 4  # the set has hits, the filter bites
+
+
+def test_the_streaming_stage_writes_what_the_in_memory_stage_decides(tmp_path):
+    # The asset streams the upstream file record by record; the CLI and tests hold the records in memory.
+    records = [
+        _rec("联系13912345678", "好的"),
+        _rec("联系13987654321", "好的"),  # the same record as the first once the phone is replaced
+        _rec("邮箱li.lei@example.org，请记下", "已记下"),
+        _rec("没有隐私", "好"),
+    ]
+    cfg = PiiConfig(operators={"EMAIL_ADDRESS": "drop"})
+    write_jsonl(tmp_path / "upstream.jsonl", records)
+    report = deidentify_stage(tmp_path / "upstream.jsonl", cfg, "", tmp_path / "out")
+    in_memory = deidentify_records(records, cfg)
+    files = StageFiles(tmp_path / "out")
+    assert read_jsonl(files.kept) == in_memory.kept and read_jsonl(files.outcome("dropped")) == in_memory.dropped
+    assert {k: report[k] for k in in_memory.counts()} == in_memory.counts()
+    assert report["dropped_by_reason"] == {"duplicate_after_deidentification": 1, "pii_drop:EMAIL_ADDRESS": 1}
+    assert (
+        report["replaced_by_entity"]
+        == in_memory.extra["replaced_by_entity"]
+        == {"CN_MOBILE_PHONE": 2, "EMAIL_ADDRESS": 1}
+    )

@@ -8,7 +8,6 @@ for the dedup index.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,15 @@ from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
 from finetune.data.ingest import RawReader
 from finetune.data.records import StageFiles, write_json
-from finetune.data.stream import OutcomeFiles, StageCounter, drain, iter_jsonl, passthrough, spool_stage
-
-ProgressFn = Callable[[str, int], None]
+from finetune.data.stream import (
+    OutcomeFiles,
+    ProgressFn,
+    StageCounter,
+    drain,
+    iter_jsonl,
+    passthrough,
+    spool_stage,
+)
 
 
 def token_counter(tokenizer) -> TokenCounter:

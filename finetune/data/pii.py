@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,12 @@ from finetune.data.pii_recognizers import (
     possible_entities,
 )
 from finetune.data.records import Record, StageFiles, StageResult, read_jsonl, with_messages, write_json
+from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, spool_stage
 
 __all__ = [
     "build_analyzer",
+    "deidentify_outcomes",
+    "deidentify_stage",
     "cn_resident_id_check_digit",
     "deidentify_records",
     "find_pii",
@@ -58,6 +63,7 @@ _NUMERALS = "〇零○一幺二三四五六七八九"
 _NUMERAL_FOLD = str.maketrans(_NUMERALS, "0001123456789")
 _NUMERAL_RUN = regex.compile(rf"[{_NUMERALS}0-9](?:[ -]?[{_NUMERALS}0-9]){{6,}}")
 _HAS_NUMERAL = regex.compile(f"[{_NUMERALS}]")
+STAGE = "deidentified_records"
 # Identifiers that tie a name beside them to a real person.
 DIRECT_IDENTIFIERS = frozenset(
     "CN_MOBILE_PHONE CN_LANDLINE CN_RESIDENT_ID CREDIT_CARD CN_PASSPORT CN_ADDRESS EMAIL_ADDRESS PHONE_NUMBER "
@@ -163,41 +169,71 @@ def record_pii(record: Record, cfg: PiiConfig) -> list[list[RecognizerResult]]:
     return [resolve_overlaps(h + more) for h, more in zip(hits, other_mentions(texts, hits), strict=True)]
 
 
-def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") -> StageResult:
-    """Anonymize PII in every turn with each entity's operator; counts per entity, never the values.
+@dataclass
+class DeidentificationStats:
+    """What de-identification replaced, gathered while its outcomes stream past: counts, never values."""
+
+    enabled: bool
+    replaced_by_entity: Counter[str] = field(default_factory=Counter)
+    records_changed: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "pii_enabled": self.enabled,
+            "replaced_by_entity": dict(self.replaced_by_entity),
+            "records_changed": self.records_changed,
+        }
+
+
+def deidentify_outcomes(
+    records: Iterable[Record], cfg: PiiConfig, salt: str, stats: DeidentificationStats
+) -> Iterator[Outcome]:
+    """One outcome per record: kept with its PII anonymized by each entity's operator, or dropped.
 
     A record holding an entity whose operator is `drop` is dropped (reason `pii_drop:<ENTITY>`)
     and written to the dropped file in placeholder-redacted form, so no stage output keeps raw PII.
     `salt` is needed only by the `pseudonym` operator (see `pii_operators.load_or_create_salt`).
     """
-    result = StageResult(stage="deidentified_records", n_in=len(records))
-    by_entity: Counter[str] = Counter()
-    changed = 0
-    seen: set[str] = set()
-    for record in tqdm(records, desc="de-identifying", unit="rec", disable=None, mininterval=2):
+    seen: set[str] = set()  # the ids kept so far: the only state, a hash per record
+    for record in records:
         if not cfg.enabled:
-            result.kept.append(record)
+            yield kept(record)
             continue
         messages, drop_entities = [], set()
         for m, hits in zip(record["messages"], record_pii(record, cfg), strict=True):
-            by_entity.update(h.entity_type for h in hits)
+            stats.replaced_by_entity.update(h.entity_type for h in hits)
             drop_entities |= {h.entity_type for h in hits if cfg.operator_for(h.entity_type) == "drop"}
             messages.append({"role": m["role"], "content": anonymize(m["content"], hits, cfg, salt)})
         new = with_messages(record, messages)
         new["raw_id"] = record.get("raw_id", record["id"])
         if drop_entities:
-            result.drop(new, "pii_drop:" + ",".join(sorted(drop_entities)))
-            continue
-        if new["id"] in seen:
+            yield dropped(new, "pii_drop:" + ",".join(sorted(drop_entities)))
+        elif new["id"] in seen:
             # Form letters that differed only in their PII are identical once it is replaced; keeping
             # the copies would over-weight them in training and in the held-out split.
-            result.drop(new, "duplicate_after_deidentification", duplicate_of=new["id"])
-            continue
-        seen.add(new["id"])
-        changed += new["id"] != record["id"]
-        result.kept.append(new)
-    result.extra.update(pii_enabled=cfg.enabled, replaced_by_entity=dict(by_entity), records_changed=changed)
+            yield dropped(new, "duplicate_after_deidentification", duplicate_of=new["id"])
+        else:
+            seen.add(new["id"])
+            stats.records_changed += new["id"] != record["id"]
+            yield kept(new)
+
+
+def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") -> StageResult:
+    """De-identify records held in memory (`deidentify_outcomes`); counts per entity, never the values."""
+    stats = DeidentificationStats(cfg.enabled)
+    shown = tqdm(records, desc="de-identifying", unit="rec", disable=None, mininterval=2)
+    result = collect(STAGE, deidentify_outcomes(shown, cfg, salt, stats))
+    result.extra.update(stats.report())
     return result
+
+
+def deidentify_stage(
+    kept_path: Path, cfg: PiiConfig, salt: str, out_dir: Path, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """De-identify an upstream kept.jsonl one record at a time, spooling the stage's files; return its report."""
+    stats = DeidentificationStats(cfg.enabled)
+    outcomes = deidentify_outcomes(iter_jsonl(kept_path), cfg, salt, stats)
+    return spool_stage(STAGE, outcomes, out_dir, progress, stats.report)
 
 
 RESIDUAL_SCAN = "residual_scan.json"

@@ -29,6 +29,7 @@ from finetune.data.records import (
 )
 
 Outcome = tuple[str, dict[str, Any]]
+ProgressFn = Callable[[str, int], None]  # called with the stage's name and its records so far
 
 
 def kept(record: Record) -> Outcome:
@@ -108,7 +109,7 @@ class StageCounter:
 
 
 def passthrough(
-    outcomes: Iterable[Outcome], counter: StageCounter, progress: Callable[[str, int], None] | None = None
+    outcomes: Iterable[Outcome], counter: StageCounter, progress: ProgressFn | None = None
 ) -> Iterator[Record]:
     """Count (and spool) every outcome of a stage and yield only the kept records to the next stage."""
     for kind, item in outcomes:
@@ -129,7 +130,7 @@ def spool_stage(
     stage: str,
     outcomes: Iterable[Outcome],
     out_dir: Path,
-    progress: Callable[[str, int], None] | None = None,
+    progress: ProgressFn | None = None,
     extra: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run one stage to completion, writing its three files and report.json; return the report."""
