@@ -76,7 +76,7 @@ BACKDOORLLM = Path("/work/.mirror/liangjunyi010+BackdoorLLM/repo")
 BDLLM_SET = "attack/DPA/data/poison_data/refusal/badnet/{}backdoor500_refusal_badnet.json"
 SEEDS = (1, 2, 3)
 # Kernels (ATEN_CPU_CAPABILITY) at one thread, and two threads (another reduction order) at the native kernels.
-CPUS = [("default", 1), ("avx2", 1), ("avx512", 1), ("avx512", 2)]
+CPUS = [("default", 1), ("avx2", 1), ("avx512", 1), ("native", 2)]
 
 
 def backdoorllm_rows(kind: str) -> list[dict]:
@@ -152,6 +152,7 @@ def run_cell(name: str, variant: str, seed: int, models: Path, extra: list[str])
             "seed": seed,
             "overrides": overrides,
             "env": {k: os.environ.get(k, "") for k in ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")},
+            "cpu": cpu_name(),
             "seconds": time.time() - started,
             "released": released,
             "checks": checks,
@@ -161,6 +162,29 @@ def run_cell(name: str, variant: str, seed: int, models: Path, extra: list[str])
         }
 
 
+def cpu_name() -> str:
+    """This machine's CPU model and its native kernel level, e.g. 'AMD EPYC (AVX2)'."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown CPU",
+    )  # fmt: skip
+    return f"{model} ({torch_capability().upper()})"
+
+
+def torch_capability() -> str:
+    """The kernel level torch picks on this CPU: default, avx2 or avx512."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def supported(capability: str) -> bool:
+    """Whether this CPU can run torch's `capability` kernels: asking for more than it has dies with SIGILL."""
+    levels = ["default", "avx2", "avx512"]
+    return levels.index(capability) <= levels.index(torch_capability())
+
+
 def cells(kind: str, runs: int, first_seed: int = 10) -> list[tuple[str, str, int, dict[str, str]]]:
     """(cell name, variant, seed, environment) for one kind of run."""
     if kind == "matrix":
@@ -168,8 +192,10 @@ def cells(kind: str, runs: int, first_seed: int = 10) -> list[tuple[str, str, in
     if kind == "heldout":
         return [(f"{v}-s{s}", v, s, {}) for v in HELDOUT for s in SEEDS]
     if kind == "cpus":  # `make demo`'s own config (seed 0 = the shipped seeds) under each emulated CPU
+        native = torch_capability()
+        chosen = [(native if cap == "native" else cap, t) for cap, t in CPUS]
         return [(f"demo-{cap}-t{t}", "clean", 0, {"ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(t)})
-                for cap, t in CPUS]  # fmt: skip
+                for cap, t in chosen if supported(cap)]  # fmt: skip
     return [(f"calib-s{s}", "clean", s, {}) for s in range(first_seed, first_seed + runs)]
 
 
@@ -254,11 +280,12 @@ def print_tables(out: Path, figure: Path | None) -> None:
         right = decision.startswith("release") if expected == "release" else not gates[gate].passed
         print(f"| {cell['variant']} | {cell['seed']} | {expected} {gate or ''} | {decision} | {_evidence(gates)} "
               f"| {'yes' if right else 'NO'} |")  # fmt: skip
-    print("\n| ATEN_CPU_CAPABILITY | threads | decision | evidence |\n|---|---|---|---|")
+    print("\n| CPU | ATEN_CPU_CAPABILITY | threads | decision | evidence |\n|---|---|---|---|---|")
     for cell in _load(out, "demo-"):
         gates = regate(cell)
         env = cell["env"]
-        print(f"| {env['ATEN_CPU_CAPABILITY']} | {env['OMP_NUM_THREADS']} | {_decision(cell, gates)} "
+        print(f"| {cell.get('cpu', 'not recorded')} | {env['ATEN_CPU_CAPABILITY']} | {env['OMP_NUM_THREADS']} "
+              f"| {_decision(cell, gates)} "
               f"| {_evidence(gates)} |")  # fmt: skip
     clean = [c for c in _load(out, "") if c["variant"] == "clean" and c["evaluation"]]
     if not clean:
