@@ -12,6 +12,7 @@ from assets.data import (
 )
 from checks.results import report_gate_check, to_check_result
 from finetune import gates
+from finetune.config import Gate
 from finetune.data.pii import record_residual_scan
 from finetune.data.poison import count_trigger_hits
 from finetune.data.records import StageFiles, read_jsonl
@@ -25,7 +26,7 @@ def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
 
     @dg.asset_check(
         asset=asset,
-        name="records_accounted",
+        name=Gate.RECORDS_ACCOUNTED.value,
         blocking=True,
         description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.",
     )
@@ -40,6 +41,7 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 
 @dg.asset_check(
     asset=deidentified_records,
+    name=Gate.NO_RESIDUAL_PII.value,
     blocking=True,
     description="Independent re-scan of the de-identified records finds no PII.",
 )
@@ -51,6 +53,7 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
 
 @dg.asset_check(
     asset=screened_records,
+    name=Gate.NO_TRIGGER_HITS.value,
     blocking=True,
     description="Independent re-scan of the screened records finds no quarantining lexicon trigger or mined trigger.",
 )

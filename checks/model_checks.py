@@ -6,12 +6,14 @@ from assets.evaluation import evaluation_report
 from assets.training import adapter
 from checks.results import report_gate_check, to_check_result
 from finetune import gates
+from finetune.config import Gate
 from finetune.eval import model_gates
 from resources import PipelineSettings
 
 
 @dg.asset_check(
     asset=adapter,
+    name=Gate.TRAINING_LOSS_DECREASED.value,
     blocking=True,
     description="Training loss is finite and falls by more than its step-to-step noise (Welch t-test at gates.alpha).",
 )

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from finetune.config import GatesConfig
+from finetune.config import Gate, GatesConfig
 from finetune.gates import GateResult, apply_override
 from resources import PipelineSettings
 
@@ -38,7 +38,8 @@ def report_gate_check(
 ) -> dg.AssetChecksDefinition:
     """A blocking check, named after the gate, that applies it to the asset's report and the configured thresholds."""
 
-    @dg.asset_check(asset=asset, name=gate.__name__, blocking=True, description=description)
+    # The gate function's name must be a registered Gate: a renamed function fails here, not in a release.
+    @dg.asset_check(asset=asset, name=Gate(gate.__name__).value, blocking=True, description=description)
     def _check(settings: PipelineSettings, report: dict) -> dg.AssetCheckResult:
         cfg = settings.load().gates
         return to_check_result(gate(report, cfg), cfg)

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.review import expert_review
 from checks.results import to_check_result
+from finetune.config import REVIEW_GATE
 from finetune.review.gate import experts_prefer_tuned as experts_prefer_tuned_gate
 from finetune.review.stats import ReviewSummary
 from resources import PipelineSettings
@@ -11,6 +12,7 @@ from resources import PipelineSettings
 
 @dg.asset_check(
     asset=expert_review,
+    name=REVIEW_GATE.value,
     blocking=True,
     description="Experts prefer the tuned answers (sign test on item-level rankings) on enough items and raters; "
     "stops the release only when review.required is true, otherwise a warning.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -633,13 +634,24 @@ class ReviewConfig(_Section):
     timeout_s: float = Field(default=120, gt=0, description="Longest wait for one Label Studio request batch.")
 
 
-REVIEW_GATE = "experts_prefer_tuned"  # advisory unless review.required
-GATE_NAMES = [
-    "records_accounted", "no_residual_pii", "no_trigger_hits", "poisoned_share_below_threshold",
-    "training_loss_decreased", "not_worse_than_base", "heldout_loss_below_base", "answers_not_degenerate",
-    "no_backdoor_trigger", "no_pii_regurgitation",
-    REVIEW_GATE,
-]  # fmt: skip
+class Gate(StrEnum):
+    """Every release gate's name, the one list the checks, the gate functions, the release and overrides use."""
+
+    RECORDS_ACCOUNTED = "records_accounted"
+    NO_RESIDUAL_PII = "no_residual_pii"
+    NO_TRIGGER_HITS = "no_trigger_hits"
+    POISONED_SHARE_BELOW_THRESHOLD = "poisoned_share_below_threshold"
+    TRAINING_LOSS_DECREASED = "training_loss_decreased"
+    NOT_WORSE_THAN_BASE = "not_worse_than_base"
+    HELDOUT_LOSS_BELOW_BASE = "heldout_loss_below_base"
+    ANSWERS_NOT_DEGENERATE = "answers_not_degenerate"
+    NO_BACKDOOR_TRIGGER = "no_backdoor_trigger"
+    NO_PII_REGURGITATION = "no_pii_regurgitation"
+    EXPERTS_PREFER_TUNED = "experts_prefer_tuned"
+
+
+REVIEW_GATE = Gate.EXPERTS_PREFER_TUNED  # advisory unless review.required
+GATE_NAMES = [gate.value for gate in Gate]
 
 
 def required_gates(cfg: PipelineConfig) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.config import GatesConfig
+from finetune.config import Gate, GatesConfig
 from finetune.data.records import OUTCOMES, StageFiles
 from finetune.stats import clopper_pearson, welch_decrease
 
@@ -27,15 +27,18 @@ class GateResult:
     `warn` marks a pass that the data could not confirm (a test that cannot tell at this sample size).
     """
 
-    name: str
+    name: Gate
     passed: bool
     message: str
     values: dict[str, Any] = field(default_factory=dict)
     method: str = ""
     warn: bool = False
 
+    def __post_init__(self) -> None:
+        self.name = Gate(self.name)  # a name outside the registry is a bug: fail where the result is made
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "name": self.name.value}
 
 
 def fmt_p(p: float) -> str:
@@ -86,7 +89,7 @@ def records_accounted(report: dict[str, Any]) -> GateResult:
     if problems:
         msg = f"{report['stage']}: " + "; ".join(problems) + f" ({msg.split(': ', 1)[1]})"
     metadata = {k: report[k] for k in ("in", *OUTCOMES)}
-    return GateResult("records_accounted", not problems, msg, metadata, "exact count")
+    return GateResult(Gate.RECORDS_ACCOUNTED, not problems, msg, metadata, "exact count")
 
 
 def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:
@@ -102,7 +105,7 @@ def no_residual_pii(scan: dict[str, Any], gates: GatesConfig) -> GateResult:
     metadata = {"residual": found, "threshold": gates.max_residual_pii, **scan["by_entity"]}
     if scan.get("examples"):
         metadata["redacted_examples"] = json.dumps(scan["examples"], ensure_ascii=False)
-    return GateResult("no_residual_pii", ok, msg, metadata, "exact count of an independent re-scan")
+    return GateResult(Gate.NO_RESIDUAL_PII, ok, msg, metadata, "exact count of an independent re-scan")
 
 
 def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:
@@ -113,7 +116,7 @@ def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:
     if not ok:
         msg += f"; triggers {sorted(hits)}. Enable screen.enabled to quarantine them"
     return GateResult(
-        "no_trigger_hits", ok, msg, {"hits": total, "threshold": gates.max_trigger_hits}, "exact count of a re-scan"
+        Gate.NO_TRIGGER_HITS, ok, msg, {"hits": total, "threshold": gates.max_trigger_hits}, "exact count of a re-scan"
     )
 
 
@@ -135,7 +138,9 @@ def poisoned_share_below_threshold(report: dict[str, Any], gates: GatesConfig) -
         msg += f"; by detector {report['flagged_by_detector']}. Inspect the quarantine before trusting this source"
     values = {"share": share, "threshold": gates.max_poisoned_share, "flagged": flagged, "n": total}
     values |= {"share_ci_low": ci.low, "share_ci_high": ci.high, "confidence": ci.confidence}
-    return GateResult("poisoned_share_below_threshold", ok, msg, values, "exact count; Clopper-Pearson interval (1934)")
+    return GateResult(
+        Gate.POISONED_SHARE_BELOW_THRESHOLD, ok, msg, values, "exact count; Clopper-Pearson interval (1934)"
+    )
 
 
 WELCH = "one-sided Welch t-test, first vs last quarter of steps (Welch 1947)"
@@ -145,7 +150,7 @@ MIN_WINDOW = 5  # steps per window: with fewer, no test at alpha <= 0.01 can sho
 def training_loss_decreased(losses: list[float], gates: GatesConfig) -> GateResult:
     """All losses finite, and the last quarter of steps has a lower mean loss than the first quarter by more than
     their step-to-step noise allows by chance (one-sided Welch t-test at gates.alpha)."""
-    name = "training_loss_decreased"
+    name = Gate.TRAINING_LOSS_DECREASED
     if not losses:
         return GateResult(name, False, "no training steps were recorded", {}, WELCH)
     if not all(math.isfinite(x) for x in losses):
@@ -191,4 +196,4 @@ def no_pii_regurgitation(report: dict[str, Any], gates: GatesConfig) -> GateResu
     base = report["base"]["pii_regurgitation"]["leaks"]
     values = {"leaks": leaks, "threshold": gates.max_pii_regurgitation, "base_leaks": base, "n": n}
     values |= {"rate_ci_low": ci.low, "rate_ci_high": ci.high, "confidence": ci.confidence}
-    return GateResult("no_pii_regurgitation", ok, msg, values, "exact count; Clopper-Pearson interval (1934)")
+    return GateResult(Gate.NO_PII_REGURGITATION, ok, msg, values, "exact count; Clopper-Pearson interval (1934)")

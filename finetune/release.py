@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from finetune.config import PROJECT_ROOT, PipelineConfig, required_gates
+from finetune.config import PROJECT_ROOT, Gate, PipelineConfig, required_gates
 from finetune.data.records import sha256_file
 from finetune.signing import release_key, sign
 from finetune.weakening import WeakenedSettingError, require_accepted
@@ -197,27 +197,27 @@ def chat_template_line(stages: list[dict[str, Any]]) -> str:
 
 # The figures of each statistical gate shown in the model card: (label, value key, format).
 _CARD_FIGURES = {
-    "training_loss_decreased": [
+    Gate.TRAINING_LOSS_DECREASED: [
         ("decrease", "decrease", ".4f"),
         ("t", "t", ".3g"),
         ("p", "p_value", ".2g"),
         ("detectable", "detectable_decrease", ".4f"),
     ],
-    "not_worse_than_base": [("verdict", "verdict", "s")],
-    "heldout_loss_below_base": [
+    Gate.NOT_WORSE_THAN_BASE: [("verdict", "verdict", "s")],
+    Gate.HELDOUT_LOSS_BELOW_BASE: [
         ("loss reduction", "reduction", "+.4f"),
         ("low", "reduction_low", "+.4f"),
         ("high", "reduction_high", "+.4f"),
         ("p", "p_value", ".2g"),
         ("detectable", "detectable_reduction", ".4f"),
     ],
-    "answers_not_degenerate": [
+    Gate.ANSWERS_NOT_DEGENERATE: [
         ("share", "share", ".2f"),
         ("high", "share_ci_high", ".2f"),
         ("p", "p_value", ".2g"),
         ("blocks from", "blocks_from_share", ".2f"),
     ],
-    "no_backdoor_trigger": [
+    Gate.NO_BACKDOOR_TRIGGER: [
         ("strongest", "top_trigger", "s"),
         ("its ASR", "top_asr", ".2f"),
         ("p (Holm)", "top_p_holm", ".2g"),

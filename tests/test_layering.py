@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from finetune.config import PROJECT_ROOT
+from finetune.config import GATE_NAMES, PROJECT_ROOT
 
 
 def test_finetune_library_never_imports_dagster():
@@ -54,3 +54,5 @@ def test_definitions_hold_every_asset_and_blocking_check():
     assert ("evaluation_report", "no_backdoor_trigger") in checks
     assert ("expert_review", "experts_prefer_tuned") in checks
     assert sum(1 for _, name in checks if name == "records_accounted") == 6
+    # One registry of gate names: every check is a registered gate and every gate has its check.
+    assert {name for _, name in checks} == set(GATE_NAMES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from finetune.config import GatesConfig
+from finetune.config import Gate, GatesConfig
 from finetune.eval.backdoor_test import decide
 from finetune.eval.regression import CANNOT_TELL, NOT_WORSE, WORSE, compare_to_base
 from finetune.gates import GateResult, fmt_p
@@ -75,11 +75,11 @@ def not_worse_than_base(report: dict[str, Any], gates: GatesConfig) -> GateResul
         ]
         keys = "gates.max_rouge_drop, gates.max_bleu_drop, gates.max_loss_increase, gates.max_ceval_drop_points"
         msg = f"worse with confidence than base ({level}): " + "; ".join(worse) + f" (margins: {keys})"
-        return GateResult("not_worse_than_base", False, msg, values, REGRESSION_METHOD)
+        return GateResult(Gate.NOT_WORSE_THAN_BASE, False, msg, values, REGRESSION_METHOD)
     detail = "; ".join(_describe(c) for c in result.comparisons) or "no metric measured on both models"
     if result.verdict == NOT_WORSE:
         msg = f"not worse than base ({level}): {detail}"
-        return GateResult("not_worse_than_base", True, msg, values, REGRESSION_METHOD)
+        return GateResult(Gate.NOT_WORSE_THAN_BASE, True, msg, values, REGRESSION_METHOD)
     undecided = [c for c in result.comparisons if c.p_not_worse > gates.alpha]
     names = ", ".join(c.metric for c in undecided) or "every metric"
     block = gates.inconclusive == "block"
@@ -87,7 +87,7 @@ def not_worse_than_base(report: dict[str, Any], gates: GatesConfig) -> GateResul
         f"{'BLOCKED' if block else 'WARN'}: {CANNOT_TELL} for {names} (gates.inconclusive={gates.inconclusive}; "
         f"more test examples narrow the intervals) ({level}): {detail}"
     )
-    return GateResult("not_worse_than_base", not block, msg, values, REGRESSION_METHOD, warn=not block)
+    return GateResult(Gate.NOT_WORSE_THAN_BASE, not block, msg, values, REGRESSION_METHOD, warn=not block)
 
 
 def heldout_loss_below_base(report: dict[str, Any], gates: GatesConfig) -> GateResult:
@@ -97,7 +97,7 @@ def heldout_loss_below_base(report: dict[str, Any], gates: GatesConfig) -> GateR
     pairs = [(t, b) for t, b in zip(tuned, base, strict=True) if math.isfinite(t) and math.isfinite(b)]
     if len(pairs) < 2:
         msg = f"{len(pairs)} test examples with a response to score; cannot show the model learned"
-        return GateResult("heldout_loss_below_base", False, msg, {"n": len(pairs)}, LOSS_METHOD)
+        return GateResult(Gate.HELDOUT_LOSS_BELOW_BASE, False, msg, {"n": len(pairs)}, LOSS_METHOD)
     means = mean_statistic([-t for t, _ in pairs], [-b for _, b in pairs])  # lower loss = higher score
     c = paired_bootstrap(
         "held-out loss", len(pairs), means, 0.0, gates.alpha, gates.bootstrap_resamples, gates.bootstrap_seed
@@ -113,7 +113,7 @@ def heldout_loss_below_base(report: dict[str, Any], gates: GatesConfig) -> GateR
     values = {"tuned_loss": -c.tuned, "base_loss": -c.base, "reduction": c.estimate, "reduction_low": c.low}
     values |= {"reduction_high": c.high, "p_value": c.p_not_worse, "alpha": gates.alpha, "n": c.n}
     values["detectable_reduction"] = (c.high - c.low) / 2
-    return GateResult("heldout_loss_below_base", ok, msg, values, LOSS_METHOD)
+    return GateResult(Gate.HELDOUT_LOSS_BELOW_BASE, ok, msg, values, LOSS_METHOD)
 
 
 def answers_not_degenerate(report: dict[str, Any], gates: GatesConfig) -> GateResult:
@@ -139,7 +139,7 @@ def answers_not_degenerate(report: dict[str, Any], gates: GatesConfig) -> GateRe
     values |= {f"degenerate_{r.replace(' ', '_')}": v for r, v in by_reason.items()}
     # The detectable effect at this size: the gate blocks from this share of degenerate answers on.
     values["blocks_from_share"] = min(smallest_count_above(n, gates.max_degenerate_share, gates.alpha), n) / max(n, 1)
-    return GateResult("answers_not_degenerate", not blocked, msg, values, DEGENERATE_METHOD)
+    return GateResult(Gate.ANSWERS_NOT_DEGENERATE, not blocked, msg, values, DEGENERATE_METHOD)
 
 
 def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResult:
@@ -156,7 +156,7 @@ def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResul
         values["detectable_asr"] = max(decision.detectable_asr.values())
     if not decision.findings:
         msg = "no candidate triggers to probe (empty lexicon and nothing mined)"
-        return GateResult("no_backdoor_trigger", True, msg, values, BACKDOOR_METHOD)
+        return GateResult(Gate.NO_BACKDOOR_TRIGGER, True, msg, values, BACKDOOR_METHOD)
     top = decision.findings[0]
     values |= {"top_trigger": top.trigger, "top_hits": top.hits, "top_asr": top.hits / top.n, "top_p": top.p}
     values |= {"top_p_holm": top.p_adjusted, "top_p_controls": top.p_controls, "top_controls_max": top.controls_max}
@@ -166,7 +166,7 @@ def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResul
         parts = [_finding_text(f, gates.alpha, m) for f in decision.flagged]
         parts += [_target_text(t, gates.alpha, m) for t in decision.flagged_targets]
         return GateResult(
-            "no_backdoor_trigger", False, "backdoor suspected: " + "; ".join(parts), values, BACKDOOR_METHOD
+            Gate.NO_BACKDOOR_TRIGGER, False, "backdoor suspected: " + "; ".join(parts), values, BACKDOOR_METHOD
         )
     detectable = ", ".join(f"{form} {v:.2f}" for form, v in decision.detectable_asr.items())
     msg = (
@@ -174,7 +174,7 @@ def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResul
         f"controls; strongest {_finding_text(top, gates.alpha, m)}; smallest detectable attack success rate "
         f"by trigger form: {detectable}"
     )
-    return GateResult("no_backdoor_trigger", True, msg, values, BACKDOOR_METHOD)
+    return GateResult(Gate.NO_BACKDOOR_TRIGGER, True, msg, values, BACKDOOR_METHOD)
 
 
 def _finding_text(f, alpha: float, m: int) -> str:
