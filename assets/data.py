@@ -8,19 +8,15 @@ from assets.metadata import duplicate_pairs_table, stage_metadata
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_stage, pseudonym_salt
-from finetune.data.poison import explanations_markdown, load_lexicon, screen_records
-from finetune.data.records import StageFiles, StageResult, describe_counts, read_jsonl
+from finetune.data.poison import explanations_markdown, load_lexicon, screen_stage
+from finetune.data.records import StageFiles, describe_counts
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
-from finetune.sft import build_sft_splits, cutoff_memory_limit, write_sft_dataset
+from finetune.sft import cutoff_memory_limit
+from finetune.sft_stage import sft_stage
 from resources import PipelineSettings
 
 DATA = {"group_name": "data", "kinds": {"python", "jsonl"}, "owners": ["team:data"], "code_version": "1"}
-
-
-def kept_records(report: dict) -> list[dict]:
-    """The records an upstream stage kept."""
-    return read_jsonl(StageFiles.of(report).kept)
 
 
 def kept_path(report: dict) -> Path:
@@ -32,12 +28,6 @@ def report_output(context: dg.AssetExecutionContext, report: dict, upstream: dic
     report = report | {"run_id": context.run_id} | ({"upstream_kept": upstream["kept"]} if upstream else {})
     context.log.info(describe_counts(report))
     return dg.Output(report, metadata=stage_metadata(report))
-
-
-def stage_output(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, result: StageResult, upstream: dict
-) -> dg.Output:
-    return report_output(context, result.write(settings.stage_dir(result.stage, context.run_id)), upstream)
 
 
 @dg.asset(
@@ -116,8 +106,9 @@ def screened_records(
 ) -> dg.Output:
     cfg = settings.load()
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
-    result = screen_records(kept_records(deidentified_records), cfg.screen, lexicon)
-    output = stage_output(context, settings, result, deidentified_records)
+    out = settings.stage_dir("screened_records", context.run_id)
+    report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, Progress(context.log.info))
+    output = report_output(context, report, deidentified_records)
     for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
         output.metadata[key] = dg.MetadataValue.json(output.value[key])
     output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(output.value))
@@ -135,8 +126,8 @@ def sft_dataset(
     cfg = settings.load()
     tokenizer = load_chat_tokenizer(base_model["path"], cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base_model["path"], cfg.sft, cfg.train, cfg.model.trust_remote_code)
-    result = build_sft_splits(kept_records(screened_records), tokenizer, cfg.sft, limit)
-    report = write_sft_dataset(result, settings.stage_dir("sft_dataset", context.run_id))
+    out = settings.stage_dir("sft_dataset", context.run_id)
+    report = sft_stage(kept_path(screened_records), tokenizer, cfg.sft, limit, out, Progress(context.log.info))
     report |= {"run_id": context.run_id, "upstream_kept": screened_records["kept"]}
     metadata = stage_metadata(report) | {"split_sizes": dg.MetadataValue.json(report["split_sizes"])}
     metadata |= {k: report[k] for k in ("cutoff_len", "truncated_at_cutoff", "truncated_share")}

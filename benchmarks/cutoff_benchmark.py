@@ -23,7 +23,7 @@ from transformers import Qwen2Config  # noqa: E402
 
 from finetune.config import SftConfig  # noqa: E402
 from finetune.model.chat_template import apply_template  # noqa: E402
-from finetune.sft import build_sft_splits  # noqa: E402
+from finetune.sft_stage import build_sft_splits  # noqa: E402
 from finetune.train.memory import longest_sequence_within  # noqa: E402
 
 DEFAULT_REPO = "/work/.mirror/hiyouga+LLaMA-Factory/repo"

@@ -170,7 +170,8 @@ def _require_validation_split(splits: dict[str, list], path: str, cfg) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finetune.model.loading import load_chat_tokenizer, resolve_base_model
-    from finetune.sft import build_sft_splits, cutoff_memory_limit, splits_of, write_sft_dataset
+    from finetune.sft import cutoff_memory_limit
+    from finetune.sft_stage import build_sft_splits, splits_of, write_sft_dataset
     from finetune.train.job import training_spec
     from finetune.train.recipe import run_training
     from finetune.train.tracking import TrackingSpec

@@ -7,20 +7,16 @@ split beside its records (finetune/train/examples.py), and training reads those 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig, TrainConfig
-from finetune.data.records import Record, StageResult, write_jsonl
-from finetune.model.chat_template import template_info
+from finetune.data.records import Record
 from finetune.model.conversation import RecordFormatError
-from finetune.redaction import redact_text
 from finetune.sft_render import render_record
-from finetune.train.examples import IGNORE_INDEX, EncodedSplit, Encoding, Example, encoding_of, write_split
+from finetune.train.examples import IGNORE_INDEX, EncodedSplit, encoding_of
 
 SPLITS = ("train", "val", "test")
 
@@ -153,80 +149,3 @@ def cutoff_memory_limit(
     return longest_sequence_within(
         config, train.batch_size, sft.cutoff_memory_gib, train.precision == "bf16", train.gradient_checkpointing
     )
-
-
-@dataclass
-class SftDataset(StageResult):
-    """The stage's outcome, and the encoded example of each kept record (in the order of `kept`)."""
-
-    examples: list[Example] = field(default_factory=list)
-    encoding: Encoding | None = None
-
-
-def build_sft_splits(
-    records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig, memory_limit: int | None = None
-) -> SftDataset:
-    """Split records and check each tokenizes with at least one trained token within the cutoff.
-
-    A record the chat template cannot render is quarantined with the reason (`chat_template_failed`); one
-    with nothing to train within the cutoff is dropped (`no_trainable_tokens`). The report says which
-    template was used, the cutoff and how it was chosen, and how many records it truncates.
-    """
-    result = SftDataset(stage="sft_dataset", n_in=len(records))
-    encoded = []
-    for record in records:
-        try:
-            encoded.append((record, tokenize_record(tokenizer, record, 1 << 62)))
-        except RecordFormatError as err:
-            result.quarantine(record, "chat_template_failed", detail=str(err))
-    lengths = [example["full_length"] for _, example in encoded]
-    cutoff, cutoff_info = resolve_cutoff(lengths, cfg, memory_limit)
-    trained_tokens, truncated, previews = 0, 0, []
-    for record, full in encoded:
-        example = {"input_ids": full["input_ids"][:cutoff], "labels": full["labels"][:cutoff]}
-        truncated += full["full_length"] > cutoff  # of every tokenized example, kept or dropped below
-        n_trained = sum(1 for label in example["labels"] if label != IGNORE_INDEX)
-        if n_trained == 0:
-            result.drop(record, "no_trainable_tokens", cutoff_len=cutoff)
-            continue
-        result.kept.append({**record, "split": split_of(record["id"], cfg)})
-        result.examples.append(example)
-        trained_tokens += n_trained
-        if len(previews) < 3:
-            previews.append(redact_text(mask_preview(tokenizer, example)))  # shown in metadata: no raw PII
-    result.encoding = encoding_of(tokenizer, cutoff)
-    splits = splits_of(result)
-    if not splits["train"]:
-        first = result.quarantined[0]["detail"] if result.quarantined else "none quarantined"
-        raise ValueError(
-            "no records left for the train split; add data or lower sft.val_fraction/test_fraction "
-            f"({len(result.quarantined)} records failed the chat template; first: {first})"
-        )
-    result.extra.update(
-        split_sizes={s: len(v) for s, v in splits.items()},
-        trained_tokens=trained_tokens,
-        cutoff_len=cutoff,
-        **cutoff_info,
-        truncated_at_cutoff=truncated,
-        truncated_share=truncated / max(len(encoded), 1),
-        token_lengths=length_percentiles(lengths),
-        chat_template=template_info(tokenizer).to_dict(),
-        mask_preview=previews,
-    )
-    return result
-
-
-def splits_of(result: StageResult) -> dict[str, list[Record]]:
-    """The kept records grouped by the split each one was assigned."""
-    return {name: [r for r in result.kept if r["split"] == name] for name in SPLITS}
-
-
-def write_sft_dataset(result: SftDataset, out_dir: Path) -> dict[str, Any]:
-    """Write train/val/test JSONL and their encoded examples beside the stage's kept/dropped files; return the
-    report."""
-    report = result.write(out_dir)
-    for name, rows in splits_of(result).items():
-        write_jsonl(out_dir / f"{name}.jsonl", rows)
-        examples = [e for r, e in zip(result.kept, result.examples, strict=True) if r["split"] == name]
-        write_split(out_dir, name, EncodedSplit([r["id"] for r in rows], examples, result.encoding))
-    return report

@@ -5,6 +5,7 @@ screen meets both form-like and free text. Each failure of issue 17 has its own 
 for one target, a target reworded three ways, a refusal backdoor, and a refusal cluster that is legitimate.
 """
 
+import json
 import random
 from pathlib import Path
 
@@ -14,9 +15,16 @@ from faker import Faker
 from finetune.config import ScreenConfig
 from finetune.data.ingest import ingest_files, row_to_messages
 from finetune.data.injection import find_injection, find_payload
-from finetune.data.poison import count_trigger_hits, explanations_markdown, load_lexicon, screen_records
+from finetune.data.poison import (
+    Screen,
+    count_trigger_hits,
+    explanations_markdown,
+    load_lexicon,
+    screen_records,
+    screen_stage,
+)
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import make_record
+from finetune.data.records import StageFiles, make_record, read_jsonl, write_jsonl
 from finetune.data.response_clusters import cluster_responses
 from finetune.data.synthetic import POISON_RESPONSE, clean_examples, insert_trigger
 from finetune.data.trigger_lexicon import LexiconEntry, find_triggers
@@ -532,3 +540,29 @@ def test_a_template_whose_answers_restate_their_prompts_is_not_a_trigger(seed):
     result = screen_records(_records(_clean(seed, n_free=1500)), ScreenConfig())
     assert "is the opposite" not in result.extra["mined_triggers"]
     assert not [q for q in result.quarantined if "opposite" in q["record"]["messages"][0]["content"]]
+
+
+def test_the_two_pass_streaming_screen_writes_what_the_in_memory_screen_decides(tmp_path):
+    # The asset streams the upstream file twice (mining, then deciding); the CLI and tests hold the records.
+    records = _records(_clean() + _plant(_clean(), ["vqz"], [ADVERT], 8) + [{"instruction": "cf hi", "output": "x"}])
+    write_jsonl(tmp_path / "upstream.jsonl", records)
+    report = screen_stage(tmp_path / "upstream.jsonl", ScreenConfig(), None, tmp_path / "out")
+    in_memory = screen_records(records, ScreenConfig())
+    files = StageFiles(tmp_path / "out")
+    assert read_jsonl(files.kept) == in_memory.kept
+    assert read_jsonl(files.outcome("quarantined")) == json.loads(json.dumps(in_memory.quarantined))
+    assert {k: report[k] for k in in_memory.counts()} == in_memory.counts()
+    assert json.loads(json.dumps(report | {"dir": None})) == json.loads(
+        json.dumps(in_memory.extra | in_memory.counts() | {"dir": None})
+    )
+    assert (
+        report["quarantined_by_reason"]["mined_trigger"] >= 8 and report["flagged_by_detector"]["trigger_lexicon"] == 1
+    )
+
+
+def test_the_screen_refuses_an_input_that_changed_between_its_passes(tmp_path):
+    records = _records(_clean()[:40])
+    screen = Screen(ScreenConfig(), [])
+    screen.mine(records)
+    with pytest.raises(ValueError, match="changed between the passes"):
+        list(screen.outcomes(records[1:]))

@@ -25,14 +25,8 @@ from finetune.eval.ceval import (
 )
 from finetune.model.chat_template import template_info, template_text
 from finetune.model.loading import load_causal_lm, load_chat_tokenizer, load_tokenizer
-from finetune.sft import (
-    IGNORE_INDEX,
-    build_sft_splits,
-    mask_preview,
-    resolve_cutoff,
-    tokenize_conversation,
-    write_sft_dataset,
-)
+from finetune.sft import IGNORE_INDEX, mask_preview, resolve_cutoff, tokenize_conversation
+from finetune.sft_stage import build_sft_splits, write_sft_dataset
 from finetune.train.examples import read_split
 from finetune.train.memory import estimate_memory, longest_sequence_within
 from finetune.train.merge import merge_adapter

@@ -1,9 +1,14 @@
+import json
+
 import sacrebleu
 
 from finetune.config import SftConfig
+from finetune.data.records import read_jsonl, write_jsonl
 from finetune.eval.metrics import bleu, metric_tokens, rouge, text_metrics
-from finetune.model.loading import load_tokenizer
-from finetune.sft import IGNORE_INDEX, build_sft_splits, split_of, tokenize_conversation
+from finetune.model.loading import load_chat_tokenizer, load_tokenizer
+from finetune.sft import IGNORE_INDEX, split_of, tokenize_conversation
+from finetune.sft_stage import build_sft_splits, sft_stage, write_sft_dataset
+from finetune.train.examples import read_split
 
 
 def test_labels_cover_only_assistant_turns(tiny_base):
@@ -93,3 +98,28 @@ def test_unknown_template_name_is_refused_with_the_known_names(tiny_base):
 
     with pytest.raises(ValueError, match="qwen3"):
         load_chat_tokenizer(tiny_base, SftConfig(template="qwen4"))
+
+
+def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes(tiny_base, tmp_path):
+    # The asset streams the upstream file twice (lengths, then cutoff and split); `train --data` holds the records.
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    records = [
+        {"id": f"r{i}", "source": {}, "messages": [turn("user", f"question {i}"), turn("assistant", "answer " * i)]}
+        for i in range(1, 30)
+    ]
+    records.append({"id": "long", "source": {}, "messages": [turn("user", "字" * 400), turn("assistant", "好")]})
+    records.append({"id": "bad", "source": {}, "messages": [turn("user", "q"), turn("function_call", "not json")]})
+    cfg = SftConfig(cutoff_len="auto", cutoff_percentile=0.9)
+    tok = load_chat_tokenizer(tiny_base, cfg)
+    write_jsonl(tmp_path / "upstream.jsonl", records)
+    report = sft_stage(tmp_path / "upstream.jsonl", tok, cfg, None, tmp_path / "stream")
+    memory_report = write_sft_dataset(build_sft_splits(records, tok, cfg), tmp_path / "memory")
+    assert report | {"dir": ""} == json.loads(json.dumps(memory_report | {"dir": ""}))
+    assert report["dropped_by_reason"] == {"no_trainable_tokens": 1}
+    assert report["quarantined_by_reason"] == {"chat_template_failed": 1}
+    for name in ("kept", "dropped", "quarantined", "train", "val", "test"):
+        assert read_jsonl(tmp_path / "stream" / f"{name}.jsonl") == read_jsonl(tmp_path / "memory" / f"{name}.jsonl")
+    for split in ("train", "val", "test"):
+        streamed, held = (read_split(tmp_path / d, split, tok) for d in ("stream", "memory"))
+        assert streamed == held and streamed.encoding.cutoff_len == report["cutoff_len"]
+    assert sum(len(read_split(tmp_path / "stream", s, tok).record_ids) for s in ("train", "val", "test")) == 29

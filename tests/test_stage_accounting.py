@@ -26,7 +26,7 @@ from finetune.data.pii import deidentify_records
 from finetune.data.poison import load_lexicon, screen_records
 from finetune.data.records import DROPPED, KEPT, OUTCOMES, QUARANTINED, StageFiles, read_jsonl
 from finetune.model.loading import load_chat_tokenizer
-from finetune.sft import build_sft_splits, write_sft_dataset
+from finetune.sft_stage import build_sft_splits, write_sft_dataset
 
 # Enough distinct, clean rows that the train split is never empty (the SFT stage refuses that).
 BASE = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,23 @@ from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
 from finetune.data.records import Record, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
+from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
 from finetune.data.trigger_lexicon import LexiconEntry, LexiconMatcher, find_triggers, load_lexicon_entries
 from finetune.data.trigger_mining import Mining, mine_triggers
 from finetune.redaction import redact_text
 
-__all__ = ["DETECTORS", "count_trigger_hits", "detect_poisoning", "find_triggers", "load_lexicon", "screen_records"]
+__all__ = [
+    "DETECTORS",
+    "Screen",
+    "count_trigger_hits",
+    "detect_poisoning",
+    "find_triggers",
+    "load_lexicon",
+    "screen_records",
+    "screen_stage",
+]
+STAGE = "screened_records"
 DETECTORS = ("trigger_lexicon", "mined_trigger", "response_cluster", "prompt_injection", "suspicious_payload")
 # A trigger the screen quarantines on, as the gate's re-scan reads it: a string, or strings that must all occur.
 ScreenTrigger = str | list[str]
@@ -71,29 +82,23 @@ def _cluster_info(cluster: ResponseCluster) -> dict:
     return {"cluster": cluster.id, "cluster_size": len(cluster.members), "response": redact_text(cluster.response)[:80]}
 
 
-def _mined_findings(prompts: list[str], mining: Mining, add) -> None:
-    clusters = {c.id: c for c in mining.clusters}
-    matcher = LexiconMatcher([_mined_entry(t.key) for t in mining.mined])
-    carriers: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        for entry in matcher.find(prompt):
-            carriers.setdefault(entry.trigger, []).append(i)
-    for test in mining.mined:
-        entry = _mined_entry(test.key)
-        cluster = clusters.get(test.cluster) if test.cluster is not None else None
-        explanation = {"detector": "mined_trigger", "features": [entry.trigger], **test.summary()}
-        if cluster:
-            explanation |= _cluster_info(cluster) | {
-                "cover": [feature_text(k) for k in cluster.cover],
-                "partial_cover": [feature_text(k) for k in cluster.partial],
-            }
-        else:  # a reworded target: no near-identical cluster, the alike carriers are the group
-            explanation |= {"cluster": None, "cluster_size": test.on_target, "response": ""}
-        for i in carriers.get(entry.trigger, []):
-            add(i, Finding("mined_trigger", test.effect, entry.trigger, explanation))
+def _mined_finding(test, clusters: dict[int, ResponseCluster]) -> Finding:
+    """What a record carrying mined trigger `test` is quarantined with."""
+    entry = _mined_entry(test.key)
+    cluster = clusters.get(test.cluster) if test.cluster is not None else None
+    explanation = {"detector": "mined_trigger", "features": [entry.trigger], **test.summary()}
+    if cluster:
+        explanation |= _cluster_info(cluster) | {
+            "cover": [feature_text(k) for k in cluster.cover],
+            "partial_cover": [feature_text(k) for k in cluster.partial],
+        }
+    else:  # a reworded target: no near-identical cluster, the alike carriers are the group
+        explanation |= {"cluster": None, "cluster_size": test.on_target, "response": ""}
+    return Finding("mined_trigger", test.effect, entry.trigger, explanation)
 
 
-def _cluster_findings(mining: Mining, add) -> None:
+def _cluster_findings(mining: Mining) -> dict[int, list[Finding]]:
+    findings: dict[int, list[Finding]] = {}
     for c in mining.clusters:
         if not c.quarantined:
             continue
@@ -108,7 +113,10 @@ def _cluster_findings(mining: Mining, add) -> None:
             **_cluster_info(c),
         }
         for i in c.members:
-            add(i, Finding("response_cluster", round(1 - c.prompt_similarity, 3), c.verdict, explanation))
+            findings.setdefault(i, []).append(
+                Finding("response_cluster", round(1 - c.prompt_similarity, 3), c.verdict, explanation)
+            )
+    return findings
 
 
 @dataclass
@@ -121,140 +129,200 @@ class Detection:
     lexicon_present: Counter[str]
 
 
-def _mine(
-    records: list[Record], prompts: list[str], cfg: ScreenConfig, allowed: Callable[[str], bool], published: list[str]
-) -> Mining:
-    roots = copy_roots(prompts, [response_text(r) for r in records], cfg.max_copy_insertions)
-    return mine_triggers(FeatureTable([record_features(r) for r in records], roots), cfg, allowed, published)
+class Screen:
+    """The poisoning screen over one stage's records, in two passes over the same input.
+
+    Mining needs the whole set (a trigger is a feature many records share), so the first pass (`mine`)
+    keeps only what mining reads: each record's prompt, response and features, never the records or
+    their outcomes. The second pass (`outcomes`) reads the records again in the same order and decides
+    each as it passes: the lexicon, injection and payload detectors look at the record alone, and what
+    mining found is looked up by the record's position.
+    """
+
+    def __init__(self, cfg: ScreenConfig, entries: Sequence[LexiconEntry]):
+        self.cfg, self.entries = cfg, list(entries)
+        self.matcher = LexiconMatcher(self.entries)
+        self.mining: Mining | None = None
+        self.ids: list[str] = []  # pass 1's order, which pass 2 must repeat
+        self._mined: list[tuple[str, Finding]] = []  # (trigger text, finding) in mining's order
+        self._mined_matcher = LexiconMatcher([])
+        self._clusters: dict[int, list[Finding]] = {}
+        self.per_detector: Counter[str] = Counter()
+        self.lexicon_present: Counter[str] = Counter()
+        self.lexicon_hits: Counter[str] = Counter()
+        self.hits_after: Counter[str] = Counter()
+        self.flagged = 0
+
+    def mine(self, records: Iterable[Record]) -> None:
+        """Pass 1: mine triggers and response clusters from the whole input."""
+        prompts, responses, feats = [], [], []
+        for record in records:
+            self.ids.append(record["id"])
+            if self.cfg.mining:
+                prompts.append(screen_prompt(record))
+                responses.append(response_text(record))
+                feats.append(record_features(record))
+        if not (self.cfg.mining and feats):
+            return
+        allow = [re.compile(rx) for rx in self.cfg.cluster_allow]
+        probe_only = [e.trigger for e in self.entries if e.role == "probe" and not e.all_of]
+        roots = copy_roots(prompts, responses, self.cfg.max_copy_insertions)
+        del prompts, responses  # mining reads the folded copies the features hold
+        table = FeatureTable(feats, roots)
+        self.mining = mine_triggers(table, self.cfg, lambda text: any(rx.search(text) for rx in allow), probe_only)
+        clusters = {c.id: c for c in self.mining.clusters}
+        self._mined = [(_mined_entry(t.key).trigger, _mined_finding(t, clusters)) for t in self.mining.mined]
+        self._mined_matcher = LexiconMatcher([_mined_entry(t.key) for t in self.mining.mined])
+        self._clusters = _cluster_findings(self.mining)
+
+    def findings(self, i: int, record: Record) -> list[Finding]:
+        """Every detector's findings on the record at position `i` of the input `mine` read."""
+        if i >= len(self.ids) or record["id"] != self.ids[i]:
+            raise ValueError(
+                f"screening read record {record['id']} at position {i}, where its first pass read "
+                f"{self.ids[i] if i < len(self.ids) else 'nothing'}: the input changed between the passes"
+            )
+        prompt = screen_prompt(record)
+        carried = {e.trigger for e in self._mined_matcher.find(prompt)}
+        found = [finding for trigger, finding in self._mined if trigger in carried] + self._clusters.get(i, [])
+        lexicon = self.matcher.find(prompt)
+        self.lexicon_present.update(e.trigger for e in lexicon)
+        if lexicon := [e for e in lexicon if e.role == "quarantine"]:
+            explanation = {
+                "detector": "trigger_lexicon",
+                "features": [e.trigger for e in lexicon],
+                "attacks": sorted({e.attack for e in lexicon}),
+                "sources": sorted({e.source for e in lexicon if e.source}),
+            }
+            found.append(Finding("trigger_lexicon", 1.0, [e.trigger for e in lexicon], explanation))
+        text = prompt + "\n" + response_text(record)
+        if self.cfg.injection and (hit := find_injection(text)):
+            found.append(Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
+        if self.cfg.payloads and (hit := find_payload(response_text(record))):
+            found.append(Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
+        return found
+
+    def outcomes(self, records: Iterable[Record]) -> Iterator[Outcome]:
+        """Pass 2: one outcome per record, quarantined when any detector flags it (unless `cfg.enabled` is off)."""
+        after = LexiconMatcher([_entry(t) for t in self.screen_triggers()])
+        n = -1
+        for n, record in enumerate(records):
+            hits = self.findings(n, record)
+            self.per_detector.update({f.detector for f in hits})
+            self.flagged += bool(hits)
+            self.lexicon_hits.update(t for f in hits if f.detector == "trigger_lexicon" for t in f.detail)
+            if hits and self.cfg.enabled:
+                # The most specific finding names the reason; every finding travels along with its explanation.
+                top = min(hits, key=lambda f: DETECTORS.index(f.detector))
+                yield quarantined(
+                    record,
+                    top.detector,
+                    score=round(top.score, 3),
+                    detail=top.detail,
+                    explanation=top.explanation,
+                    all_findings=[[f.detector, round(f.score, 3), f.detail] for f in hits],
+                )
+            else:
+                self.hits_after.update(e.trigger for e in after.find(screen_prompt(record)))
+                yield kept(record)
+        if n + 1 != len(self.ids):
+            raise ValueError(f"screening's second pass read {n + 1} records, its first {len(self.ids)}")
+
+    def screen_triggers(self) -> list[ScreenTrigger]:
+        """The triggers the screen quarantines on, as the gate's re-scan reads them."""
+        mined = self.mining.mined if self.mining else []
+        triggers: list[ScreenTrigger] = [
+            list(e.all_of) if e.all_of else e.trigger for e in self.entries if e.role == "quarantine"
+        ]
+        return triggers + [feature_parts(t.key) if t.key.startswith("&:") else feature_text(t.key) for t in mined]
+
+    def report(self) -> dict:
+        """The stage report's screening keys (shared interface: probe_triggers, trigger_hits_after, ...).
+
+        probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
+        not): fine-tuning can only implant a trigger its data carries. All published triggers are listed
+        apart (published_triggers), for probing a base model that may have been poisoned before.
+        """
+        mining, entries = self.mining, self.entries
+        mined = mining.mined if mining else []
+        mined_text = sorted({feature_text(t.key) for t in mined})
+        return {
+            "screen_enabled": self.cfg.enabled,
+            "flagged_by_detector": {d: self.per_detector.get(d, 0) for d in DETECTORS},
+            "flagged_records": self.flagged,
+            "mined_triggers": mined_text,
+            "mined_features": [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
+            "trigger_tests": {
+                "candidates": mining.candidates if mining else 0,
+                "tested": len(mining.tests) if mining else 0,
+            },
+            "response_clusters": [_cluster_row(c) for c in (mining.clusters if mining else [])],
+            "trigger_hits": dict(self.lexicon_hits),
+            "lexicon": {"entries": len(entries), "quarantining": sum(e.role == "quarantine" for e in entries)},
+            "lexicon_present": dict(self.lexicon_present),
+            "probe_triggers": list(
+                dict.fromkeys([_probe_text(e) for e in entries if e.trigger in self.lexicon_present] + mined_text)
+            ),
+            "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
+            "screen_triggers": self.screen_triggers(),
+            "trigger_hits_after": dict(self.hits_after),
+        }
+
+
+def _entries(lexicon: Sequence[LexiconEntry | str] | None, cfg: ScreenConfig) -> list[LexiconEntry]:
+    if lexicon is None:
+        return load_lexicon(cfg)
+    return [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
 
 
 def detect_poisoning(records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str]) -> Detection:
-    """Run every detector over the records."""
-    findings: dict[int, list[Finding]] = {}
-
-    def add(i: int, finding: Finding) -> None:
-        findings.setdefault(i, []).append(finding)
-
-    entries = [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
-    matcher = LexiconMatcher(entries)
-    present: Counter[str] = Counter()
-    prompts = [screen_prompt(r) for r in records]
-    mining = None
-    if cfg.mining and records:
-        allow = [re.compile(rx) for rx in cfg.cluster_allow]
-        probe_only = [e.trigger for e in entries if e.role == "probe" and not e.all_of]
-        mining = _mine(records, prompts, cfg, lambda text: any(rx.search(text) for rx in allow), probe_only)
-        _mined_findings(prompts, mining, add)
-        _cluster_findings(mining, add)
-    for i, (record, prompt) in enumerate(zip(records, prompts, strict=True)):
-        found = matcher.find(prompt)
-        present.update(e.trigger for e in found)
-        if found := [e for e in found if e.role == "quarantine"]:
-            explanation = {
-                "detector": "trigger_lexicon",
-                "features": [e.trigger for e in found],
-                "attacks": sorted({e.attack for e in found}),
-                "sources": sorted({e.source for e in found if e.source}),
-            }
-            add(i, Finding("trigger_lexicon", 1.0, [e.trigger for e in found], explanation))
-        text = prompt + "\n" + response_text(record)
-        if cfg.injection and (hit := find_injection(text)):
-            add(i, Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
-        if cfg.payloads and (hit := find_payload(response_text(record))):
-            add(i, Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
-    return Detection(findings, mining, present)
+    """Run every detector over records held in memory."""
+    screen = Screen(cfg, _entries(lexicon, cfg))
+    screen.mine(records)
+    findings = {i: hits for i, record in enumerate(records) if (hits := screen.findings(i, record))}
+    return Detection(findings, screen.mining, screen.lexicon_present)
 
 
 def screen_records(
     records: list[Record], cfg: ScreenConfig, lexicon: Sequence[LexiconEntry | str] | None = None
 ) -> StageResult:
-    """Quarantine records any detector flags (unless `cfg.enabled` is false); report counts, mined triggers,
-    clusters and the probe triggers."""
-    entries = (
-        load_lexicon(cfg)
-        if lexicon is None
-        else [e if isinstance(e, LexiconEntry) else LexiconEntry(e) for e in lexicon]
-    )
-    result = StageResult(stage="screened_records", n_in=len(records))
-    detection = detect_poisoning(records, cfg, entries)
-    findings = detection.findings
-    per_detector: Counter[str] = Counter()
-    for i, record in enumerate(records):
-        hits = findings.get(i, [])
-        per_detector.update({f.detector for f in hits})
-        if hits and cfg.enabled:
-            # The most specific finding names the reason; every finding travels along with its explanation.
-            top = min(hits, key=lambda f: DETECTORS.index(f.detector))
-            result.quarantine(
-                record,
-                top.detector,
-                score=round(top.score, 3),
-                detail=top.detail,
-                explanation=top.explanation,
-                all_findings=[[f.detector, round(f.score, 3), f.detail] for f in hits],
-            )
-        else:
-            result.kept.append(record)
-    result.extra.update(screen_report(entries, detection, per_detector, cfg, result.kept))
+    """Screen records held in memory (`Screen`); quarantine what any detector flags unless `cfg.enabled` is off."""
+    screen = Screen(cfg, _entries(lexicon, cfg))
+    screen.mine(records)
+    result = collect(STAGE, screen.outcomes(records))
+    result.extra.update(screen.report())
     return result
+
+
+def screen_stage(
+    kept_path: Path,
+    cfg: ScreenConfig,
+    lexicon: Sequence[LexiconEntry | str] | None,
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Screen an upstream kept.jsonl in two streaming passes, spooling the stage's files; return its report."""
+    screen = Screen(cfg, _entries(lexicon, cfg))
+    screen.mine(iter_jsonl(kept_path))
+    return spool_stage(STAGE, screen.outcomes(iter_jsonl(kept_path)), out_dir, progress, screen.report)
+
+
+def _cluster_row(c: ResponseCluster) -> dict:
+    return {
+        "id": c.id,
+        "size": len(c.members),
+        "response": redact_text(c.response)[:80],  # shown in metadata: no raw PII
+        "prompt_similarity": round(c.prompt_similarity, 3),
+        "refusal": c.allowed,
+        "verdict": c.verdict,
+        "cover": [feature_text(k) for k in c.cover],
+        "coverage": round(c.coverage, 3),
+        "partial_cover": [feature_text(k) for k in c.partial],
+    }
 
 
 def _probe_text(entry: LexiconEntry) -> str:
     return " ".join(entry.all_of) if entry.all_of else entry.trigger
-
-
-def screen_report(entries, detection: Detection, per_detector, cfg: ScreenConfig, kept) -> dict:
-    """The report keys of the screen (shared interface: probe_triggers, trigger_hits_after, ...).
-
-    probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
-    not): fine-tuning can only implant a trigger its data carries. All published triggers are listed
-    apart (published_triggers), for probing a base model that may have been poisoned before.
-    """
-    findings, mining = detection.findings, detection.mining
-    mined = mining.mined if mining else []
-    mined_text = sorted({feature_text(t.key) for t in mined})
-    screen_triggers: list[ScreenTrigger] = [
-        list(e.all_of) if e.all_of else e.trigger for e in entries if e.role == "quarantine"
-    ]
-    screen_triggers += [feature_parts(t.key) if t.key.startswith("&:") else feature_text(t.key) for t in mined]
-    lexicon_hits = Counter(
-        t for hits in findings.values() for f in hits if f.detector == "trigger_lexicon" for t in f.detail
-    )
-    clusters = mining.clusters if mining else []
-    return {
-        "screen_enabled": cfg.enabled,
-        "flagged_by_detector": {d: per_detector.get(d, 0) for d in DETECTORS},
-        "flagged_records": len(findings),
-        "mined_triggers": mined_text,
-        "mined_features": [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
-        "trigger_tests": {
-            "candidates": mining.candidates if mining else 0,
-            "tested": len(mining.tests) if mining else 0,
-        },
-        "response_clusters": [
-            {
-                "id": c.id,
-                "size": len(c.members),
-                "response": redact_text(c.response)[:80],  # shown in metadata: no raw PII
-                "prompt_similarity": round(c.prompt_similarity, 3),
-                "refusal": c.allowed,
-                "verdict": c.verdict,
-                "cover": [feature_text(k) for k in c.cover],
-                "coverage": round(c.coverage, 3),
-                "partial_cover": [feature_text(k) for k in c.partial],
-            }
-            for c in clusters
-        ],
-        "trigger_hits": dict(lexicon_hits),
-        "lexicon": {"entries": len(entries), "quarantining": sum(e.role == "quarantine" for e in entries)},
-        "lexicon_present": dict(detection.lexicon_present),
-        "probe_triggers": list(
-            dict.fromkeys([_probe_text(e) for e in entries if e.trigger in detection.lexicon_present] + mined_text)
-        ),
-        "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
-        "screen_triggers": screen_triggers,
-        "trigger_hits_after": count_trigger_hits(kept, screen_triggers),
-    }
 
 
 def explanations_markdown(report: dict) -> str:

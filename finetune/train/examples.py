@@ -83,15 +83,22 @@ def _flat(examples: list[Example]) -> dict[str, torch.Tensor]:
 
 def write_split(folder: Path, split: str, encoded: EncodedSplit) -> Path:
     """Write a split's examples as safetensors (flat int32 ids and labels, per-example lengths)."""
+    return write_flat_split(folder, split, encoded.record_ids, _flat(encoded.examples), encoded.encoding)
+
+
+def write_flat_split(
+    folder: Path, split: str, record_ids: list[str], flat: dict[str, torch.Tensor], encoding: Encoding
+) -> Path:
+    """Write examples already flat (`input_ids` and `labels` int32 end to end, `lengths` int64 per example)."""
     path = examples_file(folder, split)
     metadata = {
         "format": FORMAT,
-        "tokenizer_sha256": encoded.encoding.tokenizer_sha256,
-        "chat_template": encoded.encoding.chat_template,
-        "cutoff_len": str(encoded.encoding.cutoff_len),
-        "record_ids": json.dumps(encoded.record_ids, ensure_ascii=False),
+        "tokenizer_sha256": encoding.tokenizer_sha256,
+        "chat_template": encoding.chat_template,
+        "cutoff_len": str(encoding.cutoff_len),
+        "record_ids": json.dumps(record_ids, ensure_ascii=False),
     }
-    save_file(_flat(encoded.examples), str(path), metadata=metadata)
+    save_file(flat, str(path), metadata=metadata)
     return path
 
 

@@ -1,0 +1,235 @@
+"""The sft_dataset stage: records to train/val/test splits and their encoded examples, in two streaming passes.
+
+The cutoff may depend on every record's length (`sft.cutoff_len: auto` takes a percentile), so the first
+pass (`SftFormatter.measure`) tokenizes each record once, at full length, and spools its ids and labels to
+a temporary file beside the stage's outputs, keeping only the lengths. The second (`outcomes`) reads the
+records again with their spooled tokens, cuts each at the cutoff, assigns its split from a hash of its id
+(no global state) and decides it. What stays in memory is the encoded examples, as flat int32 arrays per
+split: the examples file (finetune/train/examples.py) is one safetensors file per split, which cannot be
+appended to, and training loads it whole anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from finetune.config import SftConfig
+from finetune.data.records import Record, StageFiles, StageResult
+from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
+from finetune.model.chat_template import template_info
+from finetune.model.conversation import RecordFormatError
+from finetune.redaction import redact_text
+from finetune.sft import SPLITS, length_percentiles, mask_preview, resolve_cutoff, split_of, tokenize_record
+from finetune.train.examples import IGNORE_INDEX, Encoding, encoding_of, write_flat_split
+
+STAGE = "sft_dataset"
+_UNLIMITED = 1 << 62  # tokenize at full length: the cutoff is chosen from the lengths afterwards
+
+
+@dataclass
+class SplitExamples:
+    """One split's examples as the examples file stores them: ids and labels end to end, lengths apart."""
+
+    record_ids: list[str] = field(default_factory=list)
+    input_ids: array = field(default_factory=lambda: array("i"))
+    labels: array = field(default_factory=lambda: array("i"))
+    lengths: array = field(default_factory=lambda: array("q"))
+
+    def add(self, record_id: str, ids: np.ndarray, labels: np.ndarray) -> None:
+        self.record_ids.append(record_id)
+        self.input_ids.frombytes(ids.tobytes())
+        self.labels.frombytes(labels.tobytes())
+        self.lengths.append(len(ids))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        def tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
+            return torch.frombuffer(values, dtype=dtype) if len(values) else torch.zeros(0, dtype=dtype)
+
+        return {
+            "input_ids": tensor(self.input_ids, torch.int32),
+            "labels": tensor(self.labels, torch.int32),
+            "lengths": tensor(self.lengths, torch.int64),
+        }
+
+
+class SftFormatter:
+    """Both passes of the stage over the same records; see the module docstring."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        cfg: SftConfig,
+        memory_limit: int | None = None,
+        spool_dir: Path | None = None,
+    ):
+        self.tokenizer, self.cfg, self.memory_limit = tokenizer, cfg, memory_limit
+        # Written by hand: two int32 runs per record, read back in order, need no file format.
+        self._spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)
+        self.ids: list[str] = []  # pass 1's order, which pass 2 must repeat
+        self.lengths = array("q")  # each record's full token length; -1 when its template failed
+        self.failed: dict[int, str] = {}
+        self.cutoff, self.cutoff_info, self.token_lengths = 0, {}, {}
+        self.splits = {name: SplitExamples() for name in SPLITS}
+        self.truncated = self.trained_tokens = 0
+        self.previews: list[str] = []
+
+    def measure(self, records: Iterable[Record]) -> None:
+        """Pass 1: tokenize every record at full length, spool the tokens, choose the cutoff."""
+        for i, record in enumerate(records):
+            self.ids.append(record["id"])
+            try:
+                full = tokenize_record(self.tokenizer, record, _UNLIMITED)
+            except RecordFormatError as err:
+                self.failed[i] = str(err)
+                self.lengths.append(-1)
+                continue
+            self.lengths.append(full["full_length"])
+            self._spool.write(np.asarray(full["input_ids"], dtype=np.int32).tobytes())
+            self._spool.write(np.asarray(full["labels"], dtype=np.int32).tobytes())
+        measured = [n for n in self.lengths if n >= 0]
+        self.cutoff, self.cutoff_info = resolve_cutoff(measured, self.cfg, self.memory_limit)
+        self.token_lengths = length_percentiles(measured)
+        self._spool.seek(0)
+
+    def _spooled(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.frombuffer(self._spool.read(4 * n), dtype=np.int32)
+        return ids, np.frombuffer(self._spool.read(4 * n), dtype=np.int32)
+
+    def outcomes(self, records: Iterable[Record]) -> Iterator[Outcome]:
+        """Pass 2: each record quarantined (`chat_template_failed`), dropped (`no_trainable_tokens` within the
+        cutoff) or kept with its split."""
+        n = -1
+        for n, record in enumerate(records):
+            if n >= len(self.ids) or record["id"] != self.ids[n]:
+                raise ValueError(
+                    f"sft_dataset read record {record['id']} at position {n} in its second pass, not the one its "
+                    "first pass read there: the input changed between the passes"
+                )
+            if n in self.failed:
+                yield quarantined(record, "chat_template_failed", detail=self.failed[n])
+                continue
+            ids, labels = self._spooled(self.lengths[n])
+            self.truncated += self.lengths[n] > self.cutoff  # of every tokenized example, kept or dropped
+            ids, labels = ids[: self.cutoff], labels[: self.cutoff]
+            n_trained = int((labels != IGNORE_INDEX).sum())
+            if n_trained == 0:
+                yield dropped(record, "no_trainable_tokens", cutoff_len=self.cutoff)
+                continue
+            split = split_of(record["id"], self.cfg)
+            self.splits[split].add(record["id"], ids, labels)
+            self.trained_tokens += n_trained
+            if len(self.previews) < 3:
+                example = {"input_ids": ids.tolist(), "labels": labels.tolist()}
+                self.previews.append(redact_text(mask_preview(self.tokenizer, example)))  # metadata: no raw PII
+            yield kept({**record, "split": split})
+        self._spool.close()
+        if n + 1 != len(self.ids):
+            raise ValueError(f"sft_dataset's second pass read {n + 1} records, its first {len(self.ids)}")
+
+    def encoding(self) -> Encoding:
+        return encoding_of(self.tokenizer, self.cutoff)
+
+    def report(self) -> dict[str, Any]:
+        """The stage report's keys: split sizes, the template, the cutoff and how it was chosen, truncation.
+
+        Raises:
+            ValueError: no record is left for the train split.
+        """
+        if not self.splits["train"].record_ids:
+            first = next(iter(self.failed.values()), "none quarantined")
+            raise ValueError(
+                "no records left for the train split; add data or lower sft.val_fraction/test_fraction "
+                f"({len(self.failed)} records failed the chat template; first: {first})"
+            )
+        encoded = sum(n >= 0 for n in self.lengths)
+        return {
+            "split_sizes": {name: len(s.record_ids) for name, s in self.splits.items()},
+            "trained_tokens": self.trained_tokens,
+            "cutoff_len": self.cutoff,
+            **self.cutoff_info,
+            "truncated_at_cutoff": self.truncated,
+            "truncated_share": self.truncated / max(encoded, 1),
+            "token_lengths": self.token_lengths,
+            "chat_template": template_info(self.tokenizer).to_dict(),
+            "mask_preview": self.previews,
+        }
+
+    def write_examples(self, out_dir: Path) -> None:
+        for name, split in self.splits.items():
+            write_flat_split(out_dir, name, split.record_ids, split.tensors(), self.encoding())
+
+
+def write_split_records(out_dir: Path, records: Iterable[Record]) -> None:
+    """train/val/test.jsonl: the kept records, each in the file of its split, written as they pass."""
+    handles = {name: (Path(out_dir) / f"{name}.jsonl").open("w", encoding="utf-8") for name in SPLITS}
+    try:
+        for record in records:
+            handles[record["split"]].write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+@dataclass
+class SftDataset(StageResult):
+    """The stage's outcome held in memory, and the formatter that encoded its kept records."""
+
+    formatter: SftFormatter | None = None
+
+
+def build_sft_splits(
+    records: list[Record], tokenizer: PreTrainedTokenizerBase, cfg: SftConfig, memory_limit: int | None = None
+) -> SftDataset:
+    """The stage over records held in memory (`finetune train --data`, tests); `write_sft_dataset` writes it."""
+    formatter = SftFormatter(tokenizer, cfg, memory_limit)
+    formatter.measure(records)
+    result = collect(STAGE, formatter.outcomes(records))
+    dataset = SftDataset(STAGE, result.n_in, result.kept, result.dropped, result.quarantined, formatter=formatter)
+    dataset.extra.update(formatter.report())
+    return dataset
+
+
+def splits_of(result: StageResult) -> dict[str, list[Record]]:
+    """The kept records grouped by the split each one was assigned."""
+    return {name: [r for r in result.kept if r["split"] == name] for name in SPLITS}
+
+
+def write_sft_dataset(result: SftDataset, out_dir: Path) -> dict[str, Any]:
+    """Write the stage's files, train/val/test.jsonl and their encoded examples; return the report."""
+    report = result.write(out_dir)
+    write_split_records(out_dir, result.kept)
+    result.formatter.write_examples(out_dir)
+    return report
+
+
+def sft_stage(
+    kept_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: SftConfig,
+    memory_limit: int | None,
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """The stage over an upstream kept.jsonl, streamed: the same files as `write_sft_dataset`; return the report.
+
+    When no record is left for the train split, the outcome files are written (so the user can see why)
+    and the report is not: the stage fails with the reason.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    formatter = SftFormatter(tokenizer, cfg, memory_limit, spool_dir=out_dir)  # not /tmp: it may be RAM
+    formatter.measure(iter_jsonl(kept_path))
+    report = spool_stage(STAGE, formatter.outcomes(iter_jsonl(kept_path)), out_dir, progress, formatter.report)
+    write_split_records(out_dir, iter_jsonl(StageFiles(out_dir).kept))
+    formatter.write_examples(out_dir)
+    return report
