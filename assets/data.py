@@ -9,7 +9,7 @@ from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_c
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_stage, pseudonym_salt
 from finetune.data.poison import explanations_markdown, load_lexicon, screen_stage
-from finetune.data.records import StageFiles, describe_counts
+from finetune.data.records import Stage, StageFiles, describe_counts
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import cutoff_memory_limit
@@ -38,7 +38,7 @@ def report_output(context: dg.AssetExecutionContext, report: dict, upstream: dic
 )
 def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.Output:
     cfg = settings.load()
-    out = settings.stage_dir("raw_records", context.run_id)
+    out = settings.stage_dir(Stage.RAW, context.run_id)
     report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info), cfg.ingest)
     # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
     # every downstream asset was computed from.
@@ -61,7 +61,7 @@ def cleaned_records(
 ) -> dg.Output:
     cfg = settings.load()
     count_tokens = token_counter(load_tokenizer(base_model["path"], cfg.model.trust_remote_code))
-    out = settings.stage_dir("cleaned_records", context.run_id)
+    out = settings.stage_dir(Stage.CLEANED, context.run_id)
     report = clean_stage(kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info))
     output = report_output(context, report, raw_records)
     output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report["normalisation_fixes"])
@@ -77,7 +77,7 @@ def deduplicated_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: dict
 ) -> dg.Output:
     cfg = settings.load()
-    out = settings.stage_dir("deduplicated_records", context.run_id)
+    out = settings.stage_dir(Stage.DEDUPLICATED, context.run_id)
     output = report_output(context, dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info)))
     output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(output.value["sample_pairs"]))
     return output
@@ -88,7 +88,7 @@ def deidentified_records(
     context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: dict
 ) -> dg.Output:
     cfg = settings.load()
-    out = settings.stage_dir("deidentified_records", context.run_id)
+    out = settings.stage_dir(Stage.DEIDENTIFIED, context.run_id)
     progress = Progress(context.log.info, every=2_000)
     report = deidentify_stage(kept_path(deduplicated_records), cfg.pii, pseudonym_salt(cfg), out, progress)
     output = report_output(context, report, deduplicated_records)
@@ -106,7 +106,7 @@ def screened_records(
 ) -> dg.Output:
     cfg = settings.load()
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
-    out = settings.stage_dir("screened_records", context.run_id)
+    out = settings.stage_dir(Stage.SCREENED, context.run_id)
     report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, Progress(context.log.info))
     output = report_output(context, report, deidentified_records)
     for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
@@ -126,7 +126,7 @@ def sft_dataset(
     cfg = settings.load()
     tokenizer = load_chat_tokenizer(base_model["path"], cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base_model["path"], cfg.sft, cfg.train, cfg.model.trust_remote_code)
-    out = settings.stage_dir("sft_dataset", context.run_id)
+    out = settings.stage_dir(Stage.SFT, context.run_id)
     report = sft_stage(kept_path(screened_records), tokenizer, cfg.sft, limit, out, Progress(context.log.info))
     report |= {"run_id": context.run_id, "upstream_kept": screened_records["kept"]}
     metadata = stage_metadata(report) | {"split_sizes": dg.MetadataValue.json(report["split_sizes"])}

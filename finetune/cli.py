@@ -48,7 +48,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from finetune.data.curate import curate, token_counter
-    from finetune.data.records import describe_counts
+    from finetune.data.records import Stage, describe_counts
 
     cfg = _config(args)
     count_tokens = None
@@ -59,7 +59,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     bar = tqdm(desc="curating", unit=" records", disable=None)
 
     def progress(stage: str, _n: int) -> None:
-        if stage == "raw_records":
+        if stage == Stage.RAW:
             bar.update(1)
 
     inputs = [Path(p) for p in args.input]
@@ -169,6 +169,7 @@ def _require_validation_split(splits: dict[str, list], path: str, cfg) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from finetune.data.records import Stage
     from finetune.model.loading import load_chat_tokenizer, resolve_base_model
     from finetune.sft import cutoff_memory_limit
     from finetune.sft_stage import build_sft_splits, splits_of, write_sft_dataset
@@ -180,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     records = _training_records(args.data, cfg)  # before the base model: a bad file is refused at once
     base = resolve_base_model(cfg)
     out = Path(args.output) if args.output else cfg.work_dir / "train"
-    split_dir = out / "sft_dataset"  # the same files the sft_dataset asset writes
+    split_dir = out / Stage.SFT  # the same files the sft_dataset asset writes
     tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)

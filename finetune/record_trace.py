@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PipelineConfig
-from finetune.data.records import KEPT, OUTCOMES, QUARANTINED, StageFiles, read_jsonl
+from finetune.data.records import KEPT, OUTCOMES, QUARANTINED, Stage, StageFiles, read_jsonl
+from finetune.sft import SPLITS
 
-STAGES = ["raw_records", "cleaned_records", "deduplicated_records", "deidentified_records", "screened_records"]
-SPLITS = ["train", "val", "test"]
+STAGES = [s for s in Stage if s != Stage.SFT]  # the record stages; the SFT stage is followed by split
 
 
 def _raw_id(entry: dict[str, Any]) -> str:
@@ -50,7 +50,7 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
     artifacts = cfg.work_dir / "artifacts"
     raw_ids = {
         _raw_id(e)
-        for run in sorted((artifacts / "raw_records").glob("*"))
+        for run in sorted((artifacts / Stage.RAW).glob("*"))
         for path in (StageFiles(run).kept, StageFiles(run).outcome(QUARANTINED))
         if path.is_file()
         for e in read_jsonl(path)
@@ -63,7 +63,7 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
         )
     raw_id = raw_ids.pop()
     runs = []
-    for run_dir in sorted((artifacts / "raw_records").glob("*")):
+    for run_dir in sorted((artifacts / Stage.RAW).glob("*")):
         run_id = run_dir.name
         path = []
         for stage in STAGES:
@@ -79,13 +79,13 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
             (
                 s
                 for s in SPLITS
-                if (artifacts / "sft_dataset" / run_id / f"{s}.jsonl").is_file()
-                and any(_raw_id(r) == raw_id for r in read_jsonl(artifacts / "sft_dataset" / run_id / f"{s}.jsonl"))
+                if (artifacts / Stage.SFT / run_id / f"{s}.jsonl").is_file()
+                and any(_raw_id(r) == raw_id for r in read_jsonl(artifacts / Stage.SFT / run_id / f"{s}.jsonl"))
             ),
             None,
         )
         if split:
-            path.append({"stage": "sft_dataset", "outcome": "kept", "split": split})
+            path.append({"stage": Stage.SFT.value, "outcome": "kept", "split": split})
         runs.append({"run_id": run_id, "path": path})
     trained_runs = {r["run_id"] for r in runs if any(p.get("split") in ("train", "val") for p in r["path"])}
     releases = []

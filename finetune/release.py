@@ -290,16 +290,16 @@ def gate_results(
     """
     from finetune import gates as g
     from finetune.data.pii import recorded_residual_scan
-    from finetune.data.records import StageFiles
+    from finetune.data.records import Stage, StageFiles
     from finetune.eval import model_gates as mg
 
     by_stage = {s["stage"]: s for s in stages}
-    deidentified = by_stage["deidentified_records"]
+    deidentified = by_stage[Stage.DEIDENTIFIED]
     results = [g.records_accounted(s) for s in stages]
     results += [
         g.no_residual_pii(recorded_residual_scan(StageFiles.of(deidentified).dir, cfg.pii), cfg.gates),
-        g.no_trigger_hits(by_stage["screened_records"]["trigger_hits_after"], cfg.gates),
-        g.poisoned_share_below_threshold(by_stage["screened_records"], cfg.gates),
+        g.no_trigger_hits(by_stage[Stage.SCREENED]["trigger_hits_after"], cfg.gates),
+        g.poisoned_share_below_threshold(by_stage[Stage.SCREENED], cfg.gates),
         g.training_loss_decreased(train["losses"], cfg.gates),
         mg.not_worse_than_base(evaluation, cfg.gates),
         mg.heldout_loss_below_base(evaluation, cfg.gates),

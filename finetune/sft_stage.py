@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
-from finetune.data.records import Record, StageFiles, StageResult
+from finetune.data.records import Record, Stage, StageFiles, StageResult
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
 from finetune.model.chat_template import template_info
 from finetune.model.conversation import RecordFormatError
@@ -32,7 +32,7 @@ from finetune.redaction import redact_text
 from finetune.sft import SPLITS, length_percentiles, mask_preview, resolve_cutoff, split_of, tokenize_record
 from finetune.train.examples import IGNORE_INDEX, Encoding, encoding_of, write_flat_split
 
-STAGE = "sft_dataset"
+STAGE = Stage.SFT
 _UNLIMITED = 1 << 62  # tokenize at full length: the cutoff is chosen from the lengths afterwards
 
 

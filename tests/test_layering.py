@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from finetune.config import GATE_NAMES, PROJECT_ROOT
+from finetune.data.records import Stage
 
 
 def test_finetune_library_never_imports_dagster():
@@ -53,6 +54,9 @@ def test_definitions_hold_every_asset_and_blocking_check():
     assert ("deidentified_records", "no_residual_pii") in checks
     assert ("evaluation_report", "no_backdoor_trigger") in checks
     assert ("expert_review", "experts_prefer_tuned") in checks
-    assert sum(1 for _, name in checks if name == "records_accounted") == 6
+    # One registry of stage names: every data stage is an asset with its accounting check, in pipeline order.
+    assert {key for key, name in checks if name == "records_accounted"} == set(Stage)
+    data = [k.to_user_string() for k in graph.toposorted_asset_keys if k.to_user_string() in set(Stage)]
+    assert data == list(Stage)
     # One registry of gate names: every check is a registered gate and every gate has its check.
     assert {name for _, name in checks} == set(GATE_NAMES)

@@ -1,10 +1,10 @@
 """Every input row, whatever its shape, ends in exactly one output file of exactly one data stage.
 
 Random rows (good ones with PII, triggers, duplicates and tool calls, and malformed ones) go through the six
-data stages as the assets run them, each writing its folder; then the written files, not the in-memory
-results, are read back: each stage's in = kept + dropped + quarantined, its kept rows are the next stage's
-input, and every input line is found once, in one stage's dropped or quarantined file or in the last
-stage's kept file.
+data stages as the assets run them (the streaming `*_stage` functions, file to file), each writing its
+folder; then the written files are read back: each stage's in = kept + dropped + quarantined, its kept
+rows are the next stage's input, and every input line is found once, in one stage's dropped or
+quarantined file or in the last stage's kept file.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finetune.config import load_config
-from finetune.data.clean import clean_records
-from finetune.data.curate import token_counter
-from finetune.data.dedup import deduplicate_records
-from finetune.data.ingest import ingest_files
-from finetune.data.pii import deidentify_records
-from finetune.data.poison import load_lexicon, screen_records
-from finetune.data.records import DROPPED, KEPT, OUTCOMES, QUARANTINED, StageFiles, read_jsonl
+from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
+from finetune.data.pii import deidentify_stage
+from finetune.data.poison import load_lexicon, screen_stage
+from finetune.data.records import DROPPED, KEPT, OUTCOMES, QUARANTINED, Stage, StageFiles, read_jsonl
 from finetune.model.loading import load_chat_tokenizer
-from finetune.sft_stage import build_sft_splits, write_sft_dataset
+from finetune.sft_stage import sft_stage
 
 # Enough distinct, clean rows that the train split is never empty (the SFT stage refuses that).
 BASE = [
@@ -78,23 +75,14 @@ def chain(tiny_base, tmp_path_factory):
 
 
 def run_stages(path: Path, out: Path, cfg, tokenizer, lexicon) -> list[StageFiles]:
-    """The six stages in the assets' order, each writing its folder; the next reads the one before's kept."""
-    ingested, _ = ingest_files([path], cfg.ingest)
-    steps = [
-        lambda records: clean_records(records, cfg.clean, token_counter(tokenizer)),
-        lambda records: deduplicate_records(records, cfg.dedup),
-        lambda records: deidentify_records(records, cfg.pii),
-        lambda records: screen_records(records, cfg.screen, lexicon),
-    ]
-    folders = [StageFiles(out / "raw_records")]
-    ingested.write(folders[0].dir)
-    for step in steps:
-        result = step(read_jsonl(folders[-1].kept))
-        folders.append(StageFiles(out / result.stage))
-        result.write(folders[-1].dir)
-    sft = build_sft_splits(read_jsonl(folders[-1].kept), tokenizer, cfg.sft)
-    folders.append(StageFiles(out / "sft_dataset"))
-    write_sft_dataset(sft, folders[-1].dir)
+    """The six stages as the assets run them: each streams the one before's kept.jsonl into its own folder."""
+    folders = [StageFiles(out / stage) for stage in Stage]
+    ingest_stage([path], folders[0].dir, cfg=cfg.ingest)
+    clean_stage(folders[0].kept, cfg.clean, folders[1].dir, token_counter(tokenizer))
+    dedup_stage(folders[1].kept, cfg.dedup, folders[2].dir)
+    deidentify_stage(folders[2].kept, cfg.pii, "", folders[3].dir)
+    screen_stage(folders[3].kept, cfg.screen, lexicon, folders[4].dir)
+    sft_stage(folders[4].kept, tokenizer, cfg.sft, None, folders[5].dir)
     return folders
 
 

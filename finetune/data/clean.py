@@ -26,6 +26,7 @@ from finetune.data.records import (
     FUNCTION_CALL,
     OBSERVATION,
     Record,
+    Stage,
     StageResult,
     full_text,
     prompt_text,
@@ -208,6 +209,6 @@ class Cleaner:
 def clean_records(records: list[Record], cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> StageResult:
     """Normalise every turn, then keep or drop each record with a named reason (in memory)."""
     cleaner = Cleaner(cfg, count_tokens)
-    result = collect("cleaned_records", cleaner.stream(records))
+    result = collect(Stage.CLEANED, cleaner.stream(records))
     result.extra.update(cleaner.extra())
     return result

@@ -16,7 +16,7 @@ from finetune.config import CleanConfig, DedupConfig, IngestConfig
 from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
 from finetune.data.ingest import RawReader
-from finetune.data.records import StageFiles, write_json
+from finetune.data.records import Stage, StageFiles, write_json
 from finetune.data.stream import (
     OutcomeFiles,
     ProgressFn,
@@ -42,7 +42,7 @@ def ingest_stage(
 ) -> dict[str, Any]:
     """Read raw files into records, quarantining what cannot be read; writes the stage files."""
     reader = RawReader(paths, cfg)
-    return spool_stage("raw_records", reader, out_dir, progress, reader.extra)
+    return spool_stage(Stage.RAW, reader, out_dir, progress, reader.extra)
 
 
 def clean_stage(
@@ -54,7 +54,7 @@ def clean_stage(
 ) -> dict[str, Any]:
     """Normalise and filter the records of an upstream kept.jsonl; writes the stage files."""
     cleaner = Cleaner(cfg, count_tokens)
-    return spool_stage("cleaned_records", cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
+    return spool_stage(Stage.CLEANED, cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
 
 
 def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def dedup_stage(kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: Prog
     dedup = Deduplicator(cfg, index_dir=Path(out_dir))
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
     summary = partial(_dedup_summary, dedup, StageFiles(Path(out_dir)).kept)
-    return spool_stage("deduplicated_records", dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
+    return spool_stage(Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
 
 
 def curate(
@@ -94,9 +94,9 @@ def curate(
     deduplicator = Deduplicator(dedup, index_dir=out_dir)  # on disk beside the outputs, removed at the end
     files = OutcomeFiles(out_dir, stage_field=True)
     counters = [
-        StageCounter("raw_records", files, write_kept=False),
-        StageCounter("cleaned_records", files, write_kept=False),
-        StageCounter("deduplicated_records", files),
+        StageCounter(Stage.RAW, files, write_kept=False),
+        StageCounter(Stage.CLEANED, files, write_kept=False),
+        StageCounter(Stage.DEDUPLICATED, files),
     ]
     records = passthrough(reader, counters[0], progress)
     records = passthrough(cleaner.stream(records), counters[1], progress)

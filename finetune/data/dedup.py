@@ -25,7 +25,7 @@ from finetune.config import DedupConfig
 from finetune.data.char_windows import alnum_only, code_points, ranges
 from finetune.data.dedup_index import DuplicateIndex
 from finetune.data.minhash import code_pair_signatures, half_similarities
-from finetune.data.records import Record, StageResult, full_text
+from finetune.data.records import Record, Stage, StageResult, full_text
 from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
 
@@ -269,7 +269,7 @@ def attach_kept_text(pairs: list[dict[str, Any]], kept_records: Iterable[Record]
 def deduplicate_records(records: list[Record], cfg: DedupConfig | None = None) -> StageResult:
     """Drop exact and near duplicates, keeping the first of each group (in memory)."""
     dedup = Deduplicator(cfg or DedupConfig())
-    result = collect("deduplicated_records", dedup.stream(records))
+    result = collect(Stage.DEDUPLICATED, dedup.stream(records))
     result.extra.update(dedup.extra())
     attach_kept_text(result.extra["sample_pairs"], result.kept)
     return result

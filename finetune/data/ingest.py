@@ -30,7 +30,7 @@ from finetune.data.raw_files import (
     file_sha256,
 )
 from finetune.data.raw_rows import file_rows
-from finetune.data.records import StageResult, make_record
+from finetune.data.records import Stage, StageResult, make_record
 from finetune.data.row_formats import RowError, TurnOrderError, row_to_conversation, row_to_messages
 from finetune.data.stream import KEPT, Outcome, collect, kept, quarantined
 from finetune.data.template_vars import TemplateVariables
@@ -206,7 +206,7 @@ def ingest_files(paths: list[Path], cfg: IngestConfig | None = None) -> tuple[St
         The stage result and a list of `{"path", "sha256", "rows"}` for each raw file (for lineage).
     """
     reader = RawReader(paths, cfg)
-    result = collect("raw_records", reader)
+    result = collect(Stage.RAW, reader)
     result.extra.update(reader.extra())
     return result, reader.files
 

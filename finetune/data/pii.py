@@ -34,7 +34,7 @@ from finetune.data.pii_recognizers import (
     luhn_valid,
     possible_entities,
 )
-from finetune.data.records import Record, StageFiles, StageResult, read_jsonl, with_messages, write_json
+from finetune.data.records import Record, Stage, StageFiles, StageResult, read_jsonl, with_messages, write_json
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, spool_stage
 
 __all__ = [
@@ -63,7 +63,7 @@ _NUMERALS = "〇零○一幺二三四五六七八九"
 _NUMERAL_FOLD = str.maketrans(_NUMERALS, "0001123456789")
 _NUMERAL_RUN = regex.compile(rf"[{_NUMERALS}0-9](?:[ -]?[{_NUMERALS}0-9]){{6,}}")
 _HAS_NUMERAL = regex.compile(f"[{_NUMERALS}]")
-STAGE = "deidentified_records"
+STAGE = Stage.DEIDENTIFIED
 # Identifiers that tie a name beside them to a real person.
 DIRECT_IDENTIFIERS = frozenset(
     "CN_MOBILE_PHONE CN_LANDLINE CN_RESIDENT_ID CREDIT_CARD CN_PASSPORT CN_ADDRESS EMAIL_ADDRESS PHONE_NUMBER "

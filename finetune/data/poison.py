@@ -16,7 +16,7 @@ from pathlib import Path
 from finetune.config import ScreenConfig
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import Record, StageResult, response_text
+from finetune.data.records import Record, Stage, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
@@ -34,7 +34,7 @@ __all__ = [
     "screen_records",
     "screen_stage",
 ]
-STAGE = "screened_records"
+STAGE = Stage.SCREENED
 DETECTORS = ("trigger_lexicon", "mined_trigger", "response_cluster", "prompt_injection", "suspicious_payload")
 # A trigger the screen quarantines on, as the gate's re-scan reads it: a string, or strings that must all occur.
 ScreenTrigger = str | list[str]

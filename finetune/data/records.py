@@ -7,6 +7,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,18 @@ def full_text(record: Record) -> str:
     return "\n".join(m["content"] for m in record["messages"])
 
 
+class Stage(StrEnum):
+    """The data stages in pipeline order. Each name is its Dagster asset's, its folder's under the artifacts
+    and its report's `stage`, so the checks, the release and the audit find a stage by this name alone."""
+
+    RAW = "raw_records"
+    CLEANED = "cleaned_records"
+    DEDUPLICATED = "deduplicated_records"
+    DEIDENTIFIED = "deidentified_records"
+    SCREENED = "screened_records"
+    SFT = "sft_dataset"
+
+
 KEPT, DROPPED, QUARANTINED = "kept", "dropped", "quarantined"
 OUTCOMES = (KEPT, DROPPED, QUARANTINED)
 
@@ -112,6 +125,9 @@ class StageResult:
     dropped: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stage = str(self.stage)  # a Stage given: reports and Dagster metadata hold plain strings
 
     def drop(self, record: Record, reason: str, **details: Any) -> None:
         self.dropped.append(outcome_row(record, reason, **details))

@@ -81,7 +81,7 @@ class StageCounter:
     """Counts per outcome and reason for one stage; writes through to `files` as outcomes pass."""
 
     def __init__(self, stage: str, files: OutcomeFiles | None = None, write_kept: bool = True):
-        self.stage, self.files, self.write_kept = stage, files, write_kept
+        self.stage, self.files, self.write_kept = str(stage), files, write_kept  # plain str: Dagster refuses enums
         self.n_in = 0
         self.outcomes: Counter[str] = Counter()
         self.reasons: dict[str, Counter[str]] = {DROPPED: Counter(), QUARANTINED: Counter()}
