@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from finetune.config import PII_ENTITIES, PROJECT_ROOT, PiiConfig
-from finetune.data import pii
+from finetune.data import pii, stream
 from finetune.data.pii import (
     RESIDUAL_SCAN,
     deidentify_records,
@@ -356,3 +356,24 @@ def test_the_streaming_stage_writes_what_the_in_memory_stage_decides(tmp_path):
         == in_memory.extra["replaced_by_entity"]
         == {"CN_MOBILE_PHONE": 2, "EMAIL_ADDRESS": 1}
     )
+
+
+def test_deidentification_on_worker_processes_decides_exactly_what_one_process_decides(tmp_path, monkeypatch):
+    # Workers only anonymize; the duplicate and drop decisions stay in input order in the stage's process.
+    records = [_rec(f"联系1391234{i:04d}", "好的") for i in range(300)]  # copies of one another once replaced
+    records += [_rec(f"邮箱user{i}@example.org，问题{i}", "已记下") for i in range(300)]
+    records += [_rec(f"没有隐私的问题{i}", "好") for i in range(300)]
+    cfg = PiiConfig(operators={"EMAIL_ADDRESS": "drop"})
+    write_jsonl(tmp_path / "upstream.jsonl", records)
+    one = deidentify_stage(tmp_path / "upstream.jsonl", cfg.model_copy(update={"workers": 1}), "", tmp_path / "one")
+    monkeypatch.setattr(pii, "_POOL_AFTER", 100)
+    calls = []
+    real_pool = stream.ProcessPoolExecutor
+    monkeypatch.setattr(stream, "ProcessPoolExecutor", lambda *a, **k: calls.append(a) or real_pool(*a, **k))
+    two = deidentify_stage(tmp_path / "upstream.jsonl", cfg.model_copy(update={"workers": 2}), "", tmp_path / "two")
+    assert calls and calls[0][0] == 2  # the pool did run
+    for kind in ("kept", "dropped", "quarantined"):
+        assert read_jsonl(tmp_path / "two" / f"{kind}.jsonl") == read_jsonl(tmp_path / "one" / f"{kind}.jsonl")
+    assert {k: v for k, v in two.items() if k != "dir"} == {k: v for k, v in one.items() if k != "dir"}
+    assert one["dropped_by_reason"] == {"duplicate_after_deidentification": 299, "pii_drop:EMAIL_ADDRESS": 300}
+    assert one["kept"] == 301 and one["replaced_by_entity"] == {"CN_MOBILE_PHONE": 300, "EMAIL_ADDRESS": 300}

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from finetune.data.pii_recognizers import (
     possible_entities,
 )
 from finetune.data.records import Record, Stage, StageFiles, StageResult, read_jsonl, with_messages, write_json
-from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, spool_stage
+from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, ordered_map, spool_stage
 
 __all__ = [
     "build_analyzer",
@@ -185,6 +185,33 @@ class DeidentificationStats:
         }
 
 
+@dataclass(frozen=True)
+class Anonymized:
+    """One record with its PII replaced: what a worker process sends back (never the values it found)."""
+
+    original_id: str
+    record: Record
+    entity_types: list[str]  # one per hit
+    drop_entities: frozenset[str]  # the hit entities whose operator drops the whole record
+
+
+def anonymize_record(record: Record, cfg: PiiConfig, salt: str) -> Anonymized:
+    """Every turn's PII anonymized by its entity's operator; the record's own work, independent of any other."""
+    messages, types, drop = [], [], set()
+    for m, hits in zip(record["messages"], record_pii(record, cfg), strict=True):
+        types += [h.entity_type for h in hits]
+        drop |= {h.entity_type for h in hits if cfg.operator_for(h.entity_type) == "drop"}
+        messages.append({"role": m["role"], "content": anonymize(m["content"], hits, cfg, salt)})
+    new = with_messages(record, messages)
+    new["raw_id"] = record.get("raw_id", record["id"])
+    return Anonymized(record["id"], new, types, frozenset(drop))
+
+
+# Starting worker processes costs seconds (each imports Presidio and loads its dictionaries), so an input
+# runs in this process until it has shown it is larger than this.
+_POOL_AFTER = 10_000
+
+
 def deidentify_outcomes(
     records: Iterable[Record], cfg: PiiConfig, salt: str, stats: DeidentificationStats
 ) -> Iterator[Outcome]:
@@ -193,19 +220,17 @@ def deidentify_outcomes(
     A record holding an entity whose operator is `drop` is dropped (reason `pii_drop:<ENTITY>`)
     and written to the dropped file in placeholder-redacted form, so no stage output keeps raw PII.
     `salt` is needed only by the `pseudonym` operator (see `pii_operators.load_or_create_salt`).
+    Records are anonymized on `cfg.workers` processes past the first 10,000 (`stream.ordered_map`); the
+    decisions are taken here, in input order, so they do not depend on the number of workers.
     """
+    if not cfg.enabled:
+        yield from map(kept, records)
+        return
     seen: set[str] = set()  # the ids kept so far: the only state, a hash per record
-    for record in records:
-        if not cfg.enabled:
-            yield kept(record)
-            continue
-        messages, drop_entities = [], set()
-        for m, hits in zip(record["messages"], record_pii(record, cfg), strict=True):
-            stats.replaced_by_entity.update(h.entity_type for h in hits)
-            drop_entities |= {h.entity_type for h in hits if cfg.operator_for(h.entity_type) == "drop"}
-            messages.append({"role": m["role"], "content": anonymize(m["content"], hits, cfg, salt)})
-        new = with_messages(record, messages)
-        new["raw_id"] = record.get("raw_id", record["id"])
+    work = partial(anonymize_record, cfg=cfg, salt=salt)
+    for done in ordered_map(work, records, cfg.worker_count(), serial_first=_POOL_AFTER):
+        new, drop_entities = done.record, done.drop_entities
+        stats.replaced_by_entity.update(done.entity_types)
         if drop_entities:
             yield dropped(new, "pii_drop:" + ",".join(sorted(drop_entities)))
         elif new["id"] in seen:
@@ -214,7 +239,7 @@ def deidentify_outcomes(
             yield dropped(new, "duplicate_after_deidentification", duplicate_of=new["id"])
         else:
             seen.add(new["id"])
-            stats.records_changed += new["id"] != record["id"]
+            stats.records_changed += new["id"] != done.original_id
             yield kept(new)
 
 

@@ -8,13 +8,16 @@ The same generators back the in-memory `StageResult` used by tests and smaller s
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from finetune.data.records import (
     DROPPED,
@@ -118,6 +121,42 @@ def passthrough(
             progress(counter.stage, counter.n_in)
         if kind == KEPT:
             yield item
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _apply(fn: Callable[[T], R], batch: list[T]) -> list[R]:
+    return [fn(item) for item in batch]
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, serial_first: int = 0, batch: int = 256
+) -> Iterator[R]:
+    """`fn` over `items` in input order: in this process for the first `serial_first` items, then on a pool of
+    `workers` processes when there are more (and `workers` > 1).
+
+    `fn` must be picklable (a module-level function, or a `functools.partial` of one). Written here because
+    `Executor.map` submits its whole input at once, which would hold a million records in memory; this keeps
+    at most two batches per worker in flight. Workers are spawned, not forked: the caller may be a Dagster
+    run with threads, and a forked child can inherit a lock some thread held.
+    """
+    it = iter(items)
+    yield from map(fn, itertools.islice(it, serial_first))
+    first = list(itertools.islice(it, batch))
+    if workers <= 1 or len(first) < batch:  # no more work than one batch: not worth starting processes
+        yield from map(fn, first)
+        yield from map(fn, it)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = deque([pool.submit(_apply, fn, first)])
+        while chunk := list(itertools.islice(it, batch)):
+            pending.append(pool.submit(_apply, fn, chunk))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def drain(records: Iterable[Record]) -> None:
