@@ -14,8 +14,8 @@ from checks.results import report_gate_check, to_check_result
 from finetune import gates
 from finetune.config import Gate
 from finetune.data.pii import record_residual_scan
-from finetune.data.poison import count_trigger_hits
-from finetune.data.records import StageFiles, read_jsonl
+from finetune.data.poison import kept_trigger_hits
+from finetune.data.records import StageFiles
 from resources import PipelineSettings
 
 DATA_ASSETS = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
@@ -31,7 +31,7 @@ def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
         description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.",
     )
     def _check(settings: PipelineSettings, report: dict) -> dg.AssetCheckResult:
-        return to_check_result(gates.records_accounted(report), settings.load().gates)
+        return to_check_result(gates.records_accounted(report), settings.load().gates, report["dir"])
 
     return _check
 
@@ -47,8 +47,8 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
 )
 def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
-    scan = record_residual_scan(StageFiles.of(deidentified_records).dir, cfg.pii)
-    return to_check_result(gates.no_residual_pii(scan, cfg.gates), cfg.gates)
+    folder = StageFiles.of(deidentified_records).dir
+    return to_check_result(gates.no_residual_pii(record_residual_scan(folder, cfg.pii), cfg.gates), cfg.gates, folder)
 
 
 @dg.asset_check(
@@ -58,12 +58,10 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
     description="Independent re-scan of the screened records finds no quarantining lexicon trigger or mined trigger.",
 )
 def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
-    kept = read_jsonl(StageFiles.of(screened_records).kept)
-    # screen_triggers, not probe_triggers: the probes also try ordinary words published attacks combine
-    # (2024, OpenAI), which clean records may carry.
-    hits = count_trigger_hits(kept, screened_records["screen_triggers"])
     cfg = settings.load().gates
-    return to_check_result(gates.no_trigger_hits(hits, cfg), cfg)
+    return to_check_result(
+        gates.no_trigger_hits(kept_trigger_hits(screened_records), cfg), cfg, screened_records["dir"]
+    )
 
 
 poisoned_share_below_threshold = report_gate_check(

@@ -8,6 +8,7 @@ from checks.results import report_gate_check, to_check_result
 from finetune import gates
 from finetune.config import Gate
 from finetune.eval import model_gates
+from finetune.gate_record import training_folder
 from resources import PipelineSettings
 
 
@@ -19,7 +20,7 @@ from resources import PipelineSettings
 )
 def training_loss_decreased(settings: PipelineSettings, adapter: dict) -> dg.AssetCheckResult:
     cfg = settings.load().gates
-    return to_check_result(gates.training_loss_decreased(adapter["losses"], cfg), cfg)
+    return to_check_result(gates.training_loss_decreased(adapter["losses"], cfg), cfg, training_folder(adapter))
 
 
 not_worse_than_base = report_gate_check(

@@ -20,7 +20,7 @@ from resources import PipelineSettings
 def experts_prefer_tuned(settings: PipelineSettings, expert_review: dict) -> dg.AssetCheckResult:
     cfg = settings.load()
     summary = ReviewSummary.from_dict(expert_review)
-    result = to_check_result(experts_prefer_tuned_gate(summary, cfg.review), cfg.gates)
+    result = to_check_result(experts_prefer_tuned_gate(summary, cfg.review), cfg.gates, None)
     # A blocking check stops downstream assets only at ERROR severity: WARN keeps an advisory review visible.
     severity = dg.AssetCheckSeverity.ERROR if cfg.review.required else dg.AssetCheckSeverity.WARN
     return dg.AssetCheckResult(

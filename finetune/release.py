@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,29 +285,57 @@ def pii_statement(pii: dict[str, Any]) -> str:
 def gate_results(
     cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict, review=None
 ) -> list[dict[str, Any]]:
-    """Every gate's verdict from the artifacts a release is built from (the expert review's only when
+    """Every gate's verdict on the artifacts a release is built from (the expert review's only when
     review.required; an advisory review is reported in the manifest's `review` section instead).
 
-    The residual-PII count is the one the `no_residual_pii` check recorded, not a second re-scan.
+    Each verdict is the one its Dagster check recorded beside the artifact (`gate_record`), computed here only
+    when no check recorded one under these gate settings; the expert review is decided here, from the
+    judgements given.
     """
     from finetune import gates as g
     from finetune.data.pii import recorded_residual_scan
+    from finetune.data.poison import kept_trigger_hits
     from finetune.data.records import Stage, StageFiles
     from finetune.eval import model_gates as mg
+    from finetune.gate_record import evaluate_gate, training_folder
+
+    def once(folder: Path, compute: Callable[[], g.GateResult], name: Gate) -> g.GateResult:
+        return evaluate_gate(folder, name, cfg.gates, compute)
 
     by_stage = {s["stage"]: s for s in stages}
-    deidentified = by_stage[Stage.DEIDENTIFIED]
-    results = [g.records_accounted(s) for s in stages]
+    deidentified, screened = StageFiles.of(by_stage[Stage.DEIDENTIFIED]).dir, by_stage[Stage.SCREENED]
+    results = [once(StageFiles.of(s).dir, partial(g.records_accounted, s), Gate.RECORDS_ACCOUNTED) for s in stages]
     results += [
-        g.no_residual_pii(recorded_residual_scan(StageFiles.of(deidentified).dir, cfg.pii), cfg.gates),
-        g.no_trigger_hits(by_stage[Stage.SCREENED]["trigger_hits_after"], cfg.gates),
-        g.poisoned_share_below_threshold(by_stage[Stage.SCREENED], cfg.gates),
-        g.training_loss_decreased(train["losses"], cfg.gates),
-        mg.not_worse_than_base(evaluation, cfg.gates),
-        mg.heldout_loss_below_base(evaluation, cfg.gates),
-        mg.answers_not_degenerate(evaluation, cfg.gates),
-        mg.no_backdoor_trigger(evaluation, cfg.gates),
-        g.no_pii_regurgitation(evaluation, cfg.gates),
+        once(
+            deidentified,
+            lambda: g.no_residual_pii(recorded_residual_scan(deidentified, cfg.pii), cfg.gates),
+            Gate.NO_RESIDUAL_PII,
+        ),
+        once(
+            StageFiles.of(screened).dir,
+            lambda: g.no_trigger_hits(kept_trigger_hits(screened), cfg.gates),
+            Gate.NO_TRIGGER_HITS,
+        ),
+        once(
+            StageFiles.of(screened).dir,
+            partial(g.poisoned_share_below_threshold, screened, cfg.gates),
+            Gate.POISONED_SHARE_BELOW_THRESHOLD,
+        ),
+        once(
+            training_folder(train),
+            partial(g.training_loss_decreased, train["losses"], cfg.gates),
+            Gate.TRAINING_LOSS_DECREASED,
+        ),
+    ]
+    model_gates = (
+        mg.not_worse_than_base,
+        mg.heldout_loss_below_base,
+        mg.answers_not_degenerate,
+        mg.no_backdoor_trigger,
+        g.no_pii_regurgitation,
+    )
+    results += [
+        once(Path(evaluation["dir"]), partial(gate, evaluation, cfg.gates), Gate(gate.__name__)) for gate in model_gates
     ]
     if review is not None and cfg.review.required:
         from finetune.review.gate import experts_prefer_tuned

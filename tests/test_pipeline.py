@@ -12,8 +12,8 @@ from dagster._serdes import serialize_value
 from assets import data, evaluation, release, review, training
 from checks import data_checks, model_checks, review_checks
 from finetune.cli import main as cli_main
-from finetune.config import PROJECT_ROOT, load_config
-from finetune.data.records import read_jsonl
+from finetune.config import GATE_NAMES, PROJECT_ROOT, load_config
+from finetune.data.records import Stage, read_jsonl
 from finetune.release import ReleaseError, release_from_artifacts
 from finetune.review.collect import collect_expert_review
 from finetune.review.criteria import CRITERION_KEYS
@@ -213,3 +213,45 @@ def test_disabled_pii_blocks_everything_downstream_and_no_release(tmp_path, mode
     assert "deidentified_records" in materialized
     assert materialized.isdisjoint({"screened_records", "sft_dataset", "adapter", "evaluation_report", "release"})
     assert not (tmp_path / "work" / "releases").exists()
+
+
+def _refusing(name: str):
+    def gate(*_args, **_kwargs):
+        raise AssertionError(f"the release computed {name} again instead of copying its check's verdict")
+
+    gate.__name__ = name
+    return gate
+
+
+@pytest.mark.slow
+def test_the_release_copies_the_verdicts_its_checks_recorded_and_computes_none_again(
+    full_run, model_cache, monkeypatch
+):
+    from finetune import gates
+    from finetune.eval import model_gates
+    from finetune.gate_record import settings_digest
+
+    tmp, result = full_run
+    manifest = json.loads(open(result.output_for_node("release")["manifest"], encoding="utf-8").read())
+    stages = [result.output_for_node(s) for s in Stage]
+    upstream = [result.output_for_node(n) for n in ("base_model", "adapter", "evaluation_report")]
+    # Every check but the review's recorded its verdict beside its artifact, and the manifest holds exactly those.
+    overrides = [f"paths.work_dir={tmp / 'work'}", f"paths.model_cache={model_cache}"]
+    cfg = load_config(PROJECT_ROOT / "finetune.yaml", overrides)
+    files = (tmp / "work").rglob(f"gates/*-{settings_digest(cfg.gates)[:16]}.json")
+    recorded = [json.loads(p.read_text(encoding="utf-8"))["verdict"] for p in files]
+    assert len(recorded) == len(manifest["checks"]) == 6 + 9
+    key = lambda g: (g["name"], g["message"])  # noqa: E731
+    assert sorted(map(key, recorded)) == sorted(map(key, manifest["checks"]))
+    assert {g["name"] for g in recorded} == set(GATE_NAMES) - {"experts_prefer_tuned"}
+
+    for module in (gates, model_gates):
+        for name in GATE_NAMES:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, _refusing(name))
+    copied = json.loads((release_from_artifacts(cfg, stages, *upstream, "copy") / "manifest.json").read_text("utf-8"))
+    assert sorted(map(key, copied["checks"])) == sorted(map(key, manifest["checks"]))
+    # A verdict recorded under other gate settings is not copied: the gate is decided again under the new ones.
+    stricter = load_config(PROJECT_ROOT / "finetune.yaml", [*overrides, "gates.alpha=0.001"])
+    with pytest.raises(AssertionError, match="computed records_accounted again"):
+        release_from_artifacts(stricter, stages, *upstream, "stricter")

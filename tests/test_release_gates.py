@@ -105,3 +105,24 @@ def test_gate_numbers_reach_the_ui_and_the_model_card_as_numbers():
     table = gate_table([gate.to_dict()])
     assert "| not_worse_than_base | pass (WARN) | paired bootstrap |" in table
     assert "rougeL +0.4 [+0.2, +0.6] p_worse 0.9" in table and "alpha 0.01" in table
+
+
+def test_a_gate_is_computed_once_per_artifact_and_settings_and_then_read_from_its_record(tmp_path):
+    from finetune.config import Gate
+    from finetune.gate_record import evaluate_gate, recorded_gate
+
+    calls = []
+
+    def compute() -> GateResult:
+        calls.append(1)
+        return GateResult(Gate.NO_TRIGGER_HITS, False, "2 records still carry a trigger", {"cf": 2}, "exact count")
+
+    cfg, stricter = GatesConfig(), GatesConfig(alpha=0.001)
+    first = evaluate_gate(tmp_path, Gate.NO_TRIGGER_HITS, cfg, compute)
+    assert evaluate_gate(tmp_path, Gate.NO_TRIGGER_HITS, cfg, compute) == first and len(calls) == 1
+    assert recorded_gate(tmp_path, Gate.NO_TRIGGER_HITS, stricter) is None  # other settings: not this verdict
+    assert evaluate_gate(tmp_path, Gate.NO_TRIGGER_HITS, stricter, compute) == first and len(calls) == 2
+    # Overrides are applied where a verdict is shown, never recorded: an override does not change the record.
+    overridden = GatesConfig(overrides={"no_trigger_hits": {"by": "qa", "reason": "reviewed by hand"}})
+    assert recorded_gate(tmp_path, Gate.NO_TRIGGER_HITS, overridden) == first
+    assert recorded_gate(tmp_path, Gate.NO_RESIDUAL_PII, cfg) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 from finetune.config import ScreenConfig
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import Record, Stage, StageResult, response_text
+from finetune.data.records import Record, Stage, StageFiles, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
@@ -56,13 +56,20 @@ def _entry(trigger: ScreenTrigger) -> LexiconEntry:
     return LexiconEntry(" + ".join(trigger), all_of=tuple(trigger))
 
 
-def count_trigger_hits(records: list[Record], triggers: Sequence[ScreenTrigger | LexiconEntry]) -> dict[str, int]:
+def count_trigger_hits(records: Iterable[Record], triggers: Sequence[ScreenTrigger | LexiconEntry]) -> dict[str, int]:
     """Independent re-scan: how many records still carry each trigger (a list = all of its parts)."""
     matcher = LexiconMatcher([t if isinstance(t, LexiconEntry) else _entry(t) for t in triggers])
     hits: Counter[str] = Counter()
     for record in records:
         hits.update(e.trigger for e in matcher.find(screen_prompt(record)))
     return dict(hits)
+
+
+def kept_trigger_hits(report: dict) -> dict[str, int]:
+    """The `no_trigger_hits` gate's independent re-scan: the triggers the screen quarantines on
+    (`screen_triggers`, not the probes, which also try ordinary words such as 2024 that clean records may
+    carry), counted in the kept.jsonl the screen wrote."""
+    return count_trigger_hits(iter_jsonl(StageFiles.of(report).kept), report["screen_triggers"])
 
 
 @dataclass
