@@ -6,7 +6,10 @@ for one target, a target reworded three ways, a refusal backdoor, and a refusal 
 """
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -566,3 +569,35 @@ def test_the_screen_refuses_an_input_that_changed_between_its_passes(tmp_path):
     screen.mine(records)
     with pytest.raises(ValueError, match="changed between the passes"):
         list(screen.outcomes(records[1:]))
+
+
+_CANDIDATES_IN_A_CLUSTER = """
+from finetune.config import ScreenConfig
+from finetune.data.response_clusters import _cluster_candidates
+from finetune.data.trigger_features import FeatureTable, RecordFeatures
+
+# 20 cluster members carry 20 features each, every feature as often outside the cluster: 20 tied, unspecific
+# features, of which only the most frequent few are combined.
+words = [f"w:f{k:02d}" for k in range(20)]
+feats = [RecordFeatures(frozenset(words), "q", "a") for _ in range(20)]
+feats += [RecordFeatures(frozenset(words), "q", "b") for _ in range(20)]
+feats += [RecordFeatures(frozenset([f"w:other{i}"]), "q", "c") for i in range(60)]
+table = FeatureTable(feats)
+print(sorted(_cluster_candidates(table, list(range(20)), ScreenConfig(), table.postings(5, 50))))
+"""
+
+
+def test_mining_finds_the_same_candidates_whatever_the_string_hash_seed():
+    # Feature sets iterate in string-hash order, which differs from process to process (PYTHONHASHSEED): a
+    # cut among tied features that followed it made two runs on the same data test different triggers.
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _CANDIDATES_IN_A_CLUSTER],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(outputs) == 1 and "&:" in next(iter(outputs))  # combinations were made, the same in every run

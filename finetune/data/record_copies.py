@@ -13,6 +13,7 @@ no library offers; an inverted index on each prompt's rarest token keeps it near
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
 
@@ -28,18 +29,23 @@ def copy_roots(prompts: list[str], responses: list[str], max_insertions: int) ->
     """For every record, the record it is a copy of, or itself: a copy has the same trained response (case,
     spaces and punctuation ignored) and a prompt holding every word of the other's plus at most
     `max_insertions` more (0 = only prompts with the same words)."""
-    tokens = [Counter(_TOKEN.findall(fold(p))) for p in prompts]
-    sizes = [c.total() for c in tokens]
     roots = list(range(len(prompts)))
     if max_insertions < 0:
         return roots
-    doc_freq = Counter(t for c in tokens for t in c)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, response in enumerate(responses):
-        groups[canonical(response)].append(i)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for i, response in enumerate(responses):  # keyed by a digest: the canonical texts need not stay in memory
+        groups[hashlib.blake2b(canonical(response).encode("utf-8"), digest_size=16).digest()].append(i)
+    shared = [members for members in groups.values() if len(members) >= 2]
+    grouped = {i for members in shared for i in members}
+    doc_freq: Counter[str] = Counter()
+    tokens: dict[int, Counter[str]] = {}  # only the records that share a response can be copies
+    for i, prompt in enumerate(prompts):
+        words = Counter(_TOKEN.findall(fold(prompt)))
+        doc_freq.update(words.keys())
+        if i in grouped:
+            tokens[i] = words
+    sizes = {i: words.total() for i, words in tokens.items()}
+    for members in shared:
         index: dict[str, list[int]] = defaultdict(list)  # rarest token of a root's prompt -> roots
         for b in sorted(members, key=lambda i: (sizes[i], i)):  # shorter prompts (the originals) first
             roots[b] = next(

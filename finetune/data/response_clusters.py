@@ -100,13 +100,14 @@ def cluster_responses(responses: list[str], threshold: float, min_size: int, num
 def _cluster_candidates(table: FeatureTable, members: list[int], cfg, postings) -> dict[str, np.ndarray]:
     """In-cluster features with enough support, and combinations of the most frequent unspecific ones."""
     counts = Counter(u for i in members for u in table.feats[i].units if u in postings)
-    single = {u: postings[u] for u, c in counts.items() if c >= cfg.min_trigger_support}
+    # Most frequent first, ties by name: counting follows the feature sets' hash order, which differs from
+    # process to process, and the cut below must not.
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    single = {u: postings[u] for u, c in ranked if c >= cfg.min_trigger_support}
     inside = np.asarray(members)
-    frequent = [
-        u
-        for u, c in counts.most_common()
-        if c >= len(members) / 2 and c / len(postings[u]) < cfg.min_trigger_specificity
-    ][:_COMBINATION_PARTS]
+    frequent = [u for u, c in ranked if c >= len(members) / 2 and c / len(postings[u]) < cfg.min_trigger_specificity][
+        :_COMBINATION_PARTS
+    ]
     found = dict(single)
     for size in (2, 3):
         for parts in combinations(frequent, size):

@@ -15,6 +15,7 @@ records" are the nearest last user turns in that space.
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -110,7 +111,8 @@ def record_features(record: Record) -> RecordFeatures:
     prompt = fold("\n".join(m["content"] for m in turns if m["role"] in PROMPT_ROLES))
     last = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
     response = next((m["content"] for m in reversed(turns) if m["role"] in TRAINED_ROLES), "")
-    return RecordFeatures(frozenset(prompt_units(prompt)), fold(last), fold(response))
+    # Interned: the same feature strings recur across records, and mining holds every record's set at once.
+    return RecordFeatures(frozenset(map(sys.intern, prompt_units(prompt))), fold(last), fold(response))
 
 
 # Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but
@@ -244,7 +246,9 @@ class FeatureTable:
             for u in f.units:
                 if min_df <= self.doc_freq[u] <= max_df:
                     lists.setdefault(u, []).append(i)
-        return {u: np.asarray(ix) for u, ix in lists.items()}
+        # Sorted: a feature set's iteration order follows string hashes, which differ from process to process
+        # (PYTHONHASHSEED); every order the scan derives from postings must not.
+        return {u: np.asarray(lists[u]) for u in sorted(lists)}
 
     def neighbours(self, index: int, count: int = 48) -> np.ndarray:
         """The `count` records with the most similar last user turn (most similar first, ties by position)."""

@@ -207,7 +207,7 @@ def refusal_tests(
         answered = [j for j in table.neighbours(i)[: cfg.control_neighbours].tolist() if not refused[j]]
         extra.update({u for j in answered for u in table.feats[j].units - table.feats[i].units})
     same_carriers: dict[bytes, list[str]] = defaultdict(list)
-    for key, count in extra.items():
+    for key, count in sorted(extra.items()):  # by name: `extra` was counted in hash order
         if count >= cfg.min_trigger_support and key in postings and len(postings[key]) <= max_df:
             same_carriers[postings[key].tobytes()].append(key)
     if same_carriers:
