@@ -858,6 +858,15 @@ class PipelineConfig(_Section):
     def work_dir(self) -> Path:
         return self.resolve(self.paths.work_dir)
 
+    @property
+    def artifacts_dir(self) -> Path:
+        """Every asset's folders: `<artifacts_dir>/<asset>/<run id>/`, read by the audit as the assets wrote them."""
+        return self.work_dir / "artifacts"
+
+    def stage_dir(self, stage: str, run_id: str) -> Path:
+        """A fresh folder per asset and run, so runs never overwrite each other's artifacts."""
+        return self.artifacts_dir / stage / run_id
+
     def fingerprint(self) -> str:
         """A short hash of the effective config, recorded in manifests."""
         blob = json.dumps(self.model_dump(exclude={"base_dir"}), sort_keys=True).encode()

@@ -47,7 +47,7 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
     """
     if len(ref) < 8:
         raise ValueError("give a record id (or a prefix of at least 8 characters)")
-    artifacts = cfg.work_dir / "artifacts"
+    artifacts = cfg.artifacts_dir
     raw_ids = {
         _raw_id(e)
         for run in sorted((artifacts / Stage.RAW).glob("*"))
@@ -58,7 +58,7 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
     }
     if len(raw_ids) != 1:
         raise ValueError(
-            f"record {ref!r} matches {len(raw_ids)} raw records under {artifacts / 'raw_records'}"
+            f"record {ref!r} matches {len(raw_ids)} raw records under {artifacts / Stage.RAW}"
             + (f": {sorted(raw_ids)[:5]}" if raw_ids else "")
         )
     raw_id = raw_ids.pop()
@@ -67,7 +67,7 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
         run_id = run_dir.name
         path = []
         for stage in STAGES:
-            found = _outcome(artifacts / stage / run_id, raw_id)
+            found = _outcome(cfg.stage_dir(stage, run_id), raw_id)
             if found is None:
                 break
             path.append({"stage": stage, **found})
@@ -79,8 +79,8 @@ def trace_record(cfg: PipelineConfig, ref: str) -> dict[str, Any]:
             (
                 s
                 for s in SPLITS
-                if (artifacts / Stage.SFT / run_id / f"{s}.jsonl").is_file()
-                and any(_raw_id(r) == raw_id for r in read_jsonl(artifacts / Stage.SFT / run_id / f"{s}.jsonl"))
+                if (cfg.stage_dir(Stage.SFT, run_id) / f"{s}.jsonl").is_file()
+                and any(_raw_id(r) == raw_id for r in read_jsonl(cfg.stage_dir(Stage.SFT, run_id) / f"{s}.jsonl"))
             ),
             None,
         )

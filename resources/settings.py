@@ -33,4 +33,4 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def stage_dir(self, stage: str, run_id: str) -> Path:
         """A fresh folder per stage and run, so runs never overwrite each other's artifacts."""
-        return self.load().work_dir / "artifacts" / stage / run_id
+        return self.load().stage_dir(stage, run_id)
