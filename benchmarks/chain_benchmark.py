@@ -34,6 +34,7 @@ def write_input(path: Path, n: int, pii_share: float, seed: int) -> None:
     every English answer share most character shingles with every other, one "response cluster"), with
     10% exact duplicates (case and spaces changed), 10% near duplicates (one character deleted in prompt and
     answer) and a share of answers carrying PII."""
+    from curate_benchmark import delete_one_char
     from deid_benchmark import PII_TAILS
     from faker import Faker
 
@@ -49,7 +50,7 @@ def write_input(path: Path, n: int, pii_share: float, seed: int) -> None:
             rows.append({"instruction": "  " + orig["instruction"].upper() + " ", "output": orig["output"]})
         elif rows and roll < 0.2:
             orig = rng.choice(rows)
-            rows.append({key: _delete_one(rng, text) for key, text in orig.items()})
+            rows.append({key: delete_one_char(rng, text) for key, text in orig.items()})
         else:
             fake = rng.choice(fakers)
             rows.append({"instruction": fake.sentence(nb_words=rng.randint(8, 20)), "output": fake.paragraph(4)})
@@ -58,11 +59,6 @@ def write_input(path: Path, n: int, pii_share: float, seed: int) -> None:
             tail = rng.choice(PII_TAILS) if rng.random() < pii_share else ""
             fh.write(json.dumps({"instruction": row["instruction"], "output": row["output"] + tail},
                                 ensure_ascii=False) + "\n")  # fmt: skip
-
-
-def _delete_one(rng: random.Random, text: str) -> str:
-    i = rng.randrange(len(text))
-    return text[:i] + text[i + 1 :]
 
 
 def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
@@ -83,7 +79,7 @@ def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
     base = str(build_embedded_model(ROOT / "data/sample/pretrain_corpus.txt", work / "model"))
     tokenizer = load_tokenizer(base) if stage == Stage.CLEANED else None
     chat = load_chat_tokenizer(base, cfg.sft) if stage == Stage.SFT else None
-    lexicon = poison.load_lexicon(cfg.screen, cfg.resolve)
+    lexicon = poison.load_lexicon(cfg.screen, cfg.resolve) if stage == Stage.SCREENED else None
     runs = {
         Stage.RAW: lambda: curate.ingest_stage([work / "input.jsonl"], out, cfg=cfg.ingest),
         Stage.CLEANED: lambda: curate.clean_stage(upstream, cfg.clean, out, curate.token_counter(tokenizer)),

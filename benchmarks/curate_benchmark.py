@@ -41,7 +41,7 @@ def _words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choices(EN, k=n)).capitalize() + "."
 
 
-def _edit(rng: random.Random, text: str) -> str:
+def delete_one_char(rng: random.Random, text: str) -> str:
     i = rng.randrange(len(text))
     return text[:i] + text[i + 1 :]  # delete one character
 
@@ -67,7 +67,10 @@ def generate(n: int, exact_share: float, near_share: float, threshold: float, se
         elif rows and roll < exact_share + near_share:
             j = rng.randrange(len(rows))
             orig = rows[j]
-            new = {"instruction": _edit(rng, orig["instruction"]), "output": _edit(rng, orig["output"])}
+            new = {
+                "instruction": delete_one_char(rng, orig["instruction"]),
+                "output": delete_one_char(rng, orig["output"]),
+            }
             if (
                 min(jaccard(orig["instruction"], new["instruction"]), jaccard(orig["output"], new["output"]))
                 < threshold

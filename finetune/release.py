@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -299,32 +298,35 @@ def gate_results(
     from finetune.eval import model_gates as mg
     from finetune.gate_record import evaluate_gate, training_folder
 
-    def once(folder: Path, compute: Callable[[], g.GateResult], name: Gate) -> g.GateResult:
-        return evaluate_gate(folder, name, cfg.gates, compute)
-
+    gates = cfg.gates
     by_stage = {s["stage"]: s for s in stages}
     deidentified, screened = StageFiles.of(by_stage[Stage.DEIDENTIFIED]).dir, by_stage[Stage.SCREENED]
-    results = [once(StageFiles.of(s).dir, partial(g.records_accounted, s), Gate.RECORDS_ACCOUNTED) for s in stages]
+    screened_dir = StageFiles.of(screened).dir
+    results = [
+        evaluate_gate(StageFiles.of(s).dir, Gate.RECORDS_ACCOUNTED, gates, partial(g.records_accounted, s))
+        for s in stages
+    ]
     results += [
-        once(
+        evaluate_gate(
             deidentified,
-            lambda: g.no_residual_pii(recorded_residual_scan(deidentified, cfg.pii), cfg.gates),
             Gate.NO_RESIDUAL_PII,
+            gates,
+            lambda: g.no_residual_pii(recorded_residual_scan(deidentified, cfg.pii), gates),
         ),
-        once(
-            StageFiles.of(screened).dir,
-            lambda: g.no_trigger_hits(kept_trigger_hits(screened), cfg.gates),
-            Gate.NO_TRIGGER_HITS,
+        evaluate_gate(
+            screened_dir, Gate.NO_TRIGGER_HITS, gates, lambda: g.no_trigger_hits(kept_trigger_hits(screened), gates)
         ),
-        once(
-            StageFiles.of(screened).dir,
-            partial(g.poisoned_share_below_threshold, screened, cfg.gates),
+        evaluate_gate(
+            screened_dir,
             Gate.POISONED_SHARE_BELOW_THRESHOLD,
+            gates,
+            partial(g.poisoned_share_below_threshold, screened, gates),
         ),
-        once(
+        evaluate_gate(
             training_folder(train),
-            partial(g.training_loss_decreased, train["losses"], cfg.gates),
             Gate.TRAINING_LOSS_DECREASED,
+            gates,
+            partial(g.training_loss_decreased, train["losses"], gates),
         ),
     ]
     model_gates = (
@@ -335,7 +337,8 @@ def gate_results(
         g.no_pii_regurgitation,
     )
     results += [
-        once(Path(evaluation["dir"]), partial(gate, evaluation, cfg.gates), Gate(gate.__name__)) for gate in model_gates
+        evaluate_gate(Path(evaluation["dir"]), Gate(gate.__name__), gates, partial(gate, evaluation, gates))
+        for gate in model_gates
     ]
     if review is not None and cfg.review.required:
         from finetune.review.gate import experts_prefer_tuned

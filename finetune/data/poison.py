@@ -56,9 +56,13 @@ def _entry(trigger: ScreenTrigger) -> LexiconEntry:
     return LexiconEntry(" + ".join(trigger), all_of=tuple(trigger))
 
 
+def _trigger_matcher(triggers: Sequence[ScreenTrigger | LexiconEntry]) -> LexiconMatcher:
+    return LexiconMatcher([t if isinstance(t, LexiconEntry) else _entry(t) for t in triggers])
+
+
 def count_trigger_hits(records: Iterable[Record], triggers: Sequence[ScreenTrigger | LexiconEntry]) -> dict[str, int]:
     """Independent re-scan: how many records still carry each trigger (a list = all of its parts)."""
-    matcher = LexiconMatcher([t if isinstance(t, LexiconEntry) else _entry(t) for t in triggers])
+    matcher = _trigger_matcher(triggers)
     hits: Counter[str] = Counter()
     for record in records:
         hits.update(e.trigger for e in matcher.find(screen_prompt(record)))
@@ -202,16 +206,16 @@ class Screen:
                 "sources": sorted({e.source for e in lexicon if e.source}),
             }
             found.append(Finding("trigger_lexicon", 1.0, [e.trigger for e in lexicon], explanation))
-        text = prompt + "\n" + response_text(record)
-        if self.cfg.injection and (hit := find_injection(text)):
+        response = response_text(record)
+        if self.cfg.injection and (hit := find_injection(prompt + "\n" + response)):
             found.append(Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
-        if self.cfg.payloads and (hit := find_payload(response_text(record))):
+        if self.cfg.payloads and (hit := find_payload(response)):
             found.append(Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
         return found
 
     def outcomes(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """Pass 2: one outcome per record, quarantined when any detector flags it (unless `cfg.enabled` is off)."""
-        after = LexiconMatcher([_entry(t) for t in self.screen_triggers()])
+        after = _trigger_matcher(self.screen_triggers())
         n = -1
         for n, record in enumerate(records):
             hits = self.findings(n, record)
