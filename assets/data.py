@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.metadata import duplicate_pairs_table, stage_metadata
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
+from finetune.data.engine import Engine
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_stage, pseudonym_salt
 from finetune.data.poison import explanations_markdown, load_lexicon, screen_stage
@@ -62,7 +63,9 @@ def cleaned_records(
     cfg = settings.load()
     count_tokens = token_counter(load_tokenizer(base_model["path"], cfg.model.trust_remote_code))
     out = settings.stage_dir(Stage.CLEANED, context.run_id)
-    report = clean_stage(kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info))
+    report = clean_stage(
+        kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info), Engine.of(cfg.data)
+    )
     output = report_output(context, report, raw_records)
     output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report["normalisation_fixes"])
     return output
@@ -78,7 +81,8 @@ def deduplicated_records(
 ) -> dg.Output:
     cfg = settings.load()
     out = settings.stage_dir(Stage.DEDUPLICATED, context.run_id)
-    output = report_output(context, dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info)))
+    report = dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info), Engine.of(cfg.data))
+    output = report_output(context, report)
     output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(output.value["sample_pairs"]))
     return output
 
@@ -90,7 +94,8 @@ def deidentified_records(
     cfg = settings.load()
     out = settings.stage_dir(Stage.DEIDENTIFIED, context.run_id)
     progress = Progress(context.log.info, every=2_000)
-    report = deidentify_stage(kept_path(deduplicated_records), cfg.pii, pseudonym_salt(cfg), out, progress)
+    upstream, engine = kept_path(deduplicated_records), Engine.of(cfg.data)
+    report = deidentify_stage(upstream, cfg.pii, pseudonym_salt(cfg), out, progress, engine)
     output = report_output(context, report, deduplicated_records)
     output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
     return output
@@ -107,7 +112,8 @@ def screened_records(
     cfg = settings.load()
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
     out = settings.stage_dir(Stage.SCREENED, context.run_id)
-    report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, Progress(context.log.info))
+    progress, engine = Progress(context.log.info), Engine.of(cfg.data)
+    report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, progress, engine)
     output = report_output(context, report, deidentified_records)
     for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
         output.metadata[key] = dg.MetadataValue.json(output.value[key])

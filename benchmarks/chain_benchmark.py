@@ -65,6 +65,7 @@ def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
     """One stage in this (fresh) process: its input is the stage before's kept.jsonl under `work`."""
     from finetune.config import load_config
     from finetune.data import curate, pii, poison
+    from finetune.data.engine import Engine
     from finetune.data.records import StageFiles
     from finetune.model.loading import load_chat_tokenizer, load_tokenizer
     from finetune.model.tiny import build_embedded_model
@@ -82,12 +83,17 @@ def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
     lexicon = poison.load_lexicon(cfg.screen, cfg.resolve) if stage == Stage.SCREENED else None
     runs = {
         Stage.RAW: lambda: curate.ingest_stage([work / "input.jsonl"], out, cfg=cfg.ingest),
-        Stage.CLEANED: lambda: curate.clean_stage(upstream, cfg.clean, out, curate.token_counter(tokenizer)),
-        Stage.DEDUPLICATED: lambda: curate.dedup_stage(upstream, cfg.dedup, out),
-        Stage.DEIDENTIFIED: lambda: pii.deidentify_stage(upstream, cfg.pii, "", out),
-        Stage.SCREENED: lambda: poison.screen_stage(upstream, cfg.screen, lexicon, out),
+        Stage.CLEANED: lambda: curate.clean_stage(
+            upstream, cfg.clean, out, curate.token_counter(tokenizer), engine=engine
+        ),
+        Stage.DEDUPLICATED: lambda: curate.dedup_stage(upstream, cfg.dedup, out, engine=engine),
+        Stage.DEIDENTIFIED: lambda: pii.deidentify_stage(upstream, cfg.pii, "", out, engine=engine),
+        Stage.SCREENED: lambda: poison.screen_stage(upstream, cfg.screen, lexicon, out, engine=engine),
         Stage.SFT: lambda: sft_stage(upstream, chat, cfg.sft, cutoff_memory_limit(base, cfg.sft, cfg.train), out),
     }
+    engine = Engine.of(cfg.data)
+    if engine.kind == "ray":
+        engine.connect()  # joining the cluster is not the stage's work
     rss_before = peak_rss_mib()  # imports and models loaded: what the stage itself adds comes after
     started, cpu = time.perf_counter(), _cpu_seconds()
     report = runs[Stage(stage)]()
@@ -104,7 +110,8 @@ def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
 
 
 def _cpu_seconds() -> float:
-    """This process's CPU time and that of its finished children (a stage's worker processes)."""
+    """This process's CPU time and that of its finished children (a stage's worker processes; not a Ray
+    cluster's workers, which are the raylet's children)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from finetune.config import PROJECT_ROOT, ConfigError, load_config
+from finetune.data.records import Stage
 
 
 def _config(args: argparse.Namespace):
@@ -48,6 +50,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from finetune.data.curate import curate, token_counter
+    from finetune.data.engine import Engine
     from finetune.data.records import Stage, describe_counts
 
     cfg = _config(args)
@@ -63,7 +66,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
             bar.update(1)
 
     inputs = [Path(p) for p in args.input]
-    report = curate(inputs, cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress, cfg.ingest)
+    engine = Engine.of(cfg.data)
+    report = curate(inputs, cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress, cfg.ingest, engine)
     bar.close()
     for stage in report["stages"]:
         print(describe_counts(stage))
@@ -77,24 +81,30 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_stage(out: Path, ingested, result) -> dict:
-    """The stage's files as its asset writes them: kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json.
+def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step) -> dict:
+    """Ingest `inputs` and run one stage on their records in one streaming pass, into the four files a stage's
+    asset writes (kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json). Rows that cannot be read are
+    quarantined beside the stage's own, tagged with their stage, so every input row is in one of the files."""
+    from finetune.data.ingest import RawReader
+    from finetune.data.stream import spool_chain
 
-    Rows that could not be read are quarantined beside the stage's own, tagged with their stage, so every
-    input row is in one of the three files.
-    """
-    from finetune.data.records import DROPPED, KEPT, QUARANTINED, StageFiles, write_json, write_jsonl
+    raw, counts = spool_chain(out, (Stage.RAW, RawReader(inputs, cfg.ingest)), [(stage, step)])
+    return {**counts, "stages": [raw, counts], "rows_in": raw["in"], "quarantined_at_ingest": raw["quarantined"]}
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = StageFiles(out)
-    write_jsonl(files.outcome(KEPT), result.kept)
-    write_jsonl(files.outcome(DROPPED), [{"stage": result.stage, **d} for d in result.dropped])
-    quarantine = [{"stage": ingested.stage, **q} for q in ingested.quarantined]
-    write_jsonl(files.outcome(QUARANTINED), quarantine + [{"stage": result.stage, **q} for q in result.quarantined])
-    report = {**result.counts(), **result.extra, "stages": [ingested.counts(), result.counts()]}
-    report |= {"rows_in": ingested.n_in, "quarantined_at_ingest": len(quarantine)}
-    write_json(files.report, report)
-    return report
+
+def _print_unreadable(out: Path, report: dict, limit: int = 5) -> None:
+    """The first rows ingest could not read, from the quarantined.jsonl the command wrote."""
+    from finetune.data.records import QUARANTINED, StageFiles
+    from finetune.data.stream import iter_jsonl
+
+    if not (n := report["quarantined_at_ingest"]):
+        return
+    rows = (q for q in iter_jsonl(StageFiles(out).outcome(QUARANTINED)) if q["stage"] == Stage.RAW)
+    shown = [f"  {q['file']}:{q['line']}: {q['reason']}: {q.get('detail', '')}" for q in itertools.islice(rows, limit)]
+    print(
+        f"unreadable input rows, quarantined: {n}\n"
+        + "\n".join(shown + ([f"  ... and {n - limit} more"] if n > limit else []))
+    )
 
 
 def _output_folder(path: str) -> Path:
@@ -108,20 +118,28 @@ def _output_folder(path: str) -> Path:
 
 
 def cmd_deidentify(args: argparse.Namespace) -> int:
-    from finetune.data.pii import deidentify_records, pseudonym_salt, record_residual_scan
+    from finetune.data.engine import Engine
+    from finetune.data.pii import DeidentificationStats, deidentify_outcomes, pseudonym_salt, record_residual_scan
+    from finetune.data.records import StageFiles, write_json
 
     cfg = _config(args)
     out = _output_folder(args.output)
-    ingested = _ingest([args.input], cfg)
-    result = deidentify_records(ingested.kept, cfg.pii, pseudonym_salt(cfg))
-    _write_stage(out, ingested, result)
-    print(
-        f"de-identified {result.n_in} records: kept {len(result.kept)}, dropped {len(result.dropped)} "
-        f"{result.counts()['dropped_by_reason'] or ''}"
+    stats, salt, engine = DeidentificationStats(cfg.pii.enabled), pseudonym_salt(cfg), Engine.of(cfg.data)
+    report = _stage_command(
+        out,
+        [Path(args.input)],
+        cfg,
+        Stage.DEIDENTIFIED,
+        lambda rs: deidentify_outcomes(rs, cfg.pii, salt, stats, engine),
     )
-    if ingested.quarantined:
-        print(f"unreadable input rows, quarantined: {len(ingested.quarantined)}\n{_quarantine_lines(ingested)}")
-    for entity, n in sorted(result.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
+    report |= stats.report()
+    write_json(StageFiles(out).report, report)
+    print(
+        f"de-identified {report['in']} records: kept {report['kept']}, dropped {report['dropped']} "
+        f"{report['dropped_by_reason'] or ''}"
+    )
+    _print_unreadable(out, report)
+    for entity, n in sorted(report["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
     print(f"residual PII after re-scan: {record_residual_scan(out, cfg.pii)['residual_total']}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json and residual_scan.json")
@@ -129,19 +147,24 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from finetune.data.poison import load_lexicon, screen_records
+    from finetune.data.engine import Engine
+    from finetune.data.ingest import RawReader
+    from finetune.data.poison import Screen, load_lexicon
+    from finetune.data.records import KEPT, StageFiles, write_json
 
     cfg = _config(args)
     out = _output_folder(args.output)
-    ingested = _ingest([args.input], cfg)
-    result = screen_records(ingested.kept, cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
-    _write_stage(out, ingested, result)
-    print(f"screened {result.n_in}: kept {len(result.kept)}, quarantined {len(result.quarantined)}")
-    if ingested.quarantined:
-        print(f"unreadable input rows, quarantined: {len(ingested.quarantined)}\n{_quarantine_lines(ingested)}")
-    for detector, n in result.extra["flagged_by_detector"].items():
+    inputs = [Path(args.input)]
+    screen = Screen(cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
+    # Two passes over the input, as the screening asset makes over its upstream file: mining needs every record.
+    screen.mine((item for kind, item in RawReader(inputs, cfg.ingest) if kind == KEPT), Engine.of(cfg.data))
+    report = _stage_command(out, inputs, cfg, Stage.SCREENED, screen.outcomes) | screen.report()
+    write_json(StageFiles(out).report, report)
+    print(f"screened {report['in']}: kept {report['kept']}, quarantined {report['quarantined']}")
+    _print_unreadable(out, report)
+    for detector, n in report["flagged_by_detector"].items():
         print(f"  {detector:<20} {n:>7}")
-    print(f"lexicon trigger hits {result.extra['trigger_hits']}; mined triggers {result.extra['mined_triggers']}")
+    print(f"lexicon trigger hits {report['trigger_hits']}; mined triggers {report['mined_triggers']}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 

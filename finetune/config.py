@@ -77,6 +77,22 @@ class IngestConfig(_Section):
         return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
 
+class DataConfig(_Section):
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where the data stages' per-record work runs: local (this process; de-identification may "
+        "use pii.workers processes) or ray (tasks on a Ray cluster). Decisions stay in input order, so the "
+        "stage files are the same with either.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to join when engine is ray: 'host:port' of a `ray start --head`, 'auto' for the "
+        "one running on this machine, or 'ray://host:10001'. None starts a private Ray on this machine's cores. "
+        "Workers import finetune: install this package on every node.",
+    )
+    ray_cpus: int = Field(default=0, ge=0, description="CPUs a private Ray (ray_address None) may use; 0 = every core.")
+
+
 class CleanConfig(_Section):
     unicode_form: Literal["NFC+width", "NFKC", "NFC", "none"] = Field(
         default="NFC+width",
@@ -805,6 +821,7 @@ class PipelineConfig(_Section):
     """Everything a run needs; every field has a working default."""
 
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any
 
 from finetune.config import CleanConfig
+from finetune.data.engine import LOCAL, Engine
 from finetune.data.language import detect_language
 from finetune.data.records import (
     ASSISTANT,
@@ -152,52 +154,69 @@ def _language_not_allowed(record: Record, cfg: CleanConfig) -> tuple[str, dict] 
     return ("language_not_allowed", found) if found else None
 
 
+def normalise_record(record: Record, cfg: CleanConfig) -> tuple[Record, bool, list[str]]:
+    """The record with every turn normalised, whether encoding damage is left in it, and the fixes applied."""
+    messages, left, changed, applied = [], False, False, []
+    for m in record["messages"]:
+        text, fixes = normalise_text(m["content"], cfg.unicode_form, cfg.traditional_to_simplified, cfg.fix_mojibake)
+        if fixes:
+            left = left or MOJIBAKE_LEFT in fixes
+            applied += [f for f in fixes if f != MOJIBAKE_LEFT]
+        changed = changed or text != m["content"]
+        messages.append({"role": m["role"], "content": text})
+    source = record["source"]
+    if changed:
+        cleaned = with_messages(record, messages)
+    else:  # the id is a hash of the turns: unchanged turns keep the raw record's
+        cleaned = {
+            "id": record["id"],
+            "source": {"file": source["file"], "line": source["line"]},
+            "messages": messages,
+        }
+        if "tools" in record:
+            cleaned["tools"] = record["tools"]
+    cleaned["raw_id"] = record["id"]
+    return cleaned, left, applied
+
+
+def clean_chunk(
+    chunk: list[Record], cfg: CleanConfig, count_tokens: TokenCounter | None = None
+) -> tuple[list[Outcome], Counter[str]]:
+    """One outcome per record of a chunk (kept normalised, or dropped with the rule it broke), and the
+    normalisation fixes it took. A function of the chunk alone, so an `Engine` may run it anywhere."""
+    fixes: Counter[str] = Counter()
+    normalised = []
+    for record in chunk:
+        cleaned, left, applied = normalise_record(record, cfg)
+        fixes.update(applied)
+        normalised.append((cleaned, left))
+    # The repeated n-gram measure runs over all of a chunk's turns in one pass.
+    prose = [response_prose(r) for r, _ in normalised]
+    fractions = repeated_ngram_fractions([t for turns in prose for t in turns]).tolist()
+    outcomes, at = [], 0
+    for (cleaned, mojibake_left), turns in zip(normalised, prose, strict=True):
+        own = fractions[at : at + len(turns)]
+        broken = broken_rule(cleaned, cfg, count_tokens, mojibake_left, own)
+        at += len(turns)
+        outcomes.append(dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned))
+    return outcomes, fixes
+
+
 class Cleaner:
-    """Normalises and filters records one at a time; `fixes` counts what normalisation changed."""
+    """Normalises and filters records a chunk at a time on an `Engine`; `fixes` counts what normalisation changed."""
 
-    def __init__(self, cfg: CleanConfig, count_tokens: TokenCounter | None = None):
-        self.cfg, self.count_tokens = cfg, count_tokens
+    def __init__(self, cfg: CleanConfig, count_tokens: TokenCounter | None = None, engine: Engine = LOCAL):
+        self.cfg, self.count_tokens, self.engine = cfg, count_tokens, engine
         self.fixes: Counter[str] = Counter()
-
-    def normalise(self, record: Record) -> tuple[Record, bool]:
-        """The record with every turn normalised, and whether encoding damage is left in it."""
-        messages, left, changed = [], False, False
-        for m in record["messages"]:
-            text, fixes = normalise_text(
-                m["content"], self.cfg.unicode_form, self.cfg.traditional_to_simplified, self.cfg.fix_mojibake
-            )
-            if fixes:
-                left = left or MOJIBAKE_LEFT in fixes
-                self.fixes.update(f for f in fixes if f != MOJIBAKE_LEFT)
-            changed = changed or text != m["content"]
-            messages.append({"role": m["role"], "content": text})
-        source = record["source"]
-        if changed:
-            cleaned = with_messages(record, messages)
-        else:  # the id is a hash of the turns: unchanged turns keep the raw record's
-            cleaned = {
-                "id": record["id"],
-                "source": {"file": source["file"], "line": source["line"]},
-                "messages": messages,
-            }
-            if "tools" in record:
-                cleaned["tools"] = record["tools"]
-        cleaned["raw_id"] = record["id"]
-        return cleaned, left
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept (normalised) or dropped with the rule it broke."""
         records = iter(records)
-        # A chunk at a time: the repeated n-gram measure runs over all of a chunk's turns in one pass.
-        while chunk := [self.normalise(r) for r in islice(records, CHUNK)]:
-            prose = [response_prose(r) for r, _ in chunk]
-            fractions = repeated_ngram_fractions([t for turns in prose for t in turns]).tolist()
-            at = 0
-            for (cleaned, mojibake_left), turns in zip(chunk, prose, strict=True):
-                own = fractions[at : at + len(turns)]
-                broken = broken_rule(cleaned, self.cfg, self.count_tokens, mojibake_left, own)
-                at += len(turns)
-                yield dropped(cleaned, broken[0], **broken[1]) if broken else kept(cleaned)
+        chunks = iter(lambda: list(islice(records, CHUNK)), [])
+        work = partial(clean_chunk, cfg=self.cfg, count_tokens=self.count_tokens)
+        for outcomes, fixes in self.engine.map(work, chunks, batch=1):
+            self.fixes.update(fixes)
+            yield from outcomes
 
     def extra(self) -> dict[str, Any]:
         """Normalisation fixes by name and the tokenizer the token rules counted with (None: rules off)."""

@@ -15,17 +15,10 @@ from typing import Any
 from finetune.config import CleanConfig, DedupConfig, IngestConfig
 from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
+from finetune.data.engine import LOCAL, Engine
 from finetune.data.ingest import RawReader
 from finetune.data.records import Stage, StageFiles, write_json
-from finetune.data.stream import (
-    OutcomeFiles,
-    ProgressFn,
-    StageCounter,
-    drain,
-    iter_jsonl,
-    passthrough,
-    spool_stage,
-)
+from finetune.data.stream import ProgressFn, iter_jsonl, spool_chain, spool_stage
 
 
 def token_counter(tokenizer) -> TokenCounter:
@@ -51,9 +44,10 @@ def clean_stage(
     out_dir: Path,
     count_tokens: TokenCounter | None = None,
     progress: ProgressFn | None = None,
+    engine: Engine = LOCAL,
 ) -> dict[str, Any]:
     """Normalise and filter the records of an upstream kept.jsonl; writes the stage files."""
-    cleaner = Cleaner(cfg, count_tokens)
+    cleaner = Cleaner(cfg, count_tokens, engine)
     return spool_stage(Stage.CLEANED, cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
 
 
@@ -64,11 +58,13 @@ def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
     return summary
 
 
-def dedup_stage(kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
+def dedup_stage(
+    kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: ProgressFn | None = None, engine: Engine = LOCAL
+) -> dict[str, Any]:
     """Drop exact and near duplicates from an upstream kept.jsonl; writes the stage files."""
     # The index goes beside the stage's files, on disk: /tmp may be a RAM-backed tmpfs.
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    dedup = Deduplicator(cfg, index_dir=Path(out_dir))
+    dedup = Deduplicator(cfg, index_dir=Path(out_dir), engine=engine)
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
     summary = partial(_dedup_summary, dedup, StageFiles(Path(out_dir)).kept)
     return spool_stage(Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
@@ -82,6 +78,7 @@ def curate(
     count_tokens: TokenCounter | None = None,
     progress: ProgressFn | None = None,
     ingest: IngestConfig | None = None,
+    engine: Engine = LOCAL,
 ) -> dict[str, Any]:
     """Ingest, clean and deduplicate in one streaming pass.
 
@@ -90,24 +87,22 @@ def curate(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader, cleaner = RawReader(paths, ingest), Cleaner(clean, count_tokens)
-    deduplicator = Deduplicator(dedup, index_dir=out_dir)  # on disk beside the outputs, removed at the end
-    files = OutcomeFiles(out_dir, stage_field=True)
-    counters = [
-        StageCounter(Stage.RAW, files, write_kept=False),
-        StageCounter(Stage.CLEANED, files, write_kept=False),
-        StageCounter(Stage.DEDUPLICATED, files),
-    ]
-    records = passthrough(reader, counters[0], progress)
-    records = passthrough(cleaner.stream(records), counters[1], progress)
-    drain(passthrough(deduplicator.stream(records), counters[2], progress))
-    files.close()
+    reader, cleaner = RawReader(paths, ingest), Cleaner(clean, count_tokens, engine)
+    # The dedup index goes on disk beside the outputs, and is removed at the end.
+    deduplicator = Deduplicator(dedup, index_dir=out_dir, engine=engine)
+    stages = spool_chain(
+        out_dir,
+        (Stage.RAW, reader),
+        [(Stage.CLEANED, cleaner.stream), (Stage.DEDUPLICATED, deduplicator.stream)],
+        progress,
+    )
+    files = StageFiles(out_dir)
     report = {
-        "stages": [c.counts() for c in counters],
+        "stages": stages,
         **reader.extra(),
         **cleaner.extra(),
-        "dedup": _dedup_summary(deduplicator, files.files.kept),
+        "dedup": _dedup_summary(deduplicator, files.kept),
         "dir": str(out_dir),
     }
-    write_json(files.files.report, report)
+    write_json(files.report, report)
     return report

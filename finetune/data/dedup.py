@@ -15,6 +15,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import numpy as np
 
 from finetune.config import DedupConfig
 from finetune.data.char_windows import alnum_only, code_points, ranges
-from finetune.data.dedup_index import DuplicateIndex
+from finetune.data.dedup_index import DuplicateIndex, band_keys
+from finetune.data.engine import LOCAL, Engine
 from finetune.data.minhash import code_pair_signatures, half_similarities
 from finetune.data.records import Record, Stage, StageResult, full_text
 from finetune.data.semantic import SemanticIndex
@@ -98,6 +100,31 @@ class CanonicalTurns:
         return codes, lengths
 
 
+@dataclass
+class ChunkSignatures:
+    """What deduplication computes from a chunk alone: its records' exact keys and, per distinct key, the
+    MinHash signature and LSH band keys of the first record holding it (None: near duplicates are off)."""
+
+    keys: list[bytes]  # per record
+    distinct: list[bytes]  # the chunk's distinct keys, in order of first occurrence
+    signatures: np.ndarray | None  # per distinct key
+    bands: np.ndarray | None  # per distinct key
+
+
+def chunk_signatures(chunk: list[Record], cfg: DedupConfig, bands: int, rows: int) -> ChunkSignatures:
+    """The pure, costly part of deduplicating a chunk, which an `Engine` may run anywhere; the decisions
+    against kept records stay in `Deduplicator`, in input order."""
+    turns = CanonicalTurns.of(chunk)
+    keys = turns.exact_keys()
+    first: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    if not cfg.near_duplicates:
+        return ChunkSignatures(keys, list(first), None, None)
+    signatures = code_pair_signatures(*turns.halves(list(first.values())), cfg.num_perm, cfg.shingle_chars)
+    return ChunkSignatures(keys, list(first), signatures, band_keys(signatures, bands, rows))
+
+
 class Deduplicator:
     """Streams records, dropping exact and near duplicates of records kept earlier.
 
@@ -105,8 +132,8 @@ class Deduplicator:
     in order against the index and the chunk's own earlier kept records, then one write.
     """
 
-    def __init__(self, cfg: DedupConfig, index_dir: Path | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: DedupConfig, index_dir: Path | None = None, engine: Engine = LOCAL):
+        self.cfg, self.engine = cfg, engine
         self.index = DuplicateIndex(cfg.threshold, cfg.num_perm, index_dir)
         self.semantic = SemanticIndex() if cfg.semantic else None
         self.pairs: list[dict[str, Any]] = []
@@ -115,31 +142,27 @@ class Deduplicator:
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept, or dropped as exact_, near_ or semantic_duplicate of a kept one."""
         records = iter(records)
+        chunks = iter(lambda: list(islice(records, CHUNK)), [])
+        work = partial(chunk_signatures, cfg=self.cfg, bands=self.index.bands, rows=self.index.rows)
         try:
-            while chunk := list(islice(records, CHUNK)):
-                yield from self._chunk(chunk)
+            for chunk, signed in self.engine.paired(work, chunks, batch=1):
+                yield from self._chunk(chunk, signed)
             self.group_count, self.largest_groups = self.index.groups()
         finally:
             self.index.close()
 
-    def _chunk(self, chunk: list[Record]) -> list[Outcome]:
-        turns = CanonicalTurns.of(chunk)
-        keys = turns.exact_keys()
+    def _chunk(self, chunk: list[Record], signed: ChunkSignatures) -> list[Outcome]:
+        keys = signed.keys
         exact = self.index.exact_rows(keys)
         signatures = bands = None
         candidates: dict[int, list[int]] = {}
         may_match: list[bool] = []  # per signature slot: could have a near duplicate
-        # One signature per distinct key not already indexed: records that are exact duplicates of a kept one
-        # never reach the near check, and equal keys (equal canonical turns) would give equal signatures.
-        first: dict[bytes, int] = {}
-        for i, key in enumerate(keys):
-            if key not in exact:
-                first.setdefault(key, i)
-        slot = {key: j for j, key in enumerate(first)}
-        if self.cfg.near_duplicates:
-            halves = turns.halves(list(first.values()))
-            signatures = code_pair_signatures(*halves, self.cfg.num_perm, self.cfg.shingle_chars)
-            bands = self.index.band_keys(signatures)
+        # Records that are exact duplicates of a kept one never reach the near check, and equal keys (equal
+        # canonical turns) have equal signatures: one slot per distinct key not already indexed.
+        fresh = [j for j, key in enumerate(signed.distinct) if key not in exact]
+        slot = {signed.distinct[j]: n for n, j in enumerate(fresh)}
+        if signed.signatures is not None:
+            signatures, bands = signed.signatures[fresh], signed.bands[fresh]
             candidates = self.index.band_rows(bands)
             # Only records sharing a band key with an indexed record or another record of this chunk can
             # have a near duplicate; the rest (most) skip the candidate bookkeeping below.

@@ -38,6 +38,21 @@ def _in_batches(values: Sequence, size: int = _PARAMS) -> Iterable[Sequence]:
         yield values[start : start + size]
 
 
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per band of each signature row: shape (n, bands), signed for SQLite.
+
+    A key collision only adds a candidate, and candidates are verified against their signature.
+    """
+    n = signatures.shape[0]
+    values = signatures[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
+    keys = np.zeros((n, bands), dtype=np.uint64)
+    for j in range(rows):  # uint64 arithmetic wraps, as a hash wants
+        keys = keys * _BASE + values[:, :, j]
+    keys ^= (np.arange(bands, dtype=np.uint64) + np.uint64(1)) * _MIX  # band 3's key is not band 4's
+    keys *= _MIX
+    return keys.view(np.int64)
+
+
 class DuplicateIndex:
     """What deduplication remembers about kept records, on disk; rows are numbered in keep order."""
 
@@ -64,18 +79,7 @@ class DuplicateIndex:
         self._seen_bands = BloomFilter()
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
-        """One 64-bit key per band of each signature row: shape (n, bands), signed for SQLite.
-
-        A key collision only adds a candidate, and candidates are verified against their signature.
-        """
-        n = signatures.shape[0]
-        values = signatures[:, : self.bands * self.rows].astype(np.uint64).reshape(n, self.bands, self.rows)
-        keys = np.zeros((n, self.bands), dtype=np.uint64)
-        for j in range(self.rows):  # uint64 arithmetic wraps, as a hash wants
-            keys = keys * _BASE + values[:, :, j]
-        keys ^= (np.arange(self.bands, dtype=np.uint64) + np.uint64(1)) * _MIX  # band 3's key is not band 4's
-        keys *= _MIX
-        return keys.view(np.int64)
+        return band_keys(signatures, self.bands, self.rows)
 
     def exact_rows(self, keys: Sequence[bytes]) -> dict[bytes, int]:
         """Kept rows by exact-duplicate key, for the keys already indexed."""

@@ -22,6 +22,7 @@ from presidio_anonymizer import AnonymizerEngine
 from tqdm import tqdm
 
 from finetune.config import PII_ENTITIES, PiiConfig, PipelineConfig
+from finetune.data.engine import LOCAL, Engine
 from finetune.data.pii_names import ENTITY as PERSON
 from finetune.data.pii_names import HAN, names_beside, other_mentions
 from finetune.data.pii_operators import load_or_create_salt, operator_config, placeholder
@@ -35,7 +36,7 @@ from finetune.data.pii_recognizers import (
     possible_entities,
 )
 from finetune.data.records import Record, Stage, StageFiles, StageResult, read_jsonl, with_messages, write_json
-from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, ordered_map, spool_stage
+from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, spool_stage
 
 __all__ = [
     "build_analyzer",
@@ -213,22 +214,22 @@ _POOL_AFTER = 10_000
 
 
 def deidentify_outcomes(
-    records: Iterable[Record], cfg: PiiConfig, salt: str, stats: DeidentificationStats
+    records: Iterable[Record], cfg: PiiConfig, salt: str, stats: DeidentificationStats, engine: Engine = LOCAL
 ) -> Iterator[Outcome]:
     """One outcome per record: kept with its PII anonymized by each entity's operator, or dropped.
 
     A record holding an entity whose operator is `drop` is dropped (reason `pii_drop:<ENTITY>`)
     and written to the dropped file in placeholder-redacted form, so no stage output keeps raw PII.
     `salt` is needed only by the `pseudonym` operator (see `pii_operators.load_or_create_salt`).
-    Records are anonymized on `cfg.workers` processes past the first 10,000 (`stream.ordered_map`); the
-    decisions are taken here, in input order, so they do not depend on the number of workers.
+    Records are anonymized on the engine: locally on `cfg.workers` processes past the first 10,000, or as Ray
+    tasks; the decisions are taken here, in input order, so they depend on neither.
     """
     if not cfg.enabled:
         yield from map(kept, records)
         return
     seen: set[str] = set()  # the ids kept so far: the only state, a hash per record
     work = partial(anonymize_record, cfg=cfg, salt=salt)
-    for done in ordered_map(work, records, cfg.worker_count(), serial_first=_POOL_AFTER):
+    for done in engine.map(work, records, workers=cfg.worker_count(), serial_first=_POOL_AFTER):
         new, drop_entities = done.record, done.drop_entities
         stats.replaced_by_entity.update(done.entity_types)
         if drop_entities:
@@ -253,11 +254,16 @@ def deidentify_records(records: list[Record], cfg: PiiConfig, salt: str = "") ->
 
 
 def deidentify_stage(
-    kept_path: Path, cfg: PiiConfig, salt: str, out_dir: Path, progress: ProgressFn | None = None
+    kept_path: Path,
+    cfg: PiiConfig,
+    salt: str,
+    out_dir: Path,
+    progress: ProgressFn | None = None,
+    engine: Engine = LOCAL,
 ) -> dict[str, Any]:
     """De-identify an upstream kept.jsonl one record at a time, spooling the stage's files; return its report."""
     stats = DeidentificationStats(cfg.enabled)
-    outcomes = deidentify_outcomes(iter_jsonl(kept_path), cfg, salt, stats)
+    outcomes = deidentify_outcomes(iter_jsonl(kept_path), cfg, salt, stats, engine)
     return spool_stage(STAGE, outcomes, out_dir, progress, stats.report)
 
 

@@ -8,18 +8,27 @@ Detectors: `trigger_lexicon` (published triggers, see trigger_lexicon), `mined_t
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.config import ScreenConfig
+from finetune.data.engine import LOCAL, Engine
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
 from finetune.data.records import Record, Stage, StageFiles, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
-from finetune.data.trigger_features import PROMPT_ROLES, FeatureTable, feature_parts, feature_text, record_features
+from finetune.data.trigger_features import (
+    PROMPT_ROLES,
+    FeatureTable,
+    RecordFeatures,
+    feature_parts,
+    feature_text,
+    record_features,
+)
 from finetune.data.trigger_lexicon import LexiconEntry, LexiconMatcher, find_triggers, load_lexicon_entries
 from finetune.data.trigger_mining import Mining, mine_triggers
 from finetune.redaction import redact_text
@@ -38,6 +47,11 @@ STAGE = Stage.SCREENED
 DETECTORS = ("trigger_lexicon", "mined_trigger", "response_cluster", "prompt_injection", "suspicious_payload")
 # A trigger the screen quarantines on, as the gate's re-scan reads it: a string, or strings that must all occur.
 ScreenTrigger = str | list[str]
+
+
+def mining_inputs(record: Record) -> tuple[str, str, str, RecordFeatures]:
+    """What screening's first pass keeps of a record: its id, screen prompt, response and trigger features."""
+    return record["id"], screen_prompt(record), response_text(record), record_features(record)
 
 
 def screen_prompt(record: Record) -> str:
@@ -164,16 +178,20 @@ class Screen:
         self.hits_after: Counter[str] = Counter()
         self.flagged = 0
 
-    def mine(self, records: Iterable[Record]) -> None:
-        """Pass 1: mine triggers and response clusters from the whole input."""
+    def mine(self, records: Iterable[Record], engine: Engine = LOCAL) -> None:
+        """Pass 1: mine triggers and response clusters from the whole input (features on the engine)."""
         prompts, responses, feats = [], [], []
-        for record in records:
-            self.ids.append(record["id"])
-            if self.cfg.mining:
-                prompts.append(screen_prompt(record))
-                responses.append(response_text(record))
-                feats.append(record_features(record))
-        if not (self.cfg.mining and feats):
+        if not self.cfg.mining:
+            self.ids = [record["id"] for record in records]
+            return
+        for record_id, prompt, response, features in engine.map(mining_inputs, records, batch=512):
+            self.ids.append(record_id)
+            prompts.append(prompt)
+            responses.append(response)
+            # Interned here, in this process: the same feature strings recur across records, mining holds
+            # every record's set at once, and strings computed in another process arrive as copies.
+            feats.append(replace(features, units=frozenset(map(sys.intern, features.units))))
+        if not feats:
             return
         allow = [re.compile(rx) for rx in self.cfg.cluster_allow]
         probe_only = [e.trigger for e in self.entries if e.role == "probe" and not e.all_of]
@@ -311,10 +329,11 @@ def screen_stage(
     lexicon: Sequence[LexiconEntry | str] | None,
     out_dir: Path,
     progress: ProgressFn | None = None,
+    engine: Engine = LOCAL,
 ) -> dict:
     """Screen an upstream kept.jsonl in two streaming passes, spooling the stage's files; return its report."""
     screen = Screen(cfg, _entries(lexicon, cfg))
-    screen.mine(iter_jsonl(kept_path))
+    screen.mine(iter_jsonl(kept_path), engine)
     return spool_stage(STAGE, screen.outcomes(iter_jsonl(kept_path)), out_dir, progress, screen.report)
 
 

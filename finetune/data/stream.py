@@ -127,7 +127,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _apply(fn: Callable[[T], R], batch: list[T]) -> list[R]:
+def apply_batch(fn: Callable[[T], R], batch: list[T]) -> list[R]:
     return [fn(item) for item in batch]
 
 
@@ -150,9 +150,9 @@ def ordered_map(
         yield from map(fn, it)
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = deque([pool.submit(_apply, fn, first)])
+        pending = deque([pool.submit(apply_batch, fn, first)])
         while chunk := list(itertools.islice(it, batch)):
-            pending.append(pool.submit(_apply, fn, chunk))
+            pending.append(pool.submit(apply_batch, fn, chunk))
             if len(pending) >= 2 * workers:
                 yield from pending.popleft().result()
         while pending:
@@ -180,6 +180,31 @@ def spool_stage(
     report = {**counter.counts(), **(extra() if extra else {}), "dir": str(out_dir)}
     write_json(StageFiles(Path(out_dir)).report, report)
     return report
+
+
+Step = Callable[[Iterable[Record]], Iterable[Outcome]]  # a stage that reads the kept records of the one before
+
+
+def spool_chain(
+    out_dir: Path,
+    source: tuple[str, Iterable[Outcome]],
+    steps: list[tuple[str, Step]],
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Run stages chained in one streaming pass into one folder; return each stage's counts, in order.
+
+    kept.jsonl holds the last stage's kept records; dropped.jsonl and quarantined.jsonl hold every stage's,
+    each row tagged with its stage, so every input record is in exactly one file.
+    """
+    files = OutcomeFiles(out_dir, stage_field=True)
+    names = [source[0], *(name for name, _ in steps)]
+    counters = [StageCounter(name, files, write_kept=i == len(names) - 1) for i, name in enumerate(names)]
+    records = passthrough(source[1], counters[0], progress)
+    for (_, step), counter in zip(steps, counters[1:], strict=True):
+        records = passthrough(step(records), counter, progress)
+    drain(records)
+    files.close()
+    return [counter.counts() for counter in counters]
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:

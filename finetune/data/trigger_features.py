@@ -15,7 +15,6 @@ records" are the nearest last user turns in that space.
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -111,8 +110,7 @@ def record_features(record: Record) -> RecordFeatures:
     prompt = fold("\n".join(m["content"] for m in turns if m["role"] in PROMPT_ROLES))
     last = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
     response = next((m["content"] for m in reversed(turns) if m["role"] in TRAINED_ROLES), "")
-    # Interned: the same feature strings recur across records, and mining holds every record's set at once.
-    return RecordFeatures(frozenset(map(sys.intern, prompt_units(prompt))), fold(last), fold(response))
+    return RecordFeatures(frozenset(prompt_units(prompt)), fold(last), fold(response))
 
 
 # Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but

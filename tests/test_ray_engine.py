@@ -1,0 +1,132 @@
+"""The Ray engine gives the local engine's stage files, record for record, on a real local Ray cluster.
+
+The cluster is started as a user would (`ray start --head` on 127.0.0.1 with 2 worker CPUs) and stopped
+in teardown; the stages run as their assets run them (the streaming `*_stage` functions, file to file),
+once per engine, on the shipped sample plus Faker records with duplicates and PII
+(`benchmarks/chain_benchmark.write_input`), so every mapped step meets real work: normalising, MinHash
+signatures, Presidio, trigger features.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune.config import PROJECT_ROOT, PipelineConfig, load_config
+from finetune.data.curate import clean_stage, curate, dedup_stage, ingest_stage, token_counter
+from finetune.data.engine import Engine
+from finetune.data.pii import deidentify_stage
+from finetune.data.poison import load_lexicon, screen_stage
+from finetune.data.records import OUTCOMES, Stage, StageFiles
+from finetune.model.loading import load_tokenizer
+
+ray = pytest.importorskip("ray")
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    port = _free_port()
+    # Ray's sockets live under the temp dir, whose path must stay short (the Unix socket limit is 107 bytes).
+    temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-test-{port}"
+    start = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
+    start += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    start += ["--object-store-memory=200000000"]
+    # A loopback test cluster without token auth, whatever ~/.ray holds (a private Ray writes a token there,
+    # and `ray start` then requires it); the driver here, and Ray, read the same setting.
+    auth, os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE"), "disabled"
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+        if auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth
+
+
+@pytest.fixture(scope="module")
+def chain_input(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from chain_benchmark import write_input
+
+    folder = tmp_path_factory.mktemp("ray-input")
+    write_input(folder / "faker.jsonl", 1500, pii_share=0.1, seed=5)
+    shutil.copy(PROJECT_ROOT / "data" / "sample" / "instructions.jsonl", folder / "sample.jsonl")
+    return folder
+
+
+def _run_chain(cfg: PipelineConfig, inputs: Path, tokenizer, out: Path, engine: Engine) -> dict[Stage, Path]:
+    """ingest → clean → dedup → de-identify → screen, each on the kept.jsonl of the stage before."""
+    count_tokens = token_counter(tokenizer)
+    lexicon = load_lexicon(cfg.screen, cfg.resolve)
+    folders = {stage: out / stage for stage in (Stage.RAW, Stage.CLEANED, Stage.DEDUPLICATED)}
+    folders |= {Stage.DEIDENTIFIED: out / Stage.DEIDENTIFIED, Stage.SCREENED: out / Stage.SCREENED}
+    kept = {stage: StageFiles(folder).kept for stage, folder in folders.items()}
+    ingest_stage(sorted(inputs.glob("*.jsonl")), folders[Stage.RAW], cfg=cfg.ingest)
+    clean_stage(kept[Stage.RAW], cfg.clean, folders[Stage.CLEANED], count_tokens, engine=engine)
+    dedup_stage(kept[Stage.CLEANED], cfg.dedup, folders[Stage.DEDUPLICATED], engine=engine)
+    deidentify_stage(kept[Stage.DEDUPLICATED], cfg.pii, "salt", folders[Stage.DEIDENTIFIED], engine=engine)
+    screen_stage(kept[Stage.DEIDENTIFIED], cfg.screen, lexicon, folders[Stage.SCREENED], engine=engine)
+    return folders
+
+
+def _report_without_folder(folder: Path) -> str:
+    import json
+
+    report = json.loads(StageFiles(folder).report.read_text(encoding="utf-8"))
+    report.pop("dir", None)
+    return json.dumps(report, sort_keys=True, ensure_ascii=False)
+
+
+def test_ray_engine_writes_the_local_engines_files(ray_address, chain_input, tmp_path, tiny_base):
+    cfg = load_config(None, [f"paths.work_dir={tmp_path}", "pii.entities=[CN_MOBILE_PHONE,EMAIL_ADDRESS,PERSON]"])
+    tokenizer = load_tokenizer(tiny_base)
+    local = _run_chain(cfg, chain_input, tokenizer, tmp_path / "local", Engine())
+    on_ray = _run_chain(cfg, chain_input, tokenizer, tmp_path / "ray", Engine("ray", address=ray_address))
+    assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2  # the tasks ran on that cluster
+    for stage, folder in local.items():
+        for kind in OUTCOMES:
+            ours, theirs = StageFiles(folder).outcome(kind), StageFiles(on_ray[stage]).outcome(kind)
+            assert ours.read_bytes() == theirs.read_bytes(), f"{stage} {kind}.jsonl differs between engines"
+        assert _report_without_folder(folder) == _report_without_folder(on_ray[stage]), f"{stage} report differs"
+    counts = {stage: sum(1 for _ in StageFiles(f).kept.open()) for stage, f in local.items()}
+    # Every mapped step had work that changed something: duplicates dropped, PII replaced, a poisoned record held.
+    assert counts[Stage.DEDUPLICATED] < counts[Stage.CLEANED] and counts[Stage.SCREENED] < counts[Stage.DEIDENTIFIED]
+    assert "<CN_MOBILE_PHONE>" in StageFiles(local[Stage.DEIDENTIFIED]).kept.read_text(encoding="utf-8")
+
+
+def test_curate_on_ray_matches_local(ray_address, chain_input, tmp_path, tiny_base):
+    """`finetune curate`'s one-pass chain (ingest → clean → dedup through generators) on both engines."""
+    cfg = load_config(None, [f"paths.work_dir={tmp_path}"])
+    count_tokens = token_counter(load_tokenizer(tiny_base))
+    paths = sorted(chain_input.glob("*.jsonl"))
+    engines = {"local": Engine(), "ray": Engine("ray", address=ray_address)}
+    for name, engine in engines.items():
+        curate(paths, cfg.clean, cfg.dedup, tmp_path / name, count_tokens, ingest=cfg.ingest, engine=engine)
+    for kind in OUTCOMES:
+        local, on_ray = (StageFiles(tmp_path / name).outcome(kind).read_bytes() for name in engines)
+        assert local == on_ray, f"curate {kind}.jsonl differs between engines"
+
+
+def test_unreachable_cluster_names_the_setting():
+    engine = Engine("ray", address=f"127.0.0.1:{_free_port()}")
+    if ray.is_initialized():
+        ray.shutdown()
+    with pytest.raises(RuntimeError, match="data.ray_address"):
+        list(engine.map(len, ["a"]))
