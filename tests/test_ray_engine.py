@@ -130,3 +130,58 @@ def test_unreachable_cluster_names_the_setting():
         ray.shutdown()
     with pytest.raises(RuntimeError, match="data.ray_address"):
         list(engine.map(len, ["a"]))
+
+
+def _materialize_data_assets(tmp: Path, model_cache: Path, *overrides: str) -> dict[str, str]:
+    """The data assets and their checks through Dagster, as the UI runs them; what the UI shows of each (asset
+    metadata, check results) as text with this run's folder and id taken out, so two runs compare."""
+    import dagster as dg
+    from dagster._serdes import serialize_value
+
+    from assets import data, training
+    from checks import data_checks
+    from resources import JsonIOManager, PipelineSettings, SubprocessLauncher, TensorBoardTracker
+
+    work = tmp / "work"
+    settings = PipelineSettings(
+        config_path=str(PROJECT_ROOT / "finetune.yaml"),
+        overrides=[f"paths.work_dir={work}", f"paths.model_cache={model_cache}", *overrides],
+    )
+    keys = ["base_model", *(str(stage) for stage in Stage if stage != Stage.SFT)]
+    (tmp / "home").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(tmp / "home"), overrides={"telemetry": {"enabled": False}}) as instance:
+        result = dg.materialize(
+            [*dg.load_assets_from_modules([data, training]), *dg.load_asset_checks_from_modules([data_checks])],
+            selection=dg.AssetSelection.assets(*keys),
+            resources={
+                "settings": settings,
+                "io_manager": JsonIOManager(),
+                "trainer_launcher": SubprocessLauncher(),  # for the unselected training asset's definition
+                "tracker": TensorBoardTracker(),
+            },
+            instance=instance,
+        )
+    assert result.success
+
+    def shown(value) -> str:
+        return serialize_value(value).replace(str(tmp), "<tmp>").replace(result.run_id, "<run>")
+
+    seen = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        seen[materialization.asset_key.to_user_string()] = shown(materialization.metadata)
+    checks = {e.check_name: shown((e.passed, e.metadata)) for e in result.get_asset_check_evaluations()}
+    assert {"no_residual_pii", "no_trigger_hits"} <= set(checks)
+    return seen | {f"check {name}": text for name, text in checks.items()}
+
+
+def test_dagster_assets_show_the_same_metadata_and_checks_on_ray(ray_address, tmp_path, model_cache):
+    """From the UI a stage is one asset on either engine: the same metadata and the same check results."""
+    local = _materialize_data_assets(tmp_path / "local", model_cache)
+    on_ray = _materialize_data_assets(
+        tmp_path / "ray", model_cache, "data.engine=ray", f"data.ray_address={ray_address}"
+    )
+    assert ray.is_initialized()  # the ray run's assets joined the cluster (nothing else here did)
+    assert set(local) == set(on_ray) and len(local) > 6
+    for name, shown in local.items():
+        assert shown == on_ray[name], f"{name} differs between the engines"
