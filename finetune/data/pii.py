@@ -21,7 +21,7 @@ from presidio_analyzer.nlp_engine import NoOpNlpEngine
 from presidio_anonymizer import AnonymizerEngine
 from tqdm import tqdm
 
-from finetune.config import PII_ENTITIES, PiiConfig, PipelineConfig
+from finetune.config import PII_ENTITIES, PII_POOL_AFTER, PiiConfig, PipelineConfig
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.pii_names import ENTITY as PERSON
 from finetune.data.pii_names import HAN, names_beside, other_mentions
@@ -208,9 +208,7 @@ def anonymize_record(record: Record, cfg: PiiConfig, salt: str) -> Anonymized:
     return Anonymized(record["id"], new, types, frozenset(drop))
 
 
-# Starting worker processes costs seconds (each imports Presidio and loads its dictionaries), so an input
-# runs in this process until it has shown it is larger than this.
-_POOL_AFTER = 10_000
+_POOL_AFTER = PII_POOL_AFTER  # a module global, so a test can lower it
 
 
 def deidentify_outcomes(
@@ -221,7 +219,7 @@ def deidentify_outcomes(
     A record holding an entity whose operator is `drop` is dropped (reason `pii_drop:<ENTITY>`)
     and written to the dropped file in placeholder-redacted form, so no stage output keeps raw PII.
     `salt` is needed only by the `pseudonym` operator (see `pii_operators.load_or_create_salt`).
-    Records are anonymized on the engine: locally on `cfg.workers` processes past the first 10,000, or as Ray
+    Records are anonymized on the engine: locally on `cfg.workers` processes past the first `_POOL_AFTER`, or as Ray
     tasks; the decisions are taken here, in input order, so they depend on neither.
     """
     if not cfg.enabled:

@@ -204,14 +204,15 @@ class Screen:
         self._mined_matcher = LexiconMatcher([_mined_entry(t.key) for t in self.mining.mined])
         self._clusters = _cluster_findings(self.mining)
 
-    def findings(self, i: int, record: Record) -> list[Finding]:
-        """Every detector's findings on the record at position `i` of the input `mine` read."""
+    def findings(self, i: int, record: Record, prompt: str | None = None) -> list[Finding]:
+        """Every detector's findings on the record at position `i` of the input `mine` read (`prompt`: its
+        `screen_prompt`, when the caller has it already)."""
         if i >= len(self.ids) or record["id"] != self.ids[i]:
             raise ValueError(
                 f"screening read record {record['id']} at position {i}, where its first pass read "
                 f"{self.ids[i] if i < len(self.ids) else 'nothing'}: the input changed between the passes"
             )
-        prompt = screen_prompt(record)
+        prompt = screen_prompt(record) if prompt is None else prompt
         carried = {e.trigger for e in self._mined_matcher.find(prompt)}
         found = [finding for trigger, finding in self._mined if trigger in carried] + self._clusters.get(i, [])
         lexicon = self.matcher.find(prompt)
@@ -236,7 +237,8 @@ class Screen:
         after = _trigger_matcher(self.screen_triggers())
         n = -1
         for n, record in enumerate(records):
-            hits = self.findings(n, record)
+            prompt = screen_prompt(record)
+            hits = self.findings(n, record, prompt)
             self.per_detector.update({f.detector for f in hits})
             self.flagged += bool(hits)
             self.lexicon_hits.update(t for f in hits if f.detector == "trigger_lexicon" for t in f.detail)
@@ -252,7 +254,7 @@ class Screen:
                     all_findings=[[f.detector, round(f.score, 3), f.detail] for f in hits],
                 )
             else:
-                self.hits_after.update(e.trigger for e in after.find(screen_prompt(record)))
+                self.hits_after.update(e.trigger for e in after.find(prompt))
                 yield kept(record)
         if n + 1 != len(self.ids):
             raise ValueError(f"screening's second pass read {n + 1} records, its first {len(self.ids)}")
