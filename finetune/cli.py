@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from finetune.config import PROJECT_ROOT, ConfigError, load_config
@@ -157,8 +158,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     inputs = [Path(args.input)]
     screen = Screen(cfg.screen, load_lexicon(cfg.screen, cfg.resolve))
     # Two passes over the input, as the screening asset makes over its upstream file: mining needs every record.
-    screen.mine((item for kind, item in RawReader(inputs, cfg.ingest) if kind == KEPT), Engine.of(cfg.data))
-    report = _stage_command(out, inputs, cfg, Stage.SCREENED, screen.outcomes) | screen.report()
+    engine = Engine.of(cfg.data)
+    screen.mine((item for kind, item in RawReader(inputs, cfg.ingest) if kind == KEPT), engine)
+    step = partial(screen.outcomes, engine=engine)
+    report = _stage_command(out, inputs, cfg, Stage.SCREENED, step) | screen.report()
     write_json(StageFiles(out).report, report)
     print(f"screened {report['in']}: kept {report['kept']}, quarantined {report['quarantined']}")
     _print_unreadable(out, report)

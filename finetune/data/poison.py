@@ -154,6 +154,57 @@ class Detection:
     lexicon_present: Counter[str]
 
 
+@dataclass
+class Judgement:
+    """The second pass's view of one record: every finding, the lexicon entries present (any role) and, unless
+    it will be quarantined, the screen's triggers its prompt still carries (the in-stage re-scan)."""
+
+    findings: list[Finding]
+    lexicon_present: list[str]
+    hits_after: list[str]
+
+
+@dataclass
+class RecordDetectors:
+    """What the second pass needs to judge a record alone, mining's results included; picklable, so an
+    `Engine` may run `judge` anywhere."""
+
+    cfg: ScreenConfig
+    matcher: LexiconMatcher
+    mined: list[tuple[str, Finding]]  # (trigger text, finding) in mining's order
+    mined_matcher: LexiconMatcher
+    clusters: dict[int, list[Finding]]  # by input position
+    after: LexiconMatcher  # the triggers the screen quarantines on
+
+    def findings(self, i: int, record: Record, prompt: str) -> tuple[list[Finding], list[str]]:
+        """Every detector's findings on the record at input position `i`, and the lexicon entries it carries."""
+        carried = {e.trigger for e in self.mined_matcher.find(prompt)}
+        found = [finding for trigger, finding in self.mined if trigger in carried] + self.clusters.get(i, [])
+        lexicon = self.matcher.find(prompt)
+        present = [e.trigger for e in lexicon]
+        if lexicon := [e for e in lexicon if e.role == "quarantine"]:
+            explanation = {
+                "detector": "trigger_lexicon",
+                "features": [e.trigger for e in lexicon],
+                "attacks": sorted({e.attack for e in lexicon}),
+                "sources": sorted({e.source for e in lexicon if e.source}),
+            }
+            found.append(Finding("trigger_lexicon", 1.0, [e.trigger for e in lexicon], explanation))
+        response = response_text(record)
+        if self.cfg.injection and (hit := find_injection(prompt + "\n" + response)):
+            found.append(Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
+        if self.cfg.payloads and (hit := find_payload(response)):
+            found.append(Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
+        return found, present
+
+    def judge(self, item: tuple[int, Record]) -> Judgement:
+        i, record = item
+        prompt = screen_prompt(record)
+        found, present = self.findings(i, record, prompt)
+        after = [] if found and self.cfg.enabled else [e.trigger for e in self.after.find(prompt)]
+        return Judgement(found, present, after)
+
+
 class Screen:
     """The poisoning screen over one stage's records, in two passes over the same input.
 
@@ -172,6 +223,7 @@ class Screen:
         self._mined: list[tuple[str, Finding]] = []  # (trigger text, finding) in mining's order
         self._mined_matcher = LexiconMatcher([])
         self._clusters: dict[int, list[Finding]] = {}
+        self._detectors: RecordDetectors | None = None
         self.per_detector: Counter[str] = Counter()
         self.lexicon_present: Counter[str] = Counter()
         self.lexicon_hits: Counter[str] = Counter()
@@ -203,42 +255,43 @@ class Screen:
         self._mined = [(_mined_entry(t.key).trigger, _mined_finding(t, clusters)) for t in self.mining.mined]
         self._mined_matcher = LexiconMatcher([_mined_entry(t.key) for t in self.mining.mined])
         self._clusters = _cluster_findings(self.mining)
+        self._detectors = None  # built again from what this pass found
 
-    def findings(self, i: int, record: Record, prompt: str | None = None) -> list[Finding]:
-        """Every detector's findings on the record at position `i` of the input `mine` read (`prompt`: its
-        `screen_prompt`, when the caller has it already)."""
+    def detectors(self) -> RecordDetectors:
+        """The second pass's detectors, with what mining found (call after `mine`)."""
+        if self._detectors is None:
+            self._detectors = RecordDetectors(
+                self.cfg,
+                self.matcher,
+                self._mined,
+                self._mined_matcher,
+                self._clusters,
+                _trigger_matcher(self.screen_triggers()),
+            )
+        return self._detectors
+
+    def _check_order(self, i: int, record: Record) -> None:
         if i >= len(self.ids) or record["id"] != self.ids[i]:
             raise ValueError(
                 f"screening read record {record['id']} at position {i}, where its first pass read "
                 f"{self.ids[i] if i < len(self.ids) else 'nothing'}: the input changed between the passes"
             )
-        prompt = screen_prompt(record) if prompt is None else prompt
-        carried = {e.trigger for e in self._mined_matcher.find(prompt)}
-        found = [finding for trigger, finding in self._mined if trigger in carried] + self._clusters.get(i, [])
-        lexicon = self.matcher.find(prompt)
-        self.lexicon_present.update(e.trigger for e in lexicon)
-        if lexicon := [e for e in lexicon if e.role == "quarantine"]:
-            explanation = {
-                "detector": "trigger_lexicon",
-                "features": [e.trigger for e in lexicon],
-                "attacks": sorted({e.attack for e in lexicon}),
-                "sources": sorted({e.source for e in lexicon if e.source}),
-            }
-            found.append(Finding("trigger_lexicon", 1.0, [e.trigger for e in lexicon], explanation))
-        response = response_text(record)
-        if self.cfg.injection and (hit := find_injection(prompt + "\n" + response)):
-            found.append(Finding("prompt_injection", 1.0, hit, {"detector": "prompt_injection", "patterns": hit}))
-        if self.cfg.payloads and (hit := find_payload(response)):
-            found.append(Finding("suspicious_payload", 1.0, hit, {"detector": "suspicious_payload", "patterns": hit}))
+
+    def findings(self, i: int, record: Record) -> list[Finding]:
+        """Every detector's findings on the record at position `i` of the input `mine` read."""
+        self._check_order(i, record)
+        found, present = self.detectors().findings(i, record, screen_prompt(record))
+        self.lexicon_present.update(present)
         return found
 
-    def outcomes(self, records: Iterable[Record]) -> Iterator[Outcome]:
-        """Pass 2: one outcome per record, quarantined when any detector flags it (unless `cfg.enabled` is off)."""
-        after = _trigger_matcher(self.screen_triggers())
+    def outcomes(self, records: Iterable[Record], engine: Engine = LOCAL) -> Iterator[Outcome]:
+        """Pass 2: one outcome per record, quarantined when any detector flags it (unless `cfg.enabled` is off).
+        Each record is judged on the engine; the counts and outcomes are taken here, in input order."""
         n = -1
-        for n, record in enumerate(records):
-            prompt = screen_prompt(record)
-            hits = self.findings(n, record, prompt)
+        for n, ((_, record), judged) in enumerate(engine.paired(self.detectors().judge, enumerate(records))):
+            self._check_order(n, record)
+            self.lexicon_present.update(judged.lexicon_present)
+            hits = judged.findings
             self.per_detector.update({f.detector for f in hits})
             self.flagged += bool(hits)
             self.lexicon_hits.update(t for f in hits if f.detector == "trigger_lexicon" for t in f.detail)
@@ -254,7 +307,7 @@ class Screen:
                     all_findings=[[f.detector, round(f.score, 3), f.detail] for f in hits],
                 )
             else:
-                self.hits_after.update(e.trigger for e in after.find(prompt))
+                self.hits_after.update(judged.hits_after)
                 yield kept(record)
         if n + 1 != len(self.ids):
             raise ValueError(f"screening's second pass read {n + 1} records, its first {len(self.ids)}")
@@ -336,7 +389,7 @@ def screen_stage(
     """Screen an upstream kept.jsonl in two streaming passes, spooling the stage's files; return its report."""
     screen = Screen(cfg, _entries(lexicon, cfg))
     screen.mine(iter_jsonl(kept_path), engine)
-    return spool_stage(STAGE, screen.outcomes(iter_jsonl(kept_path)), out_dir, progress, screen.report)
+    return spool_stage(STAGE, screen.outcomes(iter_jsonl(kept_path), engine), out_dir, progress, screen.report)
 
 
 def _cluster_row(c: ResponseCluster) -> dict:
