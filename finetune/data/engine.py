@@ -1,10 +1,11 @@
 """Where a data stage's per-record work runs: in this process (`local`) or as tasks on a Ray cluster (`ray`).
 
 A stage maps only pure work through `Engine.map` (a function of one record or one chunk of records:
-normalising text, MinHash signatures, PII detection and replacement, trigger features) and takes every
-decision that depends on other records in this process, in input order: keep-first deduplication, the
-ids de-identification has kept, trigger mining. So the engine changes where the time goes, never an
-outcome: both write the same stage files, record for record (tests/test_ray_engine.py).
+normalising text, MinHash signatures, PII detection and replacement, trigger features, the screen's
+per-record detectors) and takes every decision that depends on other records in this process, in input
+order: keep-first deduplication, the ids de-identification has kept, trigger mining. So the engine
+changes where the time goes, never an outcome: both write the same stage files, record for record
+(tests/test_ray_engine.py).
 
 Ray tasks over ordered batches rather than Ray Data's `map_batches`: a stage reads its input as one
 Python iterator (the upstream kept.jsonl, or the previous stage's generator in `finetune curate`) and
