@@ -78,9 +78,6 @@ class DuplicateIndex:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, their rows) per chunk
         self._seen_bands = BloomFilter()
 
-    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
-        return band_keys(signatures, self.bands, self.rows)
-
     def exact_rows(self, keys: Sequence[bytes]) -> dict[bytes, int]:
         """Kept rows by exact-duplicate key, for the keys already indexed."""
         found: dict[bytes, int] = {}
