@@ -180,11 +180,11 @@ class DedupConfig(_Section):
     )
 
 
-# Kept in step with finetune.data.pii_recognizers.ALL_ENTITIES (a test checks it); listed here so
-# loading a config does not import Presidio.
 # Starting worker processes costs seconds (each imports Presidio and loads its dictionaries), so an input
 # is de-identified in the stage's own process until it has shown it is larger than this.
 PII_POOL_AFTER = 10_000
+# Kept in step with finetune.data.pii_recognizers.ALL_ENTITIES (a test checks it); listed here so
+# loading a config does not import Presidio.
 PII_ENTITIES = [
     "ADDRESS", "API_KEY", "AWS_ACCESS_KEY", "CN_ADDRESS", "CN_LANDLINE", "CN_LICENSE_PLATE", "CN_MOBILE_PHONE",
     "CN_PASSPORT", "CN_RESIDENT_ID", "CREDIT_CARD", "EMAIL_ADDRESS", "GITHUB_TOKEN", "IBAN_CODE", "IP_ADDRESS",

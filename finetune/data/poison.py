@@ -220,10 +220,7 @@ class Screen:
         self.matcher = LexiconMatcher(self.entries)
         self.mining: Mining | None = None
         self.ids: list[str] = []  # pass 1's order, which pass 2 must repeat
-        self._mined: list[tuple[str, Finding]] = []  # (trigger text, finding) in mining's order
-        self._mined_matcher = LexiconMatcher([])
-        self._clusters: dict[int, list[Finding]] = {}
-        self._detectors: RecordDetectors | None = None
+        self._detectors: RecordDetectors | None = None  # the second pass's, with what mining found
         self.per_detector: Counter[str] = Counter()
         self.lexicon_present: Counter[str] = Counter()
         self.lexicon_hits: Counter[str] = Counter()
@@ -252,22 +249,21 @@ class Screen:
         table = FeatureTable(feats, roots)
         self.mining = mine_triggers(table, self.cfg, lambda text: any(rx.search(text) for rx in allow), probe_only)
         clusters = {c.id: c for c in self.mining.clusters}
-        self._mined = [(_mined_entry(t.key).trigger, _mined_finding(t, clusters)) for t in self.mining.mined]
-        self._mined_matcher = LexiconMatcher([_mined_entry(t.key) for t in self.mining.mined])
-        self._clusters = _cluster_findings(self.mining)
-        self._detectors = None  # built again from what this pass found
+        mined = [(_mined_entry(t.key).trigger, _mined_finding(t, clusters)) for t in self.mining.mined]
+        matcher = LexiconMatcher([_mined_entry(t.key) for t in self.mining.mined])
+        self._detectors = self._with_mining(mined, matcher, _cluster_findings(self.mining))
+
+    def _with_mining(
+        self, mined: list[tuple[str, Finding]], matcher: LexiconMatcher, clusters: dict[int, list[Finding]]
+    ) -> RecordDetectors:
+        return RecordDetectors(
+            self.cfg, self.matcher, mined, matcher, clusters, _trigger_matcher(self.screen_triggers())
+        )
 
     def detectors(self) -> RecordDetectors:
         """The second pass's detectors, with what mining found (call after `mine`)."""
-        if self._detectors is None:
-            self._detectors = RecordDetectors(
-                self.cfg,
-                self.matcher,
-                self._mined,
-                self._mined_matcher,
-                self._clusters,
-                _trigger_matcher(self.screen_triggers()),
-            )
+        if self._detectors is None:  # mining off, or nothing to mine
+            self._detectors = self._with_mining([], LexiconMatcher([]), {})
         return self._detectors
 
     def _check_order(self, i: int, record: Record) -> None:
