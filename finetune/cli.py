@@ -21,17 +21,14 @@ def _config(args: argparse.Namespace):
     return load_config(args.config or (default if default.is_file() else None), args.overrides)
 
 
-def _ingest(paths: list[str], cfg):
-    from finetune.data.ingest import ingest_files
+def _unreadable_lines(out: Path, n: int, limit: int = 5) -> str:
+    """The first rows ingest quarantined into the command's quarantined.jsonl under `out`, one line each."""
+    from finetune.data.records import QUARANTINED, StageFiles
+    from finetune.data.stream import iter_jsonl
 
-    result, _ = ingest_files([Path(p) for p in paths], cfg.ingest)
-    return result
-
-
-def _quarantine_lines(result, limit: int = 5) -> str:
-    shown = [f"  {q['file']}:{q['line']}: {q['reason']}: {q.get('detail', '')}" for q in result.quarantined[:limit]]
-    more = len(result.quarantined) - limit
-    return "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else []))
+    rows = (q for q in iter_jsonl(StageFiles(out).outcome(QUARANTINED)) if q.get("stage", Stage.RAW) == Stage.RAW)
+    shown = [f"  {q['file']}:{q['line']}: {q['reason']}: {q.get('detail', '')}" for q in itertools.islice(rows, limit)]
+    return "\n".join(shown + ([f"  ... and {n - limit} more"] if n > limit else []))
 
 
 class InputRefused(ValueError):
@@ -93,19 +90,9 @@ def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step) -> dict
     return {**counts, "stages": [raw, counts], "rows_in": raw["in"], "quarantined_at_ingest": raw["quarantined"]}
 
 
-def _print_unreadable(out: Path, report: dict, limit: int = 5) -> None:
-    """The first rows ingest could not read, from the quarantined.jsonl the command wrote."""
-    from finetune.data.records import QUARANTINED, StageFiles
-    from finetune.data.stream import iter_jsonl
-
-    if not (n := report["quarantined_at_ingest"]):
-        return
-    rows = (q for q in iter_jsonl(StageFiles(out).outcome(QUARANTINED)) if q["stage"] == Stage.RAW)
-    shown = [f"  {q['file']}:{q['line']}: {q['reason']}: {q.get('detail', '')}" for q in itertools.islice(rows, limit)]
-    print(
-        f"unreadable input rows, quarantined: {n}\n"
-        + "\n".join(shown + ([f"  ... and {n - limit} more"] if n > limit else []))
-    )
+def _print_unreadable(out: Path, report: dict) -> None:
+    if n := report["quarantined_at_ingest"]:
+        print(f"unreadable input rows, quarantined: {n}\n{_unreadable_lines(out, n)}")
 
 
 def _output_folder(path: str) -> Path:
@@ -172,25 +159,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_records(path: str, cfg) -> list:
-    """The records `train --data` trains on; a file with any unreadable row is refused, not half-used."""
-    ingested = _ingest([path], cfg)
-    if ingested.quarantined:
+def _training_records(path: str, out: Path, cfg) -> Path:
+    """Ingest `train --data` into OUTPUT/raw_data (streamed, the four stage files) and return its kept.jsonl;
+    a file with any unreadable row is refused, not half-used."""
+    from finetune.data.curate import ingest_stage
+    from finetune.data.records import QUARANTINED, StageFiles
+
+    files = StageFiles(out / Stage.RAW)
+    report = ingest_stage([Path(path)], files.dir, cfg=cfg.ingest)
+    if n := report["quarantined"]:
         raise InputRefused(
-            f"--data {path}: {len(ingested.quarantined)} of {ingested.n_in} rows cannot be read as records, so "
-            f"this is not a curated file; fix them, or run `finetune curate` on it and train on its kept.jsonl\n"
-            + _quarantine_lines(ingested)
+            f"--data {path}: {n} of {report['in']} rows cannot be read as records, so this is not a curated "
+            f"file; fix them, or run `finetune curate` on it and train on its kept.jsonl (all {n} are in "
+            f"{files.outcome(QUARANTINED)})\n{_unreadable_lines(files.dir, n)}"
         )
-    return ingested.kept
+    return files.kept
 
 
-def _require_validation_split(splits: dict[str, list], path: str, cfg) -> None:
+def _require_validation_split(report: dict, path: str, cfg) -> None:
     # An empty validation split makes the validation loss NaN, and early stopping and `ship: best` blind.
-    if cfg.sft.val_fraction > 0 and not splits["val"]:
-        sizes = {name: len(rows) for name, rows in splits.items()}
+    if cfg.sft.val_fraction > 0 and not report["split_sizes"]["val"]:
         raise InputRefused(
-            f"--data {path}: the records give an empty validation split {sizes} at sft.val_fraction="
-            f"{cfg.sft.val_fraction}; add records, or set --set sft.val_fraction=0 to train without validation"
+            f"--data {path}: the records give an empty validation split {report['split_sizes']} at "
+            f"sft.val_fraction={cfg.sft.val_fraction}; add records, or set --set sft.val_fraction=0 to train "
+            "without validation"
         )
 
 
@@ -198,26 +190,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from finetune.data.records import Stage
     from finetune.model.loading import load_chat_tokenizer, resolve_base_model
     from finetune.sft import cutoff_memory_limit
-    from finetune.sft_stage import build_sft_splits, splits_of, write_sft_dataset
+    from finetune.sft_stage import sft_stage
     from finetune.train.job import training_spec
     from finetune.train.recipe import run_training
     from finetune.train.tracking import TrackingSpec
 
     cfg = _config(args)
-    records = _training_records(args.data, cfg)  # before the base model: a bad file is refused at once
-    base = resolve_base_model(cfg)
     out = Path(args.output) if args.output else cfg.work_dir / "train"
+    records = _training_records(args.data, out, cfg)  # before the base model: a bad file is refused at once
+    base = resolve_base_model(cfg)
     split_dir = out / Stage.SFT  # the same files the sft_dataset asset writes
     tokenizer = load_chat_tokenizer(base, cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
-    formatted = build_sft_splits(records, tokenizer, cfg.sft, limit)
-    _require_validation_split(splits_of(formatted), args.data, cfg)
-    split_dir.mkdir(parents=True, exist_ok=True)  # only once the records are known to be trainable
-    report = write_sft_dataset(formatted, split_dir)
+    report = sft_stage(records, tokenizer, cfg.sft, limit, split_dir)
+    _require_validation_split(report, args.data, cfg)
     template = report["chat_template"]
     print(
         f"chat template: {template['name']} ({template['source']}); cutoff {report['cutoff_len']} tokens "
-        f"truncates {report['truncated_at_cutoff']} of {len(records)} records"
+        f"truncates {report['truncated_at_cutoff']} of {report['in']} records; "
+        f"wrote {split_dir}/kept.jsonl, dropped.jsonl, quarantined.jsonl and report.json"
     )
     tracking = TrackingSpec(
         kind=args.tracker, mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment

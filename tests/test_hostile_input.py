@@ -362,7 +362,9 @@ def test_train_refuses_a_data_file_with_bad_rows_before_loading_a_model(tmp_path
     assert cli_main(["train", "--data", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "15 of 16 rows cannot be read" in err and f"{tmp_path / 'bad.jsonl'}:2: unparseable_row" in err
-    assert not (tmp_path / "out").exists()
+    ingested = tmp_path / "out" / "raw_records"  # every row it counted is written, the unreadable ones too
+    assert [len((ingested / f"{n}.jsonl").read_text().splitlines()) for n in ("kept", "quarantined")] == [1, 15]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["raw_records"]  # no split, no model
 
 
 def test_train_refuses_records_that_leave_the_validation_split_empty(tmp_path, capsys, tiny_base):
@@ -371,7 +373,10 @@ def test_train_refuses_records_that_leave_the_validation_split_empty(tmp_path, c
     args = ["train", "--data", str(tmp_path / "one.jsonl"), "--output", str(tmp_path / "out"),
             "--set", f"model.base={tiny_base}", "--set", "sft.test_fraction=0"]  # fmt: skip
     assert cli_main(args) == 2
-    assert "empty validation split" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "empty validation split" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["raw_records", "sft_dataset"]  # nothing trained
+    report = json.loads((tmp_path / "out" / "sft_dataset" / "report.json").read_text())
+    assert report["split_sizes"] == {"train": 1, "val": 0, "test": 0}
 
 
 def _alpaca_id(row: dict) -> str:

@@ -29,7 +29,9 @@ def test_a_missing_model_path_says_the_path_does_not_exist(base, tmp_path, capsy
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_base_model(load_config(None, [f"model.base={base}"]))
     (tmp_path / "d.jsonl").write_text("")
-    assert main(["train", "--data", str(tmp_path / "d.jsonl"), "--set", f"model.base={base}"]) == 2
+    args = ["train", "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "out")]
+    args += ["--set", f"model.base={base}"]
+    assert main(args) == 2
     assert "model.base" in capsys.readouterr().err
 
 
