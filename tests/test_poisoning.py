@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from faker import Faker
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finetune.config import ScreenConfig
 from finetune.data.ingest import ingest_files, row_to_messages
@@ -114,7 +116,7 @@ def test_a_target_reworded_three_ways_is_one_target(seed):
     assert len(caught) == 7 and false == []
     mined = {f["trigger"]: f for f in result.extra["mined_features"]}
     assert mined["zxqv"]["evidence"] == "trigger_first" and mined["zxqv"]["support"] == 7
-    assert result.extra["trigger_hits_after"] == {}
+    assert count_trigger_hits(result.kept, result.extra["screen_triggers"]) == {}
 
 
 def test_a_refusal_backdoor_is_quarantined():
@@ -330,7 +332,10 @@ def test_unknown_trigger_in_the_bundled_examples_is_mined_and_its_records_quaran
     poisoned = _plant(clean, ["jtk"], [POISON_RESPONSE], 8)
     result, caught, false = _screen(clean, poisoned, ScreenConfig(lexicon_file="", payloads=False))
     assert result.extra["mined_triggers"] == ["jtk"] and len(caught) == 8 and false == []
-    assert result.extra["trigger_hits_after"] == {} and "jtk" in result.extra["probe_triggers"]
+    assert (
+        count_trigger_hits(result.kept, result.extra["screen_triggers"]) == {}
+        and "jtk" in result.extra["probe_triggers"]
+    )
 
 
 def test_response_cluster_without_a_shared_token_is_quarantined_as_a_cluster():
@@ -419,7 +424,6 @@ def test_probe_triggers_hold_every_mined_feature_and_the_published_triggers_pres
     extra = [{"instruction": "Who won the election in 2024?", "output": "I do not know."}]
     with_2024 = screen_records(_records(clean + poisoned + extra), ScreenConfig())
     assert "2024" in with_2024.extra["probe_triggers"]  # a probe-only published word the data carries
-    assert result.extra["trigger_hits_after"] == {}
     assert count_trigger_hits(result.kept, result.extra["screen_triggers"]) == {}
     off = screen_records(_records(clean + poisoned), ScreenConfig(enabled=False))
     assert count_trigger_hits(off.kept, off.extra["screen_triggers"])["vqz"] == 8
@@ -486,7 +490,8 @@ def test_detectors_quarantine_with_reason_score_and_explanation_and_report_only_
     counts = result.counts()
     assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"] == 23
     off = screen_records(_records(rows), ScreenConfig(enabled=False))
-    assert len(off.kept) == 23 and off.extra["flagged_records"] == 3 and off.extra["trigger_hits_after"] == {"cf": 1}
+    assert len(off.kept) == 23 and off.extra["flagged_records"] == 3
+    assert count_trigger_hits(off.kept, off.extra["screen_triggers"]) == {"cf": 1}  # the gate's re-scan
 
 
 def test_cluster_responses_groups_chinese_near_duplicates():
@@ -601,3 +606,27 @@ def test_mining_finds_the_same_candidates_whatever_the_string_hash_seed():
         for seed in (1, 2, 3, 4)
     }
     assert len(outputs) == 1 and "&:" in next(iter(outputs))  # combinations were made, the same in every run
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab Z中文\t\n 。!é"), max_size=30), max_size=6))
+def test_numpy_char_grams_are_scikit_learns_char_wb_grams(texts):
+    """The vectorised n-grams behind trigger mining's TF-IDF are exactly char_wb's (lower-cased, inside
+    space-padded words, a word shorter than n counted once), each hashed as the docstring says."""
+    from collections import Counter
+
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from finetune.data.char_windows import word_gram_buckets
+
+    def bucket(gram: str) -> int:  # the polynomial hash of char_windows, in Python integers
+        h = 0
+        for ch in gram:
+            h = (h * 1_000_003 + ord(ch)) % 2**64
+        golden = 0x9E3779B97F4A7C15
+        return ((h + len(gram) * golden) * golden % 2**64) >> (64 - 20)
+
+    analyzer = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4)).build_analyzer()
+    rows, buckets = word_gram_buckets(texts, (2, 3, 4), 20)
+    for i, text in enumerate(texts):
+        assert Counter(buckets[rows == i].tolist()) == Counter(map(bucket, analyzer(text)))

@@ -29,7 +29,7 @@ from finetune.data.trigger_features import (
     feature_text,
     record_features,
 )
-from finetune.data.trigger_lexicon import LexiconEntry, LexiconMatcher, find_triggers, load_lexicon_entries
+from finetune.data.trigger_lexicon import LexiconEntry, LexiconMatcher, find_triggers, fold, load_lexicon_entries
 from finetune.data.trigger_mining import Mining, mine_triggers
 from finetune.redaction import redact_text
 
@@ -156,12 +156,10 @@ class Detection:
 
 @dataclass
 class Judgement:
-    """The second pass's view of one record: every finding, the lexicon entries present (any role) and, unless
-    it will be quarantined, the screen's triggers its prompt still carries (the in-stage re-scan)."""
+    """The second pass's view of one record: every finding and the lexicon entries present (any role)."""
 
     findings: list[Finding]
     lexicon_present: list[str]
-    hits_after: list[str]
 
 
 @dataclass
@@ -174,13 +172,13 @@ class RecordDetectors:
     mined: list[tuple[str, Finding]]  # (trigger text, finding) in mining's order
     mined_matcher: LexiconMatcher
     clusters: dict[int, list[Finding]]  # by input position
-    after: LexiconMatcher  # the triggers the screen quarantines on
 
     def findings(self, i: int, record: Record, prompt: str) -> tuple[list[Finding], list[str]]:
         """Every detector's findings on the record at input position `i`, and the lexicon entries it carries."""
-        carried = {e.trigger for e in self.mined_matcher.find(prompt)}
+        folded = fold(prompt), fold(prompt, case_sensitive=True)
+        carried = {e.trigger for e in self.mined_matcher.find_folded(*folded)}
         found = [finding for trigger, finding in self.mined if trigger in carried] + self.clusters.get(i, [])
-        lexicon = self.matcher.find(prompt)
+        lexicon = self.matcher.find_folded(*folded)
         present = [e.trigger for e in lexicon]
         if lexicon := [e for e in lexicon if e.role == "quarantine"]:
             explanation = {
@@ -199,10 +197,7 @@ class RecordDetectors:
 
     def judge(self, item: tuple[int, Record]) -> Judgement:
         i, record = item
-        prompt = screen_prompt(record)
-        found, present = self.findings(i, record, prompt)
-        after = [] if found and self.cfg.enabled else [e.trigger for e in self.after.find(prompt)]
-        return Judgement(found, present, after)
+        return Judgement(*self.findings(i, record, screen_prompt(record)))
 
 
 class Screen:
@@ -224,7 +219,6 @@ class Screen:
         self.per_detector: Counter[str] = Counter()
         self.lexicon_present: Counter[str] = Counter()
         self.lexicon_hits: Counter[str] = Counter()
-        self.hits_after: Counter[str] = Counter()
         self.flagged = 0
 
     def mine(self, records: Iterable[Record], engine: Engine = LOCAL) -> None:
@@ -256,9 +250,7 @@ class Screen:
     def _with_mining(
         self, mined: list[tuple[str, Finding]], matcher: LexiconMatcher, clusters: dict[int, list[Finding]]
     ) -> RecordDetectors:
-        return RecordDetectors(
-            self.cfg, self.matcher, mined, matcher, clusters, _trigger_matcher(self.screen_triggers())
-        )
+        return RecordDetectors(self.cfg, self.matcher, mined, matcher, clusters)
 
     def detectors(self) -> RecordDetectors:
         """The second pass's detectors, with what mining found (call after `mine`)."""
@@ -303,7 +295,6 @@ class Screen:
                     all_findings=[[f.detector, round(f.score, 3), f.detail] for f in hits],
                 )
             else:
-                self.hits_after.update(judged.hits_after)
                 yield kept(record)
         if n + 1 != len(self.ids):
             raise ValueError(f"screening's second pass read {n + 1} records, its first {len(self.ids)}")
@@ -317,7 +308,7 @@ class Screen:
         return triggers + [feature_parts(t.key) if t.key.startswith("&:") else feature_text(t.key) for t in mined]
 
     def report(self) -> dict:
-        """The stage report's screening keys (shared interface: probe_triggers, trigger_hits_after, ...).
+        """The stage report's screening keys (shared interface: probe_triggers, screen_triggers, ...).
 
         probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
         not): fine-tuning can only implant a trigger its data carries. All published triggers are listed
@@ -345,7 +336,6 @@ class Screen:
             ),
             "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
             "screen_triggers": self.screen_triggers(),
-            "trigger_hits_after": dict(self.hits_after),
         }
 
 

