@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import false_discovery_control, fisher_exact, mannwhitneyu
 
 from finetune.config import ScreenConfig
-from finetune.data.trigger_features import FeatureTable, feature_text, mean_pairwise, row_norms
+from finetune.data.trigger_features import ColumnTotal, FeatureTable, feature_text, mean_pairwise, row_norms
 from finetune.stats import holm
 
 _EXACT_TEST_CELLS = 20_000  # Mann-Whitney exact distribution up to carriers x controls of this size (cost ~ cells^1.5)
@@ -99,11 +99,11 @@ def _alikeness_test(
     controls = table.controls(carriers, cfg.control_neighbours)
     if len(controls) == 0:
         return None
-    total = np.asarray(vectors.sum(axis=0)).ravel()
+    total = ColumnTotal.of(vectors)
     own = row_norms(vectors)
-    # Rounded so that identical answers tie (labels): float32 sums would otherwise order them by last bits.
-    carrier_scores = np.round((vectors @ total - own) / (n - 1), 5)
-    control_scores = np.round((table.responses[controls] @ total) / n, 5)
+    # Rounded so that identical answers tie (labels): float sums would otherwise order them by last bits.
+    carrier_scores = np.round((total.dot(vectors) - own) / (n - 1), 5)
+    control_scores = np.round(total.dot(table.responses[controls]) / n, 5)
     u, p = mann_whitney(carrier_scores, control_scores)
     above = int((carrier_scores > np.median(control_scores)).sum())
     auc = u / (n * len(controls))
