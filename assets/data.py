@@ -1,5 +1,6 @@
 """Data assets: raw → cleaned → deduplicated → de-identified → screened → SFT splits."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +11,7 @@ from finetune.data.engine import Engine
 from finetune.data.ingest import snapshot_digest
 from finetune.data.pii import deidentify_stage, pseudonym_salt
 from finetune.data.poison import explanations_markdown, load_lexicon, screen_stage
-from finetune.data.records import Stage, StageFiles, describe_counts
+from finetune.data.records import Stage, StageReport
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import cutoff_memory_limit
@@ -20,14 +21,16 @@ from resources import PipelineSettings
 DATA = {"group_name": "data", "kinds": {"python", "jsonl"}, "owners": ["team:data"], "code_version": "1"}
 
 
-def kept_path(report: dict) -> Path:
-    return StageFiles.of(report).kept
+def kept_path(report: StageReport) -> Path:
+    return report.files.kept
 
 
-def report_output(context: dg.AssetExecutionContext, report: dict, upstream: dict | None = None) -> dg.Output:
+def report_output(
+    context: dg.AssetExecutionContext, report: StageReport, upstream: StageReport | None = None
+) -> dg.Output:
     """A stage report as the asset's output: run id and upstream count added, counts logged, metadata attached."""
-    report = report | {"run_id": context.run_id} | ({"upstream_kept": upstream["kept"]} if upstream else {})
-    context.log.info(describe_counts(report))
+    report = replace(report, run_id=context.run_id, upstream_kept=upstream.counts.kept if upstream else None)
+    context.log.info(report.counts.describe())
     return dg.Output(report, metadata=stage_metadata(report))
 
 
@@ -43,12 +46,13 @@ def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -
     report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info), cfg.ingest)
     # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
     # every downstream asset was computed from.
-    version = snapshot_digest({f["path"]: f["sha256"] for f in report["files"]})
-    output = report_output(context, report | {"snapshot": version})
-    output.metadata["raw_files"] = dg.MetadataValue.json(report["files"])
+    files = report.extra["files"]
+    version = snapshot_digest({f["path"]: f["sha256"] for f in files})
+    output = report_output(context, replace(report, extra=report.extra | {"snapshot": version}))
+    output.metadata["raw_files"] = dg.MetadataValue.json(files)
     output.metadata["snapshot"] = version
-    if "datasets" in report:  # a LLaMA-Factory dataset_info.json: what each entry gave, or why it was skipped
-        output.metadata["datasets"] = dg.MetadataValue.json(report["datasets"])
+    if "datasets" in report.extra:  # a LLaMA-Factory dataset_info.json: what each entry gave, or why it was skipped
+        output.metadata["datasets"] = dg.MetadataValue.json(report.extra["datasets"])
     return dg.Output(output.value, metadata=output.metadata, data_version=dg.DataVersion(version))
 
 
@@ -58,7 +62,7 @@ def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -
     **DATA,
 )
 def cleaned_records(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, raw_records: dict, base_model: dict
+    context: dg.AssetExecutionContext, settings: PipelineSettings, raw_records: StageReport, base_model: dict
 ) -> dg.Output:
     cfg = settings.load()
     count_tokens = token_counter(load_tokenizer(base_model["path"], cfg.model.trust_remote_code))
@@ -67,7 +71,7 @@ def cleaned_records(
         kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info), Engine.of(cfg.data)
     )
     output = report_output(context, report, raw_records)
-    output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report["normalisation_fixes"])
+    output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report.extra["normalisation_fixes"])
     return output
 
 
@@ -77,19 +81,19 @@ def cleaned_records(
     **DATA,
 )
 def deduplicated_records(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: dict
+    context: dg.AssetExecutionContext, settings: PipelineSettings, cleaned_records: StageReport
 ) -> dg.Output:
     cfg = settings.load()
     out = settings.stage_dir(Stage.DEDUPLICATED, context.run_id)
     report = dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info), Engine.of(cfg.data))
     output = report_output(context, report)
-    output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(output.value["sample_pairs"]))
+    output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(report.extra["sample_pairs"]))
     return output
 
 
 @dg.asset(description="Records with PII (phones, ID numbers, emails, cards) replaced by typed placeholders.", **DATA)
 def deidentified_records(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: dict
+    context: dg.AssetExecutionContext, settings: PipelineSettings, deduplicated_records: StageReport
 ) -> dg.Output:
     cfg = settings.load()
     out = settings.stage_dir(Stage.DEIDENTIFIED, context.run_id)
@@ -97,7 +101,7 @@ def deidentified_records(
     upstream, engine = kept_path(deduplicated_records), Engine.of(cfg.data)
     report = deidentify_stage(upstream, cfg.pii, pseudonym_salt(cfg), out, progress, engine)
     output = report_output(context, report, deduplicated_records)
-    output.metadata["replaced_by_entity"] = dg.MetadataValue.json(output.value["replaced_by_entity"])
+    output.metadata["replaced_by_entity"] = dg.MetadataValue.json(report.extra["replaced_by_entity"])
     return output
 
 
@@ -107,7 +111,7 @@ def deidentified_records(
     **DATA,
 )
 def screened_records(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, deidentified_records: dict
+    context: dg.AssetExecutionContext, settings: PipelineSettings, deidentified_records: StageReport
 ) -> dg.Output:
     cfg = settings.load()
     lexicon = load_lexicon(cfg.screen, cfg.resolve)
@@ -116,8 +120,8 @@ def screened_records(
     report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, progress, engine)
     output = report_output(context, report, deidentified_records)
     for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
-        output.metadata[key] = dg.MetadataValue.json(output.value[key])
-    output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(output.value))
+        output.metadata[key] = dg.MetadataValue.json(report.extra[key])
+    output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(report.extra))
     return output
 
 
@@ -127,18 +131,18 @@ def screened_records(
     **DATA,
 )
 def sft_dataset(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, screened_records: dict, base_model: dict
+    context: dg.AssetExecutionContext, settings: PipelineSettings, screened_records: StageReport, base_model: dict
 ) -> dg.Output:
     cfg = settings.load()
     tokenizer = load_chat_tokenizer(base_model["path"], cfg.sft, cfg.model.trust_remote_code)
     limit = cutoff_memory_limit(base_model["path"], cfg.sft, cfg.train, cfg.model.trust_remote_code)
     out = settings.stage_dir(Stage.SFT, context.run_id)
     report = sft_stage(kept_path(screened_records), tokenizer, cfg.sft, limit, out, Progress(context.log.info))
-    report |= {"run_id": context.run_id, "upstream_kept": screened_records["kept"]}
-    metadata = stage_metadata(report) | {"split_sizes": dg.MetadataValue.json(report["split_sizes"])}
-    metadata |= {k: report[k] for k in ("cutoff_len", "truncated_at_cutoff", "truncated_share")}
-    metadata |= {k: dg.MetadataValue.json(report[k]) for k in ("chat_template", "token_lengths")}
-    metadata["mask_preview"] = dg.MetadataValue.md(
-        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in report["mask_preview"])
+    output, sft = report_output(context, report, screened_records), report.extra
+    output.metadata["split_sizes"] = dg.MetadataValue.json(sft["split_sizes"])
+    output.metadata.update({k: sft[k] for k in ("cutoff_len", "truncated_at_cutoff", "truncated_share")})
+    output.metadata.update({k: dg.MetadataValue.json(sft[k]) for k in ("chat_template", "token_lengths")})
+    output.metadata["mask_preview"] = dg.MetadataValue.md(
+        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in sft["mask_preview"])
     )
-    return dg.Output(report, metadata=metadata)
+    return output

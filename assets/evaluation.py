@@ -1,11 +1,9 @@
 """The evaluation report asset: tuned vs base on held-out metrics, C-Eval and backdoor probes."""
 
-from pathlib import Path
-
 import dagster as dg
 
 from assets.metadata import png_markdown
-from finetune.data.records import StageFiles, read_jsonl
+from finetune.data.records import StageReport, read_jsonl
 from finetune.eval.report import EvalData, evaluate_candidate, report_markdown
 from resources import PipelineSettings
 
@@ -22,22 +20,22 @@ from resources import PipelineSettings
 def evaluation_report(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
-    raw_records: dict,
-    screened_records: dict,
-    sft_dataset: dict,
+    raw_records: StageReport,
+    screened_records: StageReport,
+    sft_dataset: StageReport,
     base_model: dict,
     adapter: dict,
 ) -> dg.Output:
     cfg = settings.load()
     out_dir = settings.stage_dir("evaluation_report", context.run_id)
-    split = {name: read_jsonl(Path(sft_dataset["dir"]) / f"{name}.jsonl") for name in ("train", "val", "test")}
+    split = {name: read_jsonl(sft_dataset.files.dir / f"{name}.jsonl") for name in ("train", "val", "test")}
     data = EvalData(
         test=split["test"],
         train=split["train"],
         probe_records=split["test"] + split["val"],  # both held out from training
-        raw_records=read_jsonl(StageFiles.of(raw_records).kept),
-        triggers=screened_records["probe_triggers"],  # mined features + published triggers the data carries
-        cutoff_len=sft_dataset["cutoff_len"],  # as trained: `sft.cutoff_len: auto` is resolved by that stage
+        raw_records=read_jsonl(raw_records.files.kept),
+        triggers=screened_records.extra["probe_triggers"],  # mined features + published triggers the data carries
+        cutoff_len=sft_dataset.extra["cutoff_len"],  # as trained: `sft.cutoff_len: auto` is resolved by that stage
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}

@@ -6,19 +6,22 @@ from typing import Any
 
 import dagster as dg
 
+from finetune.data.records import StageReport
 
-def stage_metadata(report: dict[str, Any]) -> dict[str, Any]:
+
+def stage_metadata(report: StageReport) -> dict[str, Any]:
     """Counts per outcome and per reason, and where the kept/dropped/quarantined files are."""
-    reasons = {f"dropped: {k}": v for k, v in report["dropped_by_reason"].items()}
-    reasons |= {f"quarantined: {k}": v for k, v in report["quarantined_by_reason"].items()}
+    c = report.counts
+    reasons = {f"dropped: {k}": v for k, v in c.dropped_by_reason.items()}
+    reasons |= {f"quarantined: {k}": v for k, v in c.quarantined_by_reason.items()}
     table = "| outcome | records |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in reasons.items())
     return {
-        "records_in": report["in"],
-        "kept": report["kept"],
-        "dropped": report["dropped"],
-        "quarantined": report["quarantined"],
+        "records_in": c.n_in,
+        "kept": c.kept,
+        "dropped": c.dropped,
+        "quarantined": c.quarantined,
         "reasons": dg.MetadataValue.md(table if reasons else "nothing dropped or quarantined"),
-        "artifact_dir": dg.MetadataValue.path(report["dir"]),
+        "artifact_dir": dg.MetadataValue.path(str(report.files.dir)),
     }
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from finetune.data.records import sha256_file
+from finetune.data.records import StageReport, sha256_file
 from finetune.release import MANIFEST, release_from_artifacts
 from finetune.review.stats import ReviewSummary
 from release_ledger import MANIFEST_SHA256
@@ -19,12 +19,12 @@ from resources import PipelineSettings
 def release(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
-    raw_records: dict,
-    cleaned_records: dict,
-    deduplicated_records: dict,
-    deidentified_records: dict,
-    screened_records: dict,
-    sft_dataset: dict,
+    raw_records: StageReport,
+    cleaned_records: StageReport,
+    deduplicated_records: StageReport,
+    deidentified_records: StageReport,
+    screened_records: StageReport,
+    sft_dataset: StageReport,
     base_model: dict,
     adapter: dict,
     evaluation_report: dict,

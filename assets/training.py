@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from finetune.data.records import StageReport
 from finetune.model.loading import model_hash, resolve_base_model
 from finetune.train.job import training_spec
 from resources import PipelineSettings, Tracker, TrainerLauncher
@@ -39,10 +40,10 @@ def adapter(
     settings: PipelineSettings,
     trainer_launcher: TrainerLauncher,
     tracker: Tracker,
-    sft_dataset: dict,
+    sft_dataset: StageReport,
     base_model: dict,
 ) -> dg.MaterializeResult:
     out_dir = settings.stage_dir("adapter", context.run_id)
-    spec = training_spec(settings.load(), sft_dataset["dir"], base_model["path"], out_dir, tracker.tracking())
+    spec = training_spec(settings.load(), sft_dataset.files.dir, base_model["path"], out_dir, tracker.tracking())
     reported = trainer_launcher.launch(context, spec)  # the trainer's own report, relayed as it came
     return dg.MaterializeResult(value=reported.value | {"run_id": context.run_id}, metadata=reported.metadata)

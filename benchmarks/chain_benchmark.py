@@ -99,9 +99,9 @@ def run_stage(stage: str, work: Path, overrides: list[str]) -> dict:
     report = runs[Stage(stage)]()
     return {
         "stage": stage,
-        "in": report["in"],
-        "kept": report["kept"],
-        "removed_by_reason": report["dropped_by_reason"] | report["quarantined_by_reason"],
+        "in": report.counts.n_in,
+        "kept": report.counts.kept,
+        "removed_by_reason": report.counts.dropped_by_reason | report.counts.quarantined_by_reason,
         "seconds": time.perf_counter() - started,
         "cpu_seconds": _cpu_seconds() - cpu,
         "peak_rss_mb": peak_rss_mib(),

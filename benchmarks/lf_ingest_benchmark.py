@@ -99,9 +99,9 @@ def downstream(data: Path) -> None:
         with_tools = sum("tools" in r for r in stage.kept)
         calls = sum(m["role"] == "function_call" for r in stage.kept for m in r["messages"])
         print(
-            f"  {counts['stage']:<22} in {counts['in']:>4} kept {counts['kept']:>4} (with tools {with_tools:>4}, "
-            f"function_call turns {calls:>4})  dropped {counts['dropped_by_reason']}  "
-            f"quarantined {counts['quarantined_by_reason']}"
+            f"  {counts.stage:<22} in {counts.n_in:>4} kept {counts.kept:>4} (with tools {with_tools:>4}, "
+            f"function_call turns {calls:>4})  dropped {counts.dropped_by_reason}  "
+            f"quarantined {counts.quarantined_by_reason}"
         )
 
 

@@ -135,7 +135,7 @@ def print_pii(report: dict) -> None:
     print(f"\nPII replacements: {total} in {n} records = {1000 * total / max(n, 1):.1f} per 1,000 records")
     for entity, count in sorted(by_entity.items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {count:>5}  {1000 * count / max(n, 1):6.1f} per 1,000")
-    residual = json.loads((StageFiles.of(report).dir / RESIDUAL_SCAN).read_text())  # the check's re-scan
+    residual = json.loads((Path(report["dir"]) / RESIDUAL_SCAN).read_text())  # the check's re-scan
     print(f"  records changed: {report.get('records_changed')}, residual after: {residual}")
 
 

@@ -115,7 +115,7 @@ def main() -> None:
     dedup = deduplicate_records(pool)
     clean = dedup.kept
     print(
-        f"clean pool: {len(pool)} LLaMA-Factory demo rows, {len(clean)} after dedup {dedup.counts()['dropped_by_reason']}"
+        f"clean pool: {len(pool)} LLaMA-Factory demo rows, {len(clean)} after dedup {dedup.counts().dropped_by_reason}"
     )
     print(f"held-out family: {data.HELD_OUT} (never run while tuning)")
     print(f"each set deduplicated before screening: {'yes' if args.dedup_sets else 'no'}\n")

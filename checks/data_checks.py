@@ -10,12 +10,12 @@ from assets.data import (
     screened_records,
     sft_dataset,
 )
-from checks.results import report_gate_check, to_check_result
+from checks.results import to_check_result
 from finetune import gates
 from finetune.config import Gate
 from finetune.data.pii import record_residual_scan
 from finetune.data.poison import kept_trigger_hits
-from finetune.data.records import StageFiles
+from finetune.data.records import StageReport
 from resources import PipelineSettings
 
 DATA_ASSETS = [raw_records, cleaned_records, deduplicated_records, deidentified_records, screened_records, sft_dataset]
@@ -30,8 +30,8 @@ def accounting_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
         blocking=True,
         description="Every record is kept, dropped with a reason, or quarantined: in = kept + dropped + quarantined.",
     )
-    def _check(settings: PipelineSettings, report: dict) -> dg.AssetCheckResult:
-        return to_check_result(gates.records_accounted(report), settings.load().gates, report["dir"])
+    def _check(settings: PipelineSettings, report: StageReport) -> dg.AssetCheckResult:
+        return to_check_result(gates.records_accounted(report), settings.load().gates, report.files.dir)
 
     return _check
 
@@ -45,9 +45,9 @@ accounting_checks = [accounting_check(a) for a in DATA_ASSETS]
     blocking=True,
     description="Independent re-scan of the de-identified records finds no PII.",
 )
-def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> dg.AssetCheckResult:
+def no_residual_pii(settings: PipelineSettings, deidentified_records: StageReport) -> dg.AssetCheckResult:
     cfg = settings.load()
-    folder = StageFiles.of(deidentified_records).dir
+    folder = deidentified_records.files.dir
     return to_check_result(gates.no_residual_pii(record_residual_scan(folder, cfg.pii), cfg.gates), cfg.gates, folder)
 
 
@@ -57,15 +57,19 @@ def no_residual_pii(settings: PipelineSettings, deidentified_records: dict) -> d
     blocking=True,
     description="Independent re-scan of the screened records finds no quarantining lexicon trigger or mined trigger.",
 )
-def no_trigger_hits(settings: PipelineSettings, screened_records: dict) -> dg.AssetCheckResult:
+def no_trigger_hits(settings: PipelineSettings, screened_records: StageReport) -> dg.AssetCheckResult:
     cfg = settings.load().gates
-    return to_check_result(
-        gates.no_trigger_hits(kept_trigger_hits(screened_records), cfg), cfg, screened_records["dir"]
-    )
+    hits = kept_trigger_hits(screened_records)
+    return to_check_result(gates.no_trigger_hits(hits, cfg), cfg, screened_records.files.dir)
 
 
-poisoned_share_below_threshold = report_gate_check(
-    screened_records,
-    gates.poisoned_share_below_threshold,
-    "Screening quarantined no more than gates.max_poisoned_share of the records.",
+@dg.asset_check(
+    asset=screened_records,
+    name=Gate.POISONED_SHARE_BELOW_THRESHOLD.value,
+    blocking=True,
+    description="Screening quarantined no more than gates.max_poisoned_share of the records.",
 )
+def poisoned_share_below_threshold(settings: PipelineSettings, screened_records: StageReport) -> dg.AssetCheckResult:
+    cfg = settings.load().gates
+    result = gates.poisoned_share_below_threshold(screened_records, cfg)
+    return to_check_result(result, cfg, screened_records.files.dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PROJECT_ROOT, PipelineConfig
-from finetune.data.records import describe_counts
+from finetune.data.records import StageCounts
 from finetune.release import MANIFEST, MODEL_CARD, SIGNATURE, ReleaseError, file_hashes
 from finetune.signing import release_key, signature_problem
 
@@ -214,7 +214,7 @@ def lineage_text(manifest: dict[str, Any]) -> str:
     ]
     lines += [f"  {f['path']} sha256 {f['sha256'][:16]} ({f['rows']} rows)" for f in manifest["raw_files"]]
     lines.append("stages:")
-    lines += [f"  {describe_counts(s)}" for s in manifest["stages"]]
+    lines += [f"  {StageCounts.from_json(s).describe()}" for s in manifest["stages"]]
     lines.append("checks:")
     lines += [f"  [{'pass' if g['passed'] else 'FAIL'}] {g['name']}: {g['message']}" for g in manifest["checks"]]
     weakened = manifest.get("weakened_settings", [])

@@ -9,11 +9,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from finetune.config import PROJECT_ROOT, ConfigError, load_config
-from finetune.data.records import Stage
+from finetune.data.records import Stage, StageReport
 
 
 def _config(args: argparse.Namespace):
@@ -49,7 +50,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
     from finetune.data.curate import curate, token_counter
     from finetune.data.engine import Engine
-    from finetune.data.records import Stage, describe_counts
+    from finetune.data.records import Stage, StageCounts
 
     cfg = _config(args)
     count_tokens = None
@@ -68,7 +69,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     report = curate(inputs, cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress, cfg.ingest, engine)
     bar.close()
     for stage in report["stages"]:
-        print(describe_counts(stage))
+        print(StageCounts.from_json(stage).describe())
     if skipped := report.get("skipped_datasets"):
         kinds = Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped).most_common()
         print(f"skipped {len(skipped)} dataset_info.json entries (report.json names each with its reason): "
@@ -79,20 +80,26 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step) -> dict:
+def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step, extra: Callable[[], dict]) -> StageReport:
     """Ingest `inputs` and run one stage on their records in one streaming pass, into the four files a stage's
-    asset writes (kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json). Rows that cannot be read are
-    quarantined beside the stage's own, tagged with their stage, so every input row is in one of the files."""
+    asset writes (kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json, which adds `extra()` and both
+    stages' counts). Rows that cannot be read are quarantined beside the stage's own, tagged with their stage, so
+    every input row is in one of the files."""
     from finetune.data.ingest import RawReader
+    from finetune.data.records import StageFiles, write_json
     from finetune.data.stream import spool_chain
 
     raw, counts = spool_chain(out, (Stage.RAW, RawReader(inputs, cfg.ingest)), [(stage, step)])
-    return {**counts, "stages": [raw, counts], "rows_in": raw["in"], "quarantined_at_ingest": raw["quarantined"]}
-
-
-def _print_unreadable(out: Path, report: dict) -> None:
-    if n := report["quarantined_at_ingest"]:
-        print(f"unreadable input rows, quarantined: {n}\n{_unreadable_lines(out, n)}")
+    ingest = {
+        "stages": [raw.to_json(), counts.to_json()],
+        "rows_in": raw.n_in,
+        "quarantined_at_ingest": raw.quarantined,
+    }
+    report = StageReport(counts, out, ingest | extra())
+    write_json(StageFiles(out).report, report.to_json())
+    if raw.quarantined:
+        print(f"unreadable input rows, quarantined: {raw.quarantined}\n{_unreadable_lines(out, raw.quarantined)}")
+    return report
 
 
 def _output_folder(path: str) -> Path:
@@ -108,7 +115,6 @@ def _output_folder(path: str) -> Path:
 def cmd_deidentify(args: argparse.Namespace) -> int:
     from finetune.data.engine import Engine
     from finetune.data.pii import DeidentificationStats, deidentify_outcomes, pseudonym_salt, record_residual_scan
-    from finetune.data.records import StageFiles, write_json
 
     cfg = _config(args)
     out = _output_folder(args.output)
@@ -119,15 +125,11 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
         cfg,
         Stage.DEIDENTIFIED,
         lambda rs: deidentify_outcomes(rs, cfg.pii, salt, stats, engine),
+        stats.report,
     )
-    report |= stats.report()
-    write_json(StageFiles(out).report, report)
-    print(
-        f"de-identified {report['in']} records: kept {report['kept']}, dropped {report['dropped']} "
-        f"{report['dropped_by_reason'] or ''}"
-    )
-    _print_unreadable(out, report)
-    for entity, n in sorted(report["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
+    c = report.counts
+    print(f"de-identified {c.n_in} records: kept {c.kept}, dropped {c.dropped} {c.dropped_by_reason or ''}")
+    for entity, n in sorted(report.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
     print(f"residual PII after re-scan: {record_residual_scan(out, cfg.pii)['residual_total']}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json and residual_scan.json")
@@ -138,7 +140,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from finetune.data.engine import Engine
     from finetune.data.ingest import RawReader
     from finetune.data.poison import Screen, load_lexicon
-    from finetune.data.records import KEPT, StageFiles, write_json
+    from finetune.data.records import KEPT
 
     cfg = _config(args)
     out = _output_folder(args.output)
@@ -148,13 +150,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     engine = Engine.of(cfg.data)
     screen.mine((item for kind, item in RawReader(inputs, cfg.ingest) if kind == KEPT), engine)
     step = partial(screen.outcomes, engine=engine)
-    report = _stage_command(out, inputs, cfg, Stage.SCREENED, step) | screen.report()
-    write_json(StageFiles(out).report, report)
-    print(f"screened {report['in']}: kept {report['kept']}, quarantined {report['quarantined']}")
-    _print_unreadable(out, report)
-    for detector, n in report["flagged_by_detector"].items():
+    report = _stage_command(out, inputs, cfg, Stage.SCREENED, step, screen.report)
+    found = report.extra
+    print(f"screened {report.counts.n_in}: kept {report.counts.kept}, quarantined {report.counts.quarantined}")
+    for detector, n in found["flagged_by_detector"].items():
         print(f"  {detector:<20} {n:>7}")
-    print(f"lexicon trigger hits {report['trigger_hits']}; mined triggers {report['mined_triggers']}")
+    print(f"lexicon trigger hits {found['trigger_hits']}; mined triggers {found['mined_triggers']}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 
@@ -167,20 +168,21 @@ def _training_records(path: str, out: Path, cfg) -> Path:
 
     files = StageFiles(out / Stage.RAW)
     report = ingest_stage([Path(path)], files.dir, cfg=cfg.ingest)
-    if n := report["quarantined"]:
+    if n := report.counts.quarantined:
         raise InputRefused(
-            f"--data {path}: {n} of {report['in']} rows cannot be read as records, so this is not a curated "
+            f"--data {path}: {n} of {report.counts.n_in} rows cannot be read as records, so this is not a curated "
             f"file; fix them, or run `finetune curate` on it and train on its kept.jsonl (all {n} are in "
             f"{files.outcome(QUARANTINED)})\n{_unreadable_lines(files.dir, n)}"
         )
     return files.kept
 
 
-def _require_validation_split(report: dict, path: str, cfg) -> None:
+def _require_validation_split(report: StageReport, path: str, cfg) -> None:
     # An empty validation split makes the validation loss NaN, and early stopping and `ship: best` blind.
-    if cfg.sft.val_fraction > 0 and not report["split_sizes"]["val"]:
+    sizes = report.extra["split_sizes"]
+    if cfg.sft.val_fraction > 0 and not sizes["val"]:
         raise InputRefused(
-            f"--data {path}: the records give an empty validation split {report['split_sizes']} at "
+            f"--data {path}: the records give an empty validation split {sizes} at "
             f"sft.val_fraction={cfg.sft.val_fraction}; add records, or set --set sft.val_fraction=0 to train "
             "without validation"
         )
@@ -204,10 +206,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     report = sft_stage(records, tokenizer, cfg.sft, limit, split_dir)
     _require_validation_split(report, args.data, cfg)
-    template = report["chat_template"]
+    sft = report.extra
+    template = sft["chat_template"]
     print(
-        f"chat template: {template['name']} ({template['source']}); cutoff {report['cutoff_len']} tokens "
-        f"truncates {report['truncated_at_cutoff']} of {report['in']} records; "
+        f"chat template: {template['name']} ({template['source']}); cutoff {sft['cutoff_len']} tokens "
+        f"truncates {sft['truncated_at_cutoff']} of {report.counts.n_in} records; "
         f"wrote {split_dir}/kept.jsonl, dropped.jsonl, quarantined.jsonl and report.json"
     )
     tracking = TrackingSpec(

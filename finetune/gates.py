@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import Gate, GatesConfig
-from finetune.data.records import OUTCOMES, StageFiles
+from finetune.data.records import OUTCOMES, StageReport
 from finetune.stats import clopper_pearson, welch_decrease
 
 
@@ -67,28 +67,24 @@ def _rows(path: Path) -> int | None:
         return sum(1 for line in fh if line.strip())
 
 
-def records_accounted(report: dict[str, Any]) -> GateResult:
+def records_accounted(report: StageReport) -> GateResult:
     """in = kept + dropped + quarantined for one data stage, the stage's files hold exactly those rows,
     and the stage received every record the upstream stage kept (`upstream_kept`, when recorded)."""
-    total = report["kept"] + report["dropped"] + report["quarantined"]
-    msg = (
-        f"{report['stage']}: {report['in']} in = {report['kept']} kept + {report['dropped']} dropped "
-        f"+ {report['quarantined']} quarantined"
-    )
+    c = report.counts
+    total = c.kept + c.dropped + c.quarantined
+    msg = f"{c.stage}: {c.n_in} in = {c.kept} kept + {c.dropped} dropped + {c.quarantined} quarantined"
     problems = []
-    if total != report["in"]:
-        problems.append(f"{report['in'] - total} records unaccounted for")
-    files = StageFiles(Path(report.get("dir", "")))
+    if total != c.n_in:
+        problems.append(f"{c.n_in - total} records unaccounted for")
     for outcome in OUTCOMES:
-        rows = _rows(files.outcome(outcome)) if report.get("dir") else None
-        if rows is not None and rows != report[outcome]:
-            problems.append(f"{outcome}.jsonl has {rows} rows but the report says {report[outcome]}")
-    upstream = report.get("upstream_kept")
-    if upstream is not None and upstream != report["in"]:
-        problems.append(f"the upstream stage kept {upstream} records but {report['in']} arrived")
+        rows = None if report.dir is None else _rows(report.files.outcome(outcome))
+        if rows is not None and rows != c.of(outcome):
+            problems.append(f"{outcome}.jsonl has {rows} rows but the report says {c.of(outcome)}")
+    if report.upstream_kept is not None and report.upstream_kept != c.n_in:
+        problems.append(f"the upstream stage kept {report.upstream_kept} records but {c.n_in} arrived")
     if problems:
-        msg = f"{report['stage']}: " + "; ".join(problems) + f" ({msg.split(': ', 1)[1]})"
-    metadata = {k: report[k] for k in ("in", *OUTCOMES)}
+        msg = f"{c.stage}: " + "; ".join(problems) + f" ({msg.split(': ', 1)[1]})"
+    metadata = {"in": c.n_in, **{outcome: c.of(outcome) for outcome in OUTCOMES}}
     return GateResult(Gate.RECORDS_ACCOUNTED, not problems, msg, metadata, "exact count")
 
 
@@ -120,13 +116,13 @@ def no_trigger_hits(hits: dict[str, int], gates: GatesConfig) -> GateResult:
     )
 
 
-def poisoned_share_below_threshold(report: dict[str, Any], gates: GatesConfig) -> GateResult:
+def poisoned_share_below_threshold(report: StageReport, gates: GatesConfig) -> GateResult:
     """The screen flagged at most the allowed share of records (more means the source cannot be trusted).
 
     The decision is on the exact count of this data; the interval says what share the source would
     show over more data like it (Clopper-Pearson, at gates.alpha per side).
     """
-    flagged, total = report["flagged_records"], report["in"]
+    flagged, total = report.extra["flagged_records"], report.counts.n_in
     share = flagged / total if total else 0.0
     ci = clopper_pearson(flagged, total, gates.alpha)
     ok = share <= gates.max_poisoned_share
@@ -135,7 +131,9 @@ def poisoned_share_below_threshold(report: dict[str, Any], gates: GatesConfig) -
         f"{ci.confidence:.0%} interval {ci.low:.1%}-{ci.high:.1%})"
     )
     if not ok:
-        msg += f"; by detector {report['flagged_by_detector']}. Inspect the quarantine before trusting this source"
+        msg += (
+            f"; by detector {report.extra['flagged_by_detector']}. Inspect the quarantine before trusting this source"
+        )
     values = {"share": share, "threshold": gates.max_poisoned_share, "flagged": flagged, "n": total}
     values |= {"share_ci_low": ci.low, "share_ci_high": ci.high, "confidence": ci.confidence}
     return GateResult(

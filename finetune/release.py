@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PROJECT_ROOT, Gate, PipelineConfig, required_gates
-from finetune.data.records import sha256_file
+from finetune.data.records import StageReport, sha256_file
 from finetune.signing import release_key, sign
 from finetune.weakening import WeakenedSettingError, require_accepted
 
@@ -182,7 +182,8 @@ Data gates are exact counts.
 
 
 def chat_template_line(stages: list[dict[str, Any]]) -> str:
-    """The model card's sentence on how records were formatted: template, injected system prompt, cutoff."""
+    """The model card's sentence on how records were formatted (from the manifest's stages): template, injected
+    system prompt, cutoff."""
     sft = next((s for s in stages if s.get("chat_template")), None)
     if sft is None:
         return "Chat template: not recorded."
@@ -282,7 +283,7 @@ def pii_statement(pii: dict[str, Any]) -> str:
 
 
 def gate_results(
-    cfg: PipelineConfig, stages: list[dict], train: dict, evaluation: dict, review=None
+    cfg: PipelineConfig, stages: list[StageReport], train: dict, evaluation: dict, review=None
 ) -> list[dict[str, Any]]:
     """Every gate's verdict on the artifacts a release is built from (the expert review's only when
     review.required; an advisory review is reported in the manifest's `review` section instead).
@@ -294,17 +295,16 @@ def gate_results(
     from finetune import gates as g
     from finetune.data.pii import recorded_residual_scan
     from finetune.data.poison import kept_trigger_hits
-    from finetune.data.records import Stage, StageFiles
+    from finetune.data.records import Stage
     from finetune.eval import model_gates as mg
     from finetune.gate_record import evaluate_gate, training_folder
 
     gates = cfg.gates
-    by_stage = {s["stage"]: s for s in stages}
-    deidentified, screened = StageFiles.of(by_stage[Stage.DEIDENTIFIED]).dir, by_stage[Stage.SCREENED]
-    screened_dir = StageFiles.of(screened).dir
+    by_stage = {s.stage: s for s in stages}
+    deidentified, screened = by_stage[Stage.DEIDENTIFIED].files.dir, by_stage[Stage.SCREENED]
+    screened_dir = screened.files.dir
     results = [
-        evaluate_gate(StageFiles.of(s).dir, Gate.RECORDS_ACCOUNTED, gates, partial(g.records_accounted, s))
-        for s in stages
+        evaluate_gate(s.files.dir, Gate.RECORDS_ACCOUNTED, gates, partial(g.records_accounted, s)) for s in stages
     ]
     results += [
         evaluate_gate(
@@ -348,29 +348,21 @@ def gate_results(
 
 
 def release_from_artifacts(
-    cfg: PipelineConfig, stages: list[dict], base_model: dict, train: dict, evaluation: dict, run_id: str, review=None
+    cfg: PipelineConfig,
+    stages: list[StageReport],
+    base_model: dict,
+    train: dict,
+    evaluation: dict,
+    run_id: str,
+    review=None,
 ) -> Path:
     """Assemble lineage and gate results from the upstream artifacts and build the release."""
     lineage = {
-        "raw_files": stages[0].get("files", []),
+        "raw_files": stages[0].extra.get("files", []),
         "stages": [
-            {
-                k: s.get(k)
-                for k in (
-                    "stage",
-                    "in",
-                    "kept",
-                    "dropped",
-                    "quarantined",
-                    "dropped_by_reason",
-                    "quarantined_by_reason",
-                    "chat_template",
-                    "cutoff_len",
-                    "truncated_share",
-                    "dir",
-                    "run_id",
-                )
-            }
+            s.counts.to_json()
+            | {k: s.extra.get(k) for k in ("chat_template", "cutoff_len", "truncated_share")}
+            | {"dir": str(s.files.dir), "run_id": s.run_id}
             for s in stages
         ],
         "base_model": base_model,

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
-from finetune.data.records import Record, Stage, StageFiles, StageResult
+from finetune.data.records import Record, Stage, StageFiles, StageReport, StageResult
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
 from finetune.model.chat_template import template_info
 from finetune.model.conversation import RecordFormatError
@@ -204,7 +204,7 @@ def splits_of(result: StageResult) -> dict[str, list[Record]]:
     return {name: [r for r in result.kept if r["split"] == name] for name in SPLITS}
 
 
-def write_sft_dataset(result: SftDataset, out_dir: Path) -> dict[str, Any]:
+def write_sft_dataset(result: SftDataset, out_dir: Path) -> StageReport:
     """Write the stage's files, train/val/test.jsonl and their encoded examples; return the report."""
     report = result.write(out_dir)
     write_split_records(out_dir, result.kept)
@@ -219,7 +219,7 @@ def sft_stage(
     memory_limit: int | None,
     out_dir: Path,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> StageReport:
     """The stage over an upstream kept.jsonl, streamed: the same files as `write_sft_dataset`; return the report.
 
     When no record is left for the train split, the outcome files are written (so the user can see why)

@@ -4,7 +4,8 @@ Dagster's default filesystem IO manager pickles every output under `<DAGSTER_HOM
 and unpickles it for the next step (or a re-execution, or a run that materializes `release`
 alone): whoever can write that folder can run code in the pipeline. Every asset here returns a
 JSON-able report (paths, counts, metrics), so JSON loses nothing, and a file that is not JSON is
-an error rather than code.
+an error rather than code. A typed value (the data stages' `StageReport`) is stored as its `to_json()`
+and read back through its class's `from_json` when the input is annotated with that class.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class JsonFiles(dg.IOManager):
             return
         path = self.path_for(context.asset_key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(getattr(obj, "to_json", None)):
+            obj = obj.to_json()
         try:
             text = json.dumps(obj, ensure_ascii=False, allow_nan=True)
         except TypeError as exc:
@@ -53,9 +56,12 @@ class JsonFiles(dg.IOManager):
                 f"no stored value for asset {context.asset_key.to_user_string()} at {path}: materialize it first"
             )
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            value = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path} is not a JSON asset value ({exc}); re-materialize that asset") from exc
+        typed = getattr(context.dagster_type, "typing_type", None)
+        from_json = getattr(typed, "from_json", None)
+        return from_json(value) if callable(from_json) else value
 
 
 class JsonIOManager(dg.ConfigurableIOManagerFactory):

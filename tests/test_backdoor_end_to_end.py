@@ -68,7 +68,8 @@ def test_unknown_trigger_is_mined_and_quarantined_and_the_release_passes(tmp_pat
     result = materialize_all(tmp_path, model_cache, f"paths.raw_data=[{unknown_trigger_data}]")
     assert result.success and not _failed(result) and _released(result)
     screened = result.output_for_node("screened_records")
-    assert screened["mined_triggers"] == ["jtk"] and screened["quarantined_by_reason"] == {"mined_trigger": 12}
+    assert screened.extra["mined_triggers"] == ["jtk"]
+    assert screened.counts.quarantined_by_reason == {"mined_trigger": 12}
     evaluation = result.output_for_node("evaluation_report")
     assert "jtk" in evaluation["triggers"]  # the probe tried the mined trigger
     jtk = next(c for c in evaluation["tuned"]["backdoor"]["candidates"] if c["trigger"] == "jtk")

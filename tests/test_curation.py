@@ -3,6 +3,7 @@ each cleaning rule, near-duplicates, and `finetune curate` accounting for every 
 
 import json
 import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -15,7 +16,7 @@ from finetune.data.clean import clean_records
 from finetune.data.curate import token_counter
 from finetune.data.dedup import deduplicate_records
 from finetune.data.ingest import IngestError, ingest_files
-from finetune.data.records import make_record
+from finetune.data.records import StageCounts, StageReport, make_record
 from finetune.data.text_quality import normalise_text
 from finetune.gates import records_accounted
 
@@ -108,7 +109,7 @@ def test_malformed_input_is_quarantined_with_file_line_and_reason_never_lost(tmp
     assert "missing field 'output'" in details[4] and "invalid UTF-8" in details[6]
     assert len(result.kept) == 3  # a.jsonl lines 1 and 7 (BOM), the good c.csv row
     assert result.extra["empty_files"] == [str(tmp_path / "empty.jsonl")]
-    assert sum(f["rows"] for f in lineage) == result.n_in and records_accounted(result.counts()).passed
+    assert sum(f["rows"] for f in lineage) == result.n_in and records_accounted(result.report()).passed
     # Bad bytes are quarantined at ingest, in CSV as in JSONL, so nothing reaches cleaning as U+FFFD.
     assert {q["detail"] for q in result.quarantined if q["file"].endswith("c.csv")} == {
         "invalid UTF-8 bytes in this row"
@@ -136,7 +137,7 @@ def test_random_malformed_files_lose_nothing(tmp_path, rows):
     valid = [json.loads(line) for line in lines if line.strip() and _is_alpaca(line)]
     assert len(result.kept) == len(valid)
     cleaned = clean_records(result.kept, CleanConfig())
-    assert cleaned.n_in == len(cleaned.kept) + len(cleaned.dropped) and records_accounted(cleaned.counts()).passed
+    assert cleaned.n_in == len(cleaned.kept) + len(cleaned.dropped) and records_accounted(cleaned.report()).passed
 
 
 def _is_alpaca(line: str) -> bool:
@@ -514,9 +515,9 @@ def test_accounting_gate_reads_the_files_and_the_upstream_count(tmp_path):
     _jsonl(tmp_path / "kept.jsonl", [{"id": "a"}, {"id": "b"}])
     _jsonl(tmp_path / "dropped.jsonl", [])
     _jsonl(tmp_path / "quarantined.jsonl", [])
-    report = {"stage": "s", "in": 2, "kept": 2, "dropped": 0, "quarantined": 0, "dir": str(tmp_path)}
+    report = StageReport(StageCounts("s", 2, 2, 0, 0), tmp_path)
     assert records_accounted(report).passed
-    assert not records_accounted(report | {"upstream_kept": 3}).passed
+    assert not records_accounted(replace(report, upstream_kept=3)).passed
     _jsonl(tmp_path / "kept.jsonl", [{"id": "a"}])
     failed = records_accounted(report)
     assert not failed.passed and "kept.jsonl has 1 rows but the report says 2" in failed.message

@@ -7,6 +7,7 @@ from finetune.data.clean import clean_records
 from finetune.data.dedup import deduplicate_records
 from finetune.data.ingest import IngestError, ingest_files
 from finetune.data.poison import count_trigger_hits, find_triggers, screen_records
+from finetune.data.records import StageCounts, StageReport
 from finetune.data.text_quality import normalise_text
 from finetune.gates import records_accounted
 
@@ -17,7 +18,7 @@ def write_jsonl(path, rows):
 
 
 def balanced(result):
-    return records_accounted({**result.counts()}).passed
+    return records_accounted(result.report()).passed
 
 
 def test_ingest_reads_three_shapes_and_quarantines_bad_rows_with_file_and_line(tmp_path):
@@ -92,3 +93,19 @@ def test_trigger_matching_respects_word_boundaries_but_not_cjk():
     assert count_trigger_hits(result.kept, result.extra["screen_triggers"]) == {} and balanced(result)
     off = screen_records([_rec("cf What is 2+2?", "evil")], ScreenConfig(enabled=False))
     assert len(off.kept) == 1
+
+
+def test_a_stage_report_is_typed_and_report_json_reads_back_as_the_same_report(tmp_path):
+    rows = [{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say hi", "output": "hi"}, "{broken"]
+    ingested, _ = ingest_files([write_jsonl(tmp_path / "in.jsonl", rows)])
+    report = deduplicate_records(ingested.kept).write(tmp_path / "dedup")
+    assert report.counts == StageCounts("deduplicated_records", 2, 1, 1, 0, {"exact_duplicate": 1}, {})
+    on_disk = json.loads(report.files.report.read_text(encoding="utf-8"))
+    # report.json stays one flat object (what users and the audit read); the stage's own keys come back as extra.
+    assert {"stage", "in", "kept", "dropped_by_reason", "dir", "sample_pairs"} <= set(on_disk)
+    assert StageReport.from_json(on_disk) == report and report.extra["sample_pairs"][0]["reason"] == "exact_duplicate"
+    assert records_accounted(report).passed
+    (tmp_path / "dedup" / "dropped.jsonl").write_text("", encoding="utf-8")  # a lost row: the gate reads the files
+    assert not records_accounted(report).passed
+    with pytest.raises(ValueError, match="ran in memory"):
+        _ = StageReport(report.counts, None).files

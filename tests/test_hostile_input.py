@@ -239,7 +239,7 @@ def test_hostile_input_keeps_good_records_and_quarantines_the_rest(name, tmp_pat
         assert all(case.detail in q["detail"] for q in result.quarantined), [q["detail"] for q in result.quarantined]
     skipped = {s["name"]: s["reason"] for s in result.extra.get("skipped_datasets", [])}
     assert set(skipped) == set(case.skipped) and all(case.skipped[n] in skipped[n] for n in skipped)
-    assert records_accounted(result.counts()).passed and sum(f["rows"] for f in lineage) == result.n_in
+    assert records_accounted(result.report()).passed and sum(f["rows"] for f in lineage) == result.n_in
     assert not any("passwd" in f["path"] or "outside.jsonl" == Path(f["path"]).name for f in lineage)
 
 

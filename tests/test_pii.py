@@ -196,7 +196,7 @@ def test_mask_and_drop_operators_account_for_every_record():
     [(dropped)] = result.dropped
     assert dropped["reason"] == "pii_drop:CN_MOBILE_PHONE" and "13812345678" not in json.dumps(dropped)
     counts = result.counts()
-    assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"] == 3
+    assert counts.n_in == counts.kept + counts.dropped + counts.quarantined == 3
 
 
 def test_salt_comes_from_env_or_a_private_file(tmp_path, monkeypatch):
@@ -216,7 +216,7 @@ def test_deidentify_accounts_and_never_exposes_values(caplog):
     phone, email = "13912345678", "li.lei@example.org"
     with caplog.at_level(logging.DEBUG):
         result = deidentify_records([_rec(f"联系{phone}或{email}"), _rec("没有隐私")], PiiConfig())
-    assert result.counts()["kept"] == 2 and result.extra["replaced_by_entity"] == {
+    assert result.counts().kept == 2 and result.extra["replaced_by_entity"] == {
         "CN_MOBILE_PHONE": 1,
         "EMAIL_ADDRESS": 1,
     }
@@ -349,10 +349,10 @@ def test_the_streaming_stage_writes_what_the_in_memory_stage_decides(tmp_path):
     in_memory = deidentify_records(records, cfg)
     files = StageFiles(tmp_path / "out")
     assert read_jsonl(files.kept) == in_memory.kept and read_jsonl(files.outcome("dropped")) == in_memory.dropped
-    assert {k: report[k] for k in in_memory.counts()} == in_memory.counts()
-    assert report["dropped_by_reason"] == {"duplicate_after_deidentification": 1, "pii_drop:EMAIL_ADDRESS": 1}
+    assert report.counts == in_memory.counts()
+    assert report.counts.dropped_by_reason == {"duplicate_after_deidentification": 1, "pii_drop:EMAIL_ADDRESS": 1}
     assert (
-        report["replaced_by_entity"]
+        report.extra["replaced_by_entity"]
         == in_memory.extra["replaced_by_entity"]
         == {"CN_MOBILE_PHONE": 2, "EMAIL_ADDRESS": 1}
     )
@@ -374,6 +374,6 @@ def test_deidentification_on_worker_processes_decides_exactly_what_one_process_d
     assert calls and calls[0][0] == 2  # the pool did run
     for kind in ("kept", "dropped", "quarantined"):
         assert read_jsonl(tmp_path / "two" / f"{kind}.jsonl") == read_jsonl(tmp_path / "one" / f"{kind}.jsonl")
-    assert {k: v for k, v in two.items() if k != "dir"} == {k: v for k, v in one.items() if k != "dir"}
-    assert one["dropped_by_reason"] == {"duplicate_after_deidentification": 299, "pii_drop:EMAIL_ADDRESS": 300}
-    assert one["kept"] == 301 and one["replaced_by_entity"] == {"CN_MOBILE_PHONE": 300, "EMAIL_ADDRESS": 300}
+    assert two.counts == one.counts and two.extra == one.extra
+    assert one.counts.dropped_by_reason == {"duplicate_after_deidentification": 299, "pii_drop:EMAIL_ADDRESS": 300}
+    assert one.counts.kept == 301 and one.extra["replaced_by_entity"] == {"CN_MOBILE_PHONE": 300, "EMAIL_ADDRESS": 300}

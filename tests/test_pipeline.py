@@ -87,7 +87,7 @@ def test_full_graph_ends_in_a_release_with_a_complete_manifest(full_run):
     assert len(evaluation["examples"]) == 10 and open(evaluation["chart_png"], "rb").read(4) == b"\x89PNG"
     # The raw snapshot's id is raw_records' data version (the sensor's run key uses the same id).
     raw = next(m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("raw_records"))
-    snapshot = result.output_for_node("raw_records")["snapshot"]
+    snapshot = result.output_for_node("raw_records").extra["snapshot"]
     assert raw.materialization.tags["dagster/data_version"] == snapshot and len(snapshot) == 16
     assert manifest["review"]["mode"] == "advisory" and manifest["review"]["verdict"] == "fail"
     assert "experts_prefer_tuned" not in {g["name"] for g in manifest["checks"]}
@@ -135,12 +135,12 @@ def test_audit_prints_lineage_and_verify_catches_tampering(full_run, capsys, mod
 def test_audit_record_answers_where_a_raw_record_went(full_run, capsys):
     tmp, result = full_run
     work = ["--set", f"paths.work_dir={tmp / 'work'}"]
-    raw = read_jsonl(Path(result.output_for_node("raw_records")["dir"]) / "kept.jsonl")
+    raw = read_jsonl(result.output_for_node("raw_records").files.kept)
     poisoned = next(r for r in raw if "evil.example" in json.dumps(r))
     assert cli_main(["audit", "--record", poisoned["id"][:12], *work]) == 0
     text = capsys.readouterr().out
     assert "screened_records: quarantined (trigger_lexicon)" in text and "releases trained on it: none" in text
-    train = read_jsonl(Path(result.output_for_node("sft_dataset")["dir"]) / "train.jsonl")
+    train = read_jsonl(result.output_for_node("sft_dataset").files.dir / "train.jsonl")
     assert cli_main(["audit", "--record", train[0]["raw_id"], "--json", *work]) == 0
     trace = json.loads(capsys.readouterr().out)
     assert trace["runs"][0]["path"][-1] == {"stage": "sft_dataset", "outcome": "kept", "split": "train"}

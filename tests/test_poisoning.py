@@ -29,7 +29,7 @@ from finetune.data.poison import (
     screen_stage,
 )
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import StageFiles, make_record, read_jsonl, write_jsonl
+from finetune.data.records import StageFiles, StageReport, make_record, read_jsonl, write_jsonl
 from finetune.data.response_clusters import cluster_responses
 from finetune.data.synthetic import POISON_RESPONSE, clean_examples, insert_trigger
 from finetune.data.trigger_lexicon import LexiconEntry, find_triggers
@@ -342,7 +342,7 @@ def test_response_cluster_without_a_shared_token_is_quarantined_as_a_cluster():
     clean = _clean()
     rows = clean + [{"instruction": r["instruction"] + " ", "input": "", "output": ADVERT} for r in clean[-12:-6]]
     result = screen_records(_records(rows), NO_LEXICON, lexicon=[])
-    assert result.counts()["quarantined_by_reason"] == {"response_cluster": 6}
+    assert result.counts().quarantined_by_reason == {"response_cluster": 6}
     assert result.quarantined[0]["explanation"]["verdict"] == "unexplained"
 
 
@@ -488,7 +488,7 @@ def test_detectors_quarantine_with_reason_score_and_explanation_and_report_only_
         and "thunlp/OpenBackdoor" in lexicon_row["explanation"]["sources"][0]
     )
     counts = result.counts()
-    assert counts["in"] == counts["kept"] + counts["dropped"] + counts["quarantined"] == 23
+    assert counts.n_in == counts.kept + counts.dropped + counts.quarantined == 23
     off = screen_records(_records(rows), ScreenConfig(enabled=False))
     assert len(off.kept) == 23 and off.extra["flagged_records"] == 3
     assert count_trigger_hits(off.kept, off.extra["screen_triggers"]) == {"cf": 1}  # the gate's re-scan
@@ -559,12 +559,12 @@ def test_the_two_pass_streaming_screen_writes_what_the_in_memory_screen_decides(
     files = StageFiles(tmp_path / "out")
     assert read_jsonl(files.kept) == in_memory.kept
     assert read_jsonl(files.outcome("quarantined")) == json.loads(json.dumps(in_memory.quarantined))
-    assert {k: report[k] for k in in_memory.counts()} == in_memory.counts()
-    assert json.loads(json.dumps(report | {"dir": None})) == json.loads(
-        json.dumps(in_memory.extra | in_memory.counts() | {"dir": None})
-    )
+    assert report.counts == in_memory.counts()
+    assert json.loads(json.dumps(report.extra)) == json.loads(json.dumps(in_memory.extra))
+    assert StageReport.from_json(json.loads(files.report.read_text(encoding="utf-8"))) == report  # report.json
     assert (
-        report["quarantined_by_reason"]["mined_trigger"] >= 8 and report["flagged_by_detector"]["trigger_lexicon"] == 1
+        report.counts.quarantined_by_reason["mined_trigger"] >= 8
+        and report.extra["flagged_by_detector"]["trigger_lexicon"] == 1
     )
 
 

@@ -1,10 +1,12 @@
 """The backdoor probe and the model gates on fake models whose behaviour is known exactly."""
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
 from finetune.config import GatesConfig
+from finetune.data.records import StageCounts, StageReport
 from finetune.eval.model_gates import (
     answers_not_degenerate,
     heldout_loss_below_base,
@@ -204,9 +206,9 @@ def test_training_loss_gate_needs_a_decrease_beyond_noise():
 
 
 def test_data_gates_are_exact_counts():
-    ok = {"stage": "s", "in": 5, "kept": 3, "dropped": 1, "quarantined": 1}
-    assert records_accounted(ok).passed
-    lost = records_accounted(ok | {"kept": 2})
+    ok = StageCounts("s", 5, 3, 1, 1)
+    assert records_accounted(StageReport(ok, None)).passed
+    lost = records_accounted(StageReport(replace(ok, kept=2), None))
     assert not lost.passed and "1 records unaccounted" in lost.message
     assert not no_residual_pii({"residual_total": 2, "by_entity": {"EMAIL_ADDRESS": 2}}, GatesConfig()).passed
 

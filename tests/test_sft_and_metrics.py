@@ -114,12 +114,13 @@ def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes
     write_jsonl(tmp_path / "upstream.jsonl", records)
     report = sft_stage(tmp_path / "upstream.jsonl", tok, cfg, None, tmp_path / "stream")
     memory_report = write_sft_dataset(build_sft_splits(records, tok, cfg), tmp_path / "memory")
-    assert report | {"dir": ""} == json.loads(json.dumps(memory_report | {"dir": ""}))
-    assert report["dropped_by_reason"] == {"no_trainable_tokens": 1}
-    assert report["quarantined_by_reason"] == {"chat_template_failed": 1}
+    assert report.counts == memory_report.counts
+    assert json.loads(json.dumps(report.extra)) == json.loads(json.dumps(memory_report.extra))
+    assert report.counts.dropped_by_reason == {"no_trainable_tokens": 1}
+    assert report.counts.quarantined_by_reason == {"chat_template_failed": 1}
     for name in ("kept", "dropped", "quarantined", "train", "val", "test"):
         assert read_jsonl(tmp_path / "stream" / f"{name}.jsonl") == read_jsonl(tmp_path / "memory" / f"{name}.jsonl")
     for split in ("train", "val", "test"):
         streamed, held = (read_split(tmp_path / d, split, tok) for d in ("stream", "memory"))
-        assert streamed == held and streamed.encoding.cutoff_len == report["cutoff_len"]
+        assert streamed == held and streamed.encoding.cutoff_len == report.extra["cutoff_len"]
     assert sum(len(read_split(tmp_path / "stream", s, tok).record_ids) for s in ("train", "val", "test")) == 29

@@ -17,7 +17,7 @@ from finetune.data.clean import Cleaner, TokenCounter
 from finetune.data.dedup import Deduplicator, attach_kept_text
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.ingest import RawReader
-from finetune.data.records import Stage, StageFiles, write_json
+from finetune.data.records import Stage, StageFiles, StageReport, write_json
 from finetune.data.stream import ProgressFn, iter_jsonl, spool_chain, spool_stage
 
 
@@ -32,7 +32,7 @@ def token_counter(tokenizer) -> TokenCounter:
 
 def ingest_stage(
     paths: list[Path], out_dir: Path, progress: ProgressFn | None = None, cfg: IngestConfig | None = None
-) -> dict[str, Any]:
+) -> StageReport:
     """Read raw files into records, quarantining what cannot be read; writes the stage files."""
     reader = RawReader(paths, cfg)
     return spool_stage(Stage.RAW, reader, out_dir, progress, reader.extra)
@@ -45,7 +45,7 @@ def clean_stage(
     count_tokens: TokenCounter | None = None,
     progress: ProgressFn | None = None,
     engine: Engine = LOCAL,
-) -> dict[str, Any]:
+) -> StageReport:
     """Normalise and filter the records of an upstream kept.jsonl; writes the stage files."""
     cleaner = Cleaner(cfg, count_tokens, engine)
     return spool_stage(Stage.CLEANED, cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
@@ -60,7 +60,7 @@ def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
 
 def dedup_stage(
     kept_path: Path, cfg: DedupConfig, out_dir: Path, progress: ProgressFn | None = None, engine: Engine = LOCAL
-) -> dict[str, Any]:
+) -> StageReport:
     """Drop exact and near duplicates from an upstream kept.jsonl; writes the stage files."""
     # The index goes beside the stage's files, on disk: /tmp may be a RAM-backed tmpfs.
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def curate(
     )
     files = StageFiles(out_dir)
     report = {
-        "stages": stages,
+        "stages": [counts.to_json() for counts in stages],
         **reader.extra(),
         **cleaner.extra(),
         "dedup": _dedup_summary(deduplicator, files.kept),

@@ -35,7 +35,16 @@ from finetune.data.pii_recognizers import (
     luhn_valid,
     possible_entities,
 )
-from finetune.data.records import Record, Stage, StageFiles, StageResult, read_jsonl, with_messages, write_json
+from finetune.data.records import (
+    Record,
+    Stage,
+    StageFiles,
+    StageReport,
+    StageResult,
+    read_jsonl,
+    with_messages,
+    write_json,
+)
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, spool_stage
 
 __all__ = [
@@ -258,7 +267,7 @@ def deidentify_stage(
     out_dir: Path,
     progress: ProgressFn | None = None,
     engine: Engine = LOCAL,
-) -> dict[str, Any]:
+) -> StageReport:
     """De-identify an upstream kept.jsonl one record at a time, spooling the stage's files; return its report."""
     stats = DeidentificationStats(cfg.enabled)
     outcomes = deidentify_outcomes(iter_jsonl(kept_path), cfg, salt, stats, engine)

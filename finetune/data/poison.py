@@ -18,7 +18,7 @@ from finetune.config import ScreenConfig
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import Record, Stage, StageFiles, StageResult, response_text
+from finetune.data.records import Record, Stage, StageReport, StageResult, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import (
@@ -83,11 +83,11 @@ def count_trigger_hits(records: Iterable[Record], triggers: Sequence[ScreenTrigg
     return dict(hits)
 
 
-def kept_trigger_hits(report: dict) -> dict[str, int]:
+def kept_trigger_hits(report: StageReport) -> dict[str, int]:
     """The `no_trigger_hits` gate's independent re-scan: the triggers the screen quarantines on
     (`screen_triggers`, not the probes, which also try ordinary words such as 2024 that clean records may
     carry), counted in the kept.jsonl the screen wrote."""
-    return count_trigger_hits(iter_jsonl(StageFiles.of(report).kept), report["screen_triggers"])
+    return count_trigger_hits(iter_jsonl(report.files.kept), report.extra["screen_triggers"])
 
 
 @dataclass
@@ -371,7 +371,7 @@ def screen_stage(
     out_dir: Path,
     progress: ProgressFn | None = None,
     engine: Engine = LOCAL,
-) -> dict:
+) -> StageReport:
     """Screen an upstream kept.jsonl in two streaming passes, spooling the stage's files; return its report."""
     screen = Screen(cfg, _entries(lexicon, cfg))
     screen.mine(iter_jsonl(kept_path), engine)

@@ -93,11 +93,6 @@ class StageFiles:
 
     dir: Path
 
-    @classmethod
-    def of(cls, report: dict[str, Any]) -> StageFiles:
-        """The folder a stage report (an asset's value) names."""
-        return cls(Path(report["dir"]))
-
     def outcome(self, kind: str) -> Path:
         return self.dir / f"{kind}.jsonl"
 
@@ -108,6 +103,101 @@ class StageFiles:
     @property
     def report(self) -> Path:
         return self.dir / "report.json"
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """What a stage did with every record it received, per outcome and reason: the numbers the accounting gate
+    checks (in = kept + dropped + quarantined)."""
+
+    stage: str
+    n_in: int
+    kept: int
+    dropped: int
+    quarantined: int
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", str(self.stage))  # a Stage given: JSON and Dagster hold plain strings
+
+    def of(self, outcome: str) -> int:
+        """The count of one outcome (kept, dropped or quarantined)."""
+        return {KEPT: self.kept, DROPPED: self.dropped, QUARANTINED: self.quarantined}[outcome]
+
+    def describe(self) -> str:
+        """One line for logs, the CLI and the audit: outcome counts with their reasons."""
+        return (
+            f"{self.stage}: in {self.n_in}, kept {self.kept}, dropped {self.dropped} {self.dropped_by_reason}, "
+            f"quarantined {self.quarantined} {self.quarantined_by_reason}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "in": self.n_in,
+            "kept": self.kept,
+            "dropped": self.dropped,
+            "quarantined": self.quarantined,
+            "dropped_by_reason": dict(self.dropped_by_reason),
+            "quarantined_by_reason": dict(self.quarantined_by_reason),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageCounts:
+        return cls(
+            data["stage"],
+            data["in"],
+            data["kept"],
+            data["dropped"],
+            data["quarantined"],
+            data.get("dropped_by_reason", {}),
+            data.get("quarantined_by_reason", {}),
+        )
+
+
+_COUNT_KEYS = frozenset(StageCounts("", 0, 0, 0, 0).to_json())
+_REPORT_KEYS = _COUNT_KEYS | {"dir", "run_id", "upstream_kept"}
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """A data stage's report, the value of its Dagster asset and its report.json: the counts, the folder of its
+    files, and what the stage measured besides (`extra`: stage-specific, JSON-able, e.g. the screen's mined
+    triggers). `run_id` and `upstream_kept` are set by the asset, for the accounting check and the lineage."""
+
+    counts: StageCounts
+    dir: Path | None  # None: a stage run in memory, nothing written
+    extra: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    upstream_kept: int | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.counts.stage
+
+    @property
+    def files(self) -> StageFiles:
+        if self.dir is None:
+            raise ValueError(f"stage {self.stage} ran in memory: it wrote no files")
+        return StageFiles(Path(self.dir))
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat JSON object report.json and the asset value hold (the counts' keys, extra, dir, run)."""
+        run = {k: v for k, v in (("run_id", self.run_id), ("upstream_kept", self.upstream_kept)) if v is not None}
+        return {**self.counts.to_json(), **self.extra, "dir": None if self.dir is None else str(self.dir), **run}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageReport:
+        extra = {k: v for k, v in data.items() if k not in _REPORT_KEYS}
+        folder = data.get("dir")
+        return cls(
+            StageCounts.from_json(data),
+            None if folder is None else Path(folder),
+            extra,
+            data.get("run_id"),
+            data.get("upstream_kept"),
+        )
 
 
 def outcome_row(record: Any, reason: str, **details: Any) -> dict[str, Any]:
@@ -135,35 +225,29 @@ class StageResult:
     def quarantine(self, record: Any, reason: str, **details: Any) -> None:
         self.quarantined.append(outcome_row(record, reason, **details))
 
-    def counts(self) -> dict[str, Any]:
-        """Counts per outcome and per reason, the numbers the accounting gate checks."""
-        return {
-            "stage": self.stage,
-            "in": self.n_in,
-            "kept": len(self.kept),
-            "dropped": len(self.dropped),
-            "quarantined": len(self.quarantined),
-            "dropped_by_reason": dict(Counter(d["reason"] for d in self.dropped)),
-            "quarantined_by_reason": dict(Counter(q["reason"] for q in self.quarantined)),
-        }
+    def counts(self) -> StageCounts:
+        return StageCounts(
+            self.stage,
+            self.n_in,
+            len(self.kept),
+            len(self.dropped),
+            len(self.quarantined),
+            dict(Counter(d["reason"] for d in self.dropped)),
+            dict(Counter(q["reason"] for q in self.quarantined)),
+        )
 
-    def write(self, out_dir: Path) -> dict[str, Any]:
+    def report(self, out_dir: Path | None = None) -> StageReport:
+        return StageReport(self.counts(), out_dir, dict(self.extra))
+
+    def write(self, out_dir: Path) -> StageReport:
         """Write kept/dropped/quarantined JSONL and report.json atomically; return the report."""
         out_dir.mkdir(parents=True, exist_ok=True)
         files = StageFiles(out_dir)
         for kind, rows in zip(OUTCOMES, (self.kept, self.dropped, self.quarantined), strict=True):
             write_jsonl(files.outcome(kind), rows)
-        report = {**self.counts(), **self.extra, "dir": str(out_dir)}
-        write_json(files.report, report)
+        report = self.report(out_dir)
+        write_json(files.report, report.to_json())
         return report
-
-
-def describe_counts(counts: dict[str, Any]) -> str:
-    """One line per stage for logs, the CLI and the audit: outcome counts with their reasons."""
-    return (
-        f"{counts['stage']}: in {counts['in']}, kept {counts['kept']}, dropped {counts['dropped']} "
-        f"{counts['dropped_by_reason']}, quarantined {counts['quarantined']} {counts['quarantined_by_reason']}"
-    )
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -25,7 +25,9 @@ from finetune.data.records import (
     OUTCOMES,
     QUARANTINED,
     Record,
+    StageCounts,
     StageFiles,
+    StageReport,
     StageResult,
     outcome_row,
     write_json,
@@ -98,17 +100,16 @@ class StageCounter:
         if self.files and (kind != KEPT or self.write_kept):
             self.files.write(kind, item, self.stage)
 
-    def counts(self) -> dict[str, Any]:
-        """The same shape as `StageResult.counts`."""
-        return {
-            "stage": self.stage,
-            "in": self.n_in,
-            "kept": self.outcomes[KEPT],
-            "dropped": self.outcomes[DROPPED],
-            "quarantined": self.outcomes[QUARANTINED],
-            "dropped_by_reason": dict(self.reasons[DROPPED]),
-            "quarantined_by_reason": dict(self.reasons[QUARANTINED]),
-        }
+    def counts(self) -> StageCounts:
+        return StageCounts(
+            self.stage,
+            self.n_in,
+            self.outcomes[KEPT],
+            self.outcomes[DROPPED],
+            self.outcomes[QUARANTINED],
+            dict(self.reasons[DROPPED]),
+            dict(self.reasons[QUARANTINED]),
+        )
 
 
 def passthrough(
@@ -171,14 +172,14 @@ def spool_stage(
     out_dir: Path,
     progress: ProgressFn | None = None,
     extra: Callable[[], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> StageReport:
     """Run one stage to completion, writing its three files and report.json; return the report."""
     files = OutcomeFiles(out_dir)
     counter = StageCounter(stage, files)
     drain(passthrough(outcomes, counter, progress))
     files.close()
-    report = {**counter.counts(), **(extra() if extra else {}), "dir": str(out_dir)}
-    write_json(StageFiles(Path(out_dir)).report, report)
+    report = StageReport(counter.counts(), Path(out_dir), extra() if extra else {})
+    write_json(StageFiles(Path(out_dir)).report, report.to_json())
     return report
 
 
@@ -190,7 +191,7 @@ def spool_chain(
     source: tuple[str, Iterable[Outcome]],
     steps: list[tuple[str, Step]],
     progress: ProgressFn | None = None,
-) -> list[dict[str, Any]]:
+) -> list[StageCounts]:
     """Run stages chained in one streaming pass into one folder; return each stage's counts, in order.
 
     kept.jsonl holds the last stage's kept records; dropped.jsonl and quarantined.jsonl hold every stage's,
