@@ -357,10 +357,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=12, help="calibration: clean runs (train/split seeds)")
     parser.add_argument("--first-seed", type=int, default=10, help="calibration: seeds first-seed .. +runs-1")
     parser.add_argument("--figure", type=Path, default=None, help="table: also write the calibration figure (PNG)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="cell: a config override on top of the cell's"
+    )
     args = parser.parse_args()
     if args.kind == "cell":
         name, variant, seed = args.args
-        result = run_cell(name, variant, int(seed), args.out / "models", [])
+        result = run_cell(name, variant, int(seed), args.out / "models", args.set)
         (args.out / f"{name}.json").write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
         print(f"{name}: released={result['released']} in {result['seconds']:.0f}s", flush=True)
     elif args.kind == "table":
