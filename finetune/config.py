@@ -224,8 +224,8 @@ class PiiConfig(_Section):
         default=0,
         ge=0,
         description=f"Processes that find and replace PII in parallel once an input passes {PII_POOL_AFTER:,} records "
-        "(a smaller one stays in one process: starting workers costs seconds); 0 = one per CPU core. "
-        "The output does not depend on it.",
+        "(a smaller one stays in one process: starting workers costs seconds); 0 = one per CPU core but one, "
+        "which the stage's own process needs (1 = no workers). The output does not depend on it.",
     )
 
     @model_validator(mode="after")
@@ -240,10 +240,13 @@ class PiiConfig(_Section):
         return self.operators.get(entity, self.default_operator)
 
     def worker_count(self) -> int:
-        """`workers`, or the CPU cores this process may run on."""
+        """`workers`, or one less than the CPU cores this process may run on: the stage's own process parses,
+        decides and writes every record, and workers competing with it for the cores cost CPU for little wall
+        time (benchmarks/README.md, worker processes)."""
         if self.workers:
             return self.workers
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(cores - 1, 1)
 
 
 def _weakens(direction: str) -> dict[str, str]:

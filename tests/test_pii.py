@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import sys
 
 import pytest
@@ -377,3 +378,10 @@ def test_deidentification_on_worker_processes_decides_exactly_what_one_process_d
     assert two.counts == one.counts and two.extra == one.extra
     assert one.counts.dropped_by_reason == {"duplicate_after_deidentification": 299, "pii_drop:EMAIL_ADDRESS": 300}
     assert one.counts.kept == 301 and one.extra["replaced_by_entity"] == {"CN_MOBILE_PHONE": 300, "EMAIL_ADDRESS": 300}
+
+
+def test_default_workers_leave_the_stage_its_own_core(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert PiiConfig().worker_count() == 1  # 2 cores: no pool beside the stage's own process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    assert PiiConfig().worker_count() == 15 and PiiConfig(workers=3).worker_count() == 3
