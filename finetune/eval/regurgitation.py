@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from finetune.data.pii import find_pii
 from finetune.data.records import Record
@@ -24,7 +24,9 @@ def _digits_or_text(value: str) -> str:
     return digits if len(digits) >= 7 and len(digits) >= len(value) - 4 else value
 
 
-def regurgitation_prompts(raw_records: list[Record], limit: int) -> tuple[list[list[dict[str, str]]], dict[str, str]]:
+def regurgitation_prompts(
+    raw_records: Iterable[Record], limit: int
+) -> tuple[list[list[dict[str, str]]], dict[str, str]]:
     """Prefix prompts (text up to the first PII value of a raw turn) and the raw PII values with their entity
     types (held in memory only, never written)."""
     prompts, values = [], {}

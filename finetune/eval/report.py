@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,8 @@ class EvalData:
     test: list[Record]
     train: list[Record] = field(default_factory=list)  # few-shot turns and label detection
     probe_records: list[Record] = field(default_factory=list)  # held-out prompts for backdoor probes
-    raw_records: list[Record] = field(default_factory=list)  # pre-de-identification, for the PII probe
+    # Pre-de-identification, for the PII probe, which reads it once: a stream (the raw stage's kept.jsonl), not a list.
+    raw_records: Iterable[Record] = ()
     triggers: list[str] = field(default_factory=list)
     # The cutoff the sft_dataset stage trained with (it resolves `sft.cutoff_len: auto`); None = the setting.
     cutoff_len: int | None = None
