@@ -58,13 +58,23 @@ def same_files(a: Path, b: Path) -> bool:
     return all(text(a, s, kind) == text(b, s, kind) for s in STAGES for kind in OUTCOMES)
 
 
-def ray_cluster(cpus: int, temp: Path) -> str:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def head_command(port: int, cpus: int, temp: Path) -> list[str]:
+    """`ray start --head` for a loopback cluster of `cpus` worker CPUs, without dashboard or usage stats, its
+    sockets under `temp` (keep that path short: the Unix socket limit is 107 bytes). tests/test_ray_engine.py
+    starts its cluster with the same command."""
     cmd = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={cpus}"]
-    cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    return cmd + ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+
+
+def ray_cluster(cpus: int, temp: Path) -> str:
+    port = free_port()
+    subprocess.run(head_command(port, cpus, temp), check=True, capture_output=True)
     return f"127.0.0.1:{port}"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,23 +26,16 @@ from finetune.data.records import OUTCOMES, Stage, StageFiles
 from finetune.model.loading import load_tokenizer
 
 ray = pytest.importorskip("ray")
-RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+from chain_benchmark import write_input  # noqa: E402
+from ray_benchmark import RAY, free_port, head_command  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
-    port = _free_port()
-    # Ray's sockets live under the temp dir, whose path must stay short (the Unix socket limit is 107 bytes).
-    temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-test-{port}"
-    start = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
-    start += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
-    start += ["--object-store-memory=200000000"]
+    port = free_port()
+    temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-test-{port}"  # short: Ray's sockets live under it
+    start = [*head_command(port, 2, temp), "--object-store-memory=200000000"]
     # A loopback test cluster without token auth, whatever ~/.ray holds (a private Ray writes a token there,
     # and `ray start` then requires it); the driver here, and Ray, read the same setting.
     auth, os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE"), "disabled"
@@ -62,9 +54,6 @@ def ray_address(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chain_input(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from chain_benchmark import write_input
-
     folder = tmp_path_factory.mktemp("ray-input")
     write_input(folder / "faker.jsonl", 1500, pii_share=0.1, seed=5)
     shutil.copy(PROJECT_ROOT / "data" / "sample" / "instructions.jsonl", folder / "sample.jsonl")
@@ -125,7 +114,7 @@ def test_curate_on_ray_matches_local(ray_address, chain_input, tmp_path, tiny_ba
 
 
 def test_unreachable_cluster_names_the_setting():
-    engine = Engine("ray", address=f"127.0.0.1:{_free_port()}")
+    engine = Engine("ray", address=f"127.0.0.1:{free_port()}")
     if ray.is_initialized():
         ray.shutdown()
     with pytest.raises(RuntimeError, match="data.ray_address"):
