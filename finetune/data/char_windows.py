@@ -68,7 +68,7 @@ def alnum_only(codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.n
     return codes[keep], np.bincount(owner[keep], minlength=lengths.size).astype(np.int64)
 
 
-_GOLDEN = 0x9E3779B97F4A7C15
+GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio: the odd multiplier of Fibonacci hashing
 
 
 def word_gram_buckets(texts: Sequence[str], sizes: Sequence[int], bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +91,8 @@ def word_gram_buckets(texts: Sequence[str], sizes: Sequence[int], bits: int) -> 
             continue
         starts = np.flatnonzero(gaps[n - 1 :] == gaps[: codes.size - n + 1])  # no word boundary inside
         h = rolling_hashes(codes, n)[starts]
-        h += np.uint64(n * _GOLDEN % 2**64)
-        h *= np.uint64(_GOLDEN)
+        h += np.uint64(n * GOLDEN % 2**64)
+        h *= np.uint64(GOLDEN)
         rows.append(owner[starts])
         buckets.append((h >> np.uint64(64 - bits)).astype(np.int64))
     if not rows:

@@ -24,9 +24,10 @@ import numpy as np
 from datasketch.lsh import _optimal_param
 
 from finetune.data.bloom import BloomFilter
+from finetune.data.char_windows import GOLDEN
 
 _BASE = np.uint64(0x100000001B3)
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(GOLDEN)
 _PARAMS = 900  # bound parameters per IN (...) query, under SQLite's limit
 SIGNATURE_DTYPE = np.uint32  # datasketch's hash values are < 2**32
 PENDING_CHUNKS = 16  # chunks of band rows held back (~35k rows, 0.5 MB each) before one sorted write

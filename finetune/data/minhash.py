@@ -18,10 +18,10 @@ from functools import lru_cache
 import numpy as np
 from datasketch import MinHash
 
-from finetune.data.char_windows import code_points, rolling_hashes, window_starts
+from finetune.data.char_windows import GOLDEN, code_points, rolling_hashes, window_starts
 from finetune.data.text_quality import canonical
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(GOLDEN)
 EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's value for a permutation that saw no shingle
 # Shingles permuted per numpy pass: a (num_perm, block) uint32 array of ~8 MiB at 128 permutations.
 _BLOCK = 1 << 14

@@ -20,7 +20,7 @@ from functools import lru_cache
 import ftfy
 import numpy as np
 
-from finetune.data.char_windows import alnum_only, code_points, rolling_hashes, window_starts
+from finetune.data.char_windows import GOLDEN, alnum_only, code_points, rolling_hashes, window_starts
 
 _SPACES = re.compile(r"[ \t\u3000\xa0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -48,7 +48,7 @@ _MARKUP_REQUEST = re.compile(
     r"atom feed|sitemap|email template|react|angular|svelte)\b)|网页|网站|页面|标签|超文本|前端|组件"
 )
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
-_OWNER_MIX = np.uint64(0x9E3779B97F4A7C15)
+_OWNER_MIX = np.uint64(GOLDEN)
 MOJIBAKE_LEFT = "mojibake_left"
 # ftfy's mojibake patterns all need a character outside ASCII, CJK punctuation, the CJK ideographs and
 # the full-width forms (checked against ftfy.badness.MOJIBAKE_CATEGORIES in a test); text made only of

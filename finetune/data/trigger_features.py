@@ -23,7 +23,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfTransformer
 
-from finetune.data.char_windows import word_gram_buckets
+from finetune.data.char_windows import GOLDEN, word_gram_buckets
 from finetune.data.records import Record
 from finetune.data.text_quality import canonical
 from finetune.data.trigger_lexicon import CJK, fold, trigger_pattern
@@ -249,7 +249,7 @@ class FeatureTable:
         # dimensions) keeps inner products within ~0.1: enough to sort out the groups worth an exact test, at a
         # fraction of the cost of summing million-column rows. sklearn's random projections build their
         # million-row matrices in Python loops, slower than the scan they would save.
-        buckets = np.arange(N_BUCKETS, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        buckets = np.arange(N_BUCKETS, dtype=np.uint64) * np.uint64(GOLDEN)
         dims = ((buckets >> np.uint64(40)) % np.uint64(_PROJECTED_DIMS)).astype(np.int64)
         signs = np.where((buckets >> np.uint64(33)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
         sketch = sparse.csr_matrix((signs, (np.arange(N_BUCKETS), dims)), shape=(N_BUCKETS, _PROJECTED_DIMS))
