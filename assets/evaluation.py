@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.metadata import png_markdown
+from finetune.data.poison import ScreenSummary
 from finetune.data.records import StageReport, read_jsonl
 from finetune.data.stream import iter_jsonl
 from finetune.eval.report import EvalData, evaluate_candidate, report_markdown
@@ -35,7 +36,7 @@ def evaluation_report(
         train=split["train"],
         probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=iter_jsonl(raw_records.files.kept),  # streamed: the raw stage may hold millions
-        triggers=screened_records.extra["probe_triggers"],  # mined features + published triggers the data carries
+        triggers=ScreenSummary.of(screened_records).probe_triggers,  # mined + published triggers the data carries
         cutoff_len=sft_dataset.extra["cutoff_len"],  # as trained: `sft.cutoff_len: auto` is resolved by that stage
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)

@@ -122,7 +122,10 @@ def poisoned_share_below_threshold(report: StageReport, gates: GatesConfig) -> G
     The decision is on the exact count of this data; the interval says what share the source would
     show over more data like it (Clopper-Pearson, at gates.alpha per side).
     """
-    flagged, total = report.extra["flagged_records"], report.counts.n_in
+    from finetune.data.poison import ScreenSummary  # the screen's modules load only for this gate
+
+    summary = ScreenSummary.of(report)
+    flagged, total = summary.flagged_records, report.counts.n_in
     share = flagged / total if total else 0.0
     ci = clopper_pearson(flagged, total, gates.alpha)
     ok = share <= gates.max_poisoned_share
@@ -131,9 +134,7 @@ def poisoned_share_below_threshold(report: StageReport, gates: GatesConfig) -> G
         f"{ci.confidence:.0%} interval {ci.low:.1%}-{ci.high:.1%})"
     )
     if not ok:
-        msg += (
-            f"; by detector {report.extra['flagged_by_detector']}. Inspect the quarantine before trusting this source"
-        )
+        msg += f"; by detector {summary.flagged_by_detector}. Inspect the quarantine before trusting this source"
     values = {"share": share, "threshold": gates.max_poisoned_share, "flagged": flagged, "n": total}
     values |= {"share_ci_low": ci.low, "share_ci_high": ci.high, "confidence": ci.confidence}
     return GateResult(

@@ -11,7 +11,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from finetune.config import ScreenConfig
@@ -83,11 +83,27 @@ def count_trigger_hits(records: Iterable[Record], triggers: Sequence[ScreenTrigg
     return dict(hits)
 
 
+@dataclass(frozen=True)
+class ScreenSummary:
+    """What the gates and the evaluation read of a screen's report, typed (the report's other keys are for
+    people: the UI's tables and the explanations)."""
+
+    flagged_records: int  # flagged by any detector, quarantined or not (`screen.enabled` off)
+    flagged_by_detector: dict[str, int]
+    screen_triggers: list[ScreenTrigger]  # what the screen quarantines on, for the gate's re-scan
+    probe_triggers: list[str]  # mined features and the published triggers the data carries, for the model probe
+
+    @classmethod
+    def of(cls, report: StageReport) -> ScreenSummary:
+        """The summary a screened_records report holds (its keys are this class's fields)."""
+        return cls(**{f.name: report.extra[f.name] for f in fields(cls)})
+
+
 def kept_trigger_hits(report: StageReport) -> dict[str, int]:
     """The `no_trigger_hits` gate's independent re-scan: the triggers the screen quarantines on
     (`screen_triggers`, not the probes, which also try ordinary words such as 2024 that clean records may
     carry), counted in the kept.jsonl the screen wrote."""
-    return count_trigger_hits(iter_jsonl(report.files.kept), report.extra["screen_triggers"])
+    return count_trigger_hits(iter_jsonl(report.files.kept), ScreenSummary.of(report).screen_triggers)
 
 
 @dataclass
@@ -307,21 +323,27 @@ class Screen:
         ]
         return triggers + [feature_parts(t.key) if t.key.startswith("&:") else feature_text(t.key) for t in mined]
 
-    def report(self) -> dict:
-        """The stage report's screening keys (shared interface: probe_triggers, screen_triggers, ...).
+    def summary(self) -> ScreenSummary:
+        """probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
+        not): fine-tuning can only implant a trigger its data carries."""
+        mined_text = sorted({feature_text(t.key) for t in (self.mining.mined if self.mining else [])})
+        probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + mined_text
+        return ScreenSummary(
+            self.flagged,
+            {d: self.per_detector.get(d, 0) for d in DETECTORS},
+            self.screen_triggers(),
+            list(dict.fromkeys(probes)),
+        )
 
-        probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
-        not): fine-tuning can only implant a trigger its data carries. All published triggers are listed
-        apart (published_triggers), for probing a base model that may have been poisoned before.
-        """
+    def report(self) -> dict:
+        """The stage report's screening keys: the typed `summary()`, and the rest for people. All published
+        triggers are listed apart (published_triggers), for probing a base model poisoned before."""
         mining, entries = self.mining, self.entries
         mined = mining.mined if mining else []
-        mined_text = sorted({feature_text(t.key) for t in mined})
         return {
             "screen_enabled": self.cfg.enabled,
-            "flagged_by_detector": {d: self.per_detector.get(d, 0) for d in DETECTORS},
-            "flagged_records": self.flagged,
-            "mined_triggers": mined_text,
+            **asdict(self.summary()),
+            "mined_triggers": sorted({feature_text(t.key) for t in mined}),
             "mined_features": [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
             "trigger_tests": {
                 "candidates": mining.candidates if mining else 0,
@@ -331,11 +353,7 @@ class Screen:
             "trigger_hits": dict(self.lexicon_hits),
             "lexicon": {"entries": len(entries), "quarantining": sum(e.role == "quarantine" for e in entries)},
             "lexicon_present": dict(self.lexicon_present),
-            "probe_triggers": list(
-                dict.fromkeys([_probe_text(e) for e in entries if e.trigger in self.lexicon_present] + mined_text)
-            ),
             "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
-            "screen_triggers": self.screen_triggers(),
         }
 
 
