@@ -17,7 +17,7 @@ from assets.data import sft_dataset
 from assets.training import adapter, base_model
 from finetune.cli import main as cli_main
 from finetune.config import PROJECT_ROOT, ConfigError, SftConfig, TrainConfig, load_config
-from finetune.data.records import write_jsonl
+from finetune.data.records import StageCounts, StageReport, write_jsonl
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import encode_split
 from finetune.train.examples import EncodedSplit, Encoding, read_split, tokenizer_sha256, write_split
@@ -145,8 +145,8 @@ TRAIN = [
 
 def _materialize_adapter(tmp_path: Path, kept: Path, base: str, launcher) -> dg.MaterializeResult:
     @dg.asset(name="screened_records")
-    def screened() -> dict:
-        return {"dir": str(kept.parent), "kept": 16}
+    def screened() -> StageReport:
+        return StageReport(StageCounts("screened_records", 16, 16, 0, 0), kept.parent)
 
     overrides = [f"paths.work_dir={tmp_path / 'work'}", f"model.base={base}", *TRAIN]
     resources = {
@@ -186,13 +186,15 @@ def test_cli_in_process_and_pipes_subprocess_train_byte_identical_adapters(golde
 WORKER = """
 import sys
 import dagster as dg
+from pathlib import Path
 from assets.training import adapter
+from finetune.data.records import StageCounts, StageReport
 from resources import AccelerateLauncher, NoTracker, PipelineSettings, SubprocessLauncher, TorchrunLauncher
 split, base, work, launcher = sys.argv[1:5]
 
 @dg.asset(name="sft_dataset")
-def split_files() -> dict:
-    return {"dir": split}
+def split_files() -> StageReport:
+    return StageReport(StageCounts("sft_dataset", 0, 0, 0, 0), Path(split))
 
 @dg.asset(name="base_model")
 def tiny() -> dict:

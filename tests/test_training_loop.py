@@ -16,6 +16,7 @@ import torch
 
 from assets.training import adapter
 from finetune.config import PROJECT_ROOT, SftConfig, TrainConfig
+from finetune.data.records import StageCounts, StageReport
 from finetune.train.memory import estimate_memory
 from finetune.train.methods import build_trainable_model
 from finetune.train.tracking import TrackingSpec
@@ -145,8 +146,8 @@ def test_two_ranks_under_torchrun_train_like_one_process_with_accumulation(tiny_
     overrides = [f"paths.work_dir={tmp_path / 'work'}", *(f"train.{k}={v}" for k, v in common.items())]
 
     @dg.asset(name="sft_dataset")
-    def split_files() -> dict:
-        return {"dir": str(split)}
+    def split_files() -> StageReport:
+        return StageReport(StageCounts("sft_dataset", 0, 0, 0, 0), Path(split))
 
     @dg.asset(name="base_model")
     def tiny() -> dict:
