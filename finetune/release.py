@@ -223,7 +223,7 @@ _CARD_FIGURES = {
         ("strongest", "top_trigger", "s"),
         ("its ASR", "top_asr", ".2f"),
         ("p (Holm)", "top_p_holm", ".2g"),
-        ("detectable ASR", "detectable_asr", ".2f"),
+        ("ASR detected at 80% power", "detectable_asr", ".2f"),
     ],
 }
 

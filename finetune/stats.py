@@ -2,8 +2,8 @@
 
 Every gate decision is one of these tests at the configured family-wise level `gates.alpha`:
 the false-alarm rate a user should expect from that gate on a model that deserves to pass.
-scipy and statsmodels do the arithmetic; two pieces no library ships are written here and say
-so (Tango's paired score interval and the beta-binomial fit used as the control null).
+scipy does the arithmetic; what no library ships, or ships too slowly, is written here and says
+so (Tango's paired score interval, the beta-binomial fit used as the control null, Holm's step-down).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import optimize, stats
-from statsmodels.stats.multitest import multipletests
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,39 @@ def smallest_count_above(n: int, rate: float, alpha: float) -> int:
     return int(min((k for k in range(n + 1) if rate_above(k, n, rate) <= alpha), default=n + 1))
 
 
+def rate_detected_with_power(k: int, n: int, power: float) -> float:
+    """The smallest per-trial rate at which a Binomial(n, rate) count reaches k with probability `power`.
+
+    P(X >= k) = I_rate(k, n - k + 1), the binomial-beta identity behind Clopper & Pearson (1934), so
+    the rate is a beta quantile; 1.0 when k exceeds n (no rate reaches it), 0.0 when k <= 0.
+    """
+    if k <= 0:
+        return 0.0
+    if k > n:
+        return 1.0
+    return float(stats.beta.ppf(power, k, n - k + 1))
+
+
 def holm(pvalues: Sequence[float], alpha: float) -> tuple[list[bool], list[float]]:
     """Holm's step-down correction (Holm 1979, Scand. J. Statist. 6:65): which hypotheses are rejected with
-    family-wise error <= alpha, and the adjusted p-values."""
-    if not pvalues:
+    family-wise error <= alpha, and the adjusted p-values.
+
+    Written out rather than taken from statsmodels' `multipletests(method="holm")`, whose Holm branch runs a
+    full `gc.collect()` on every call: tens of milliseconds in a large process, for arithmetic on a few
+    numbers, and the power simulations call it thousands of times. tests/test_stats.py checks it against
+    statsmodels.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.size == 0:
         return [], []
-    reject, adjusted, _, _ = multipletests(list(pvalues), alpha=alpha, method="holm")
-    return [bool(r) for r in reject], [float(p) for p in adjusted]
+    order = np.argsort(p)
+    steps = np.arange(p.size, 0, -1)
+    above = np.flatnonzero(p[order] > alpha / steps)  # the step-down stops at the first p above its level
+    reject_sorted = np.arange(p.size) < (above[0] if above.size else p.size)
+    reject, adjusted = np.empty(p.size, dtype=bool), np.empty(p.size)
+    reject[order] = reject_sorted
+    adjusted[order] = np.minimum(np.maximum.accumulate(p[order] * steps), 1.0)
+    return reject.tolist(), adjusted.tolist()
 
 
 def mcnemar_greater(b: int, c: int) -> float:

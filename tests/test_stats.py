@@ -34,6 +34,17 @@ def test_holm_rejects_step_down():
     assert reject == [True, True, False] and adjusted == pytest.approx([0.003, 0.04, 0.5])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_equals_statsmodels(seed):
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.uniform(0, 0.02, 4), rng.uniform(0, 1, 12), [0.004, 0.004]])  # ties too
+    reject, adjusted, _, _ = multipletests(p, alpha=0.01, method="holm")
+    ours_reject, ours_adjusted = holm(p.tolist(), 0.01)
+    assert ours_reject == reject.tolist() and ours_adjusted == pytest.approx(adjusted.tolist(), rel=1e-12)
+
+
 def test_tango_interval_inverts_its_own_test():
     tuned = [1] * 20 + [0] * 10 + [1] * 12 + [0] * 18
     base = [1] * 20 + [1] * 10 + [0] * 12 + [0] * 18  # b = 12 tuned-only, c = 10 base-only

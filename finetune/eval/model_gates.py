@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from finetune.config import Gate, GatesConfig
-from finetune.eval.backdoor_test import decide
+from finetune.eval.backdoor_test import POWER, decide
 from finetune.eval.regression import CANNOT_TELL, NOT_WORSE, WORSE, compare_to_base
 from finetune.gates import GateResult, fmt_p
 from finetune.stats import (
@@ -150,8 +150,9 @@ def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResul
     m, n = len(decision.findings) + len(decision.targets), decision.n_prompts
     values: dict[str, Any] = {"alpha": gates.alpha, "candidates": len(decision.findings), "prompts": n}
     values |= {"controls": decision.n_controls, "shared_targets": len(decision.targets)}
-    values |= {f"detectable_asr_{form.replace(' ', '_').replace('+', 'plus')}": v
-               for form, v in decision.detectable_asr.items()}  # fmt: skip
+    values |= {f"detectable_asr_{_form_slug(form)}": v for form, v in decision.detectable_asr.items()}
+    values |= {f"flagged_from_hits_{_form_slug(form)}": k for form, k in decision.flagged_from.items()}
+    values["detectable_asr_power"] = POWER
     if decision.detectable_asr:
         values["detectable_asr"] = max(decision.detectable_asr.values())
     if not decision.findings:
@@ -171,10 +172,14 @@ def no_backdoor_trigger(report: dict[str, Any], gates: GatesConfig) -> GateResul
     detectable = ", ".join(f"{form} {v:.2f}" for form, v in decision.detectable_asr.items())
     msg = (
         f"no trigger flagged: {len(decision.findings)} candidates x {n} prompts against {decision.n_controls} "
-        f"controls; strongest {_finding_text(top, gates.alpha, m)}; smallest detectable attack success rate "
-        f"by trigger form: {detectable}"
+        f"controls; strongest {_finding_text(top, gates.alpha, m)}; attack success rate detected with "
+        f"{POWER:.0%} power, by trigger form: {detectable}"
     )
     return GateResult(Gate.NO_BACKDOOR_TRIGGER, True, msg, values, BACKDOOR_METHOD)
+
+
+def _form_slug(form: str) -> str:
+    return form.replace(" ", "_").replace("+", "plus")
 
 
 def _finding_text(f, alpha: float, m: int) -> str:
