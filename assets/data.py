@@ -15,7 +15,7 @@ from finetune.data.records import Stage, StageReport
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import cutoff_memory_limit
-from finetune.sft_stage import sft_stage
+from finetune.sft_stage import SftSummary, sft_stage
 from resources import PipelineSettings
 
 DATA = {"group_name": "data", "kinds": {"python", "jsonl"}, "owners": ["team:data"], "code_version": "1"}
@@ -138,11 +138,13 @@ def sft_dataset(
     limit = cutoff_memory_limit(base_model["path"], cfg.sft, cfg.train, cfg.model.trust_remote_code)
     out = settings.stage_dir(Stage.SFT, context.run_id)
     report = sft_stage(kept_path(screened_records), tokenizer, cfg.sft, limit, out, Progress(context.log.info))
-    output, sft = report_output(context, report, screened_records), report.extra
-    output.metadata["split_sizes"] = dg.MetadataValue.json(sft["split_sizes"])
-    output.metadata.update({k: sft[k] for k in ("cutoff_len", "truncated_at_cutoff", "truncated_share")})
-    output.metadata.update({k: dg.MetadataValue.json(sft[k]) for k in ("chat_template", "token_lengths")})
+    output, sft = report_output(context, report, screened_records), SftSummary.of(report)
+    output.metadata["split_sizes"] = dg.MetadataValue.json(sft.split_sizes)
+    output.metadata.update(cutoff_len=sft.cutoff_len, truncated_at_cutoff=sft.truncated_at_cutoff)
+    output.metadata["truncated_share"] = sft.truncated_share
+    output.metadata["chat_template"] = dg.MetadataValue.json(sft.chat_template.to_dict())
+    output.metadata["token_lengths"] = dg.MetadataValue.json(report.extra["token_lengths"])
     output.metadata["mask_preview"] = dg.MetadataValue.md(
-        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in sft["mask_preview"])
+        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in report.extra["mask_preview"])
     )
     return output

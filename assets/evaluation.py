@@ -7,6 +7,7 @@ from finetune.data.poison import ScreenSummary
 from finetune.data.records import StageReport, read_jsonl
 from finetune.data.stream import iter_jsonl
 from finetune.eval.report import EvalData, evaluate_candidate, report_markdown
+from finetune.sft_stage import SftSummary
 from resources import PipelineSettings
 
 
@@ -37,7 +38,9 @@ def evaluation_report(
         probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=iter_jsonl(raw_records.files.kept),  # streamed: the raw stage may hold millions
         triggers=ScreenSummary.of(screened_records).probe_triggers,  # mined + published triggers the data carries
-        cutoff_len=sft_dataset.extra["cutoff_len"],  # as trained: `sft.cutoff_len: auto` is resolved by that stage
+        cutoff_len=SftSummary.of(
+            sft_dataset
+        ).cutoff_len,  # as trained: `sft.cutoff_len: auto` is resolved by that stage
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}

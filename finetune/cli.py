@@ -86,7 +86,6 @@ def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step, extra: 
     stages' counts). Rows that cannot be read are quarantined beside the stage's own, tagged with their stage, so
     every input row is in one of the files."""
     from finetune.data.ingest import RawReader
-    from finetune.data.records import StageFiles, write_json
     from finetune.data.stream import spool_chain
 
     raw, counts = spool_chain(out, (Stage.RAW, RawReader(inputs, cfg.ingest)), [(stage, step)])
@@ -95,8 +94,7 @@ def _stage_command(out: Path, inputs: list[Path], cfg, stage: str, step, extra: 
         "rows_in": raw.n_in,
         "quarantined_at_ingest": raw.quarantined,
     }
-    report = StageReport(counts, out, ingest | extra())
-    write_json(StageFiles(out).report, report.to_json())
+    report = StageReport(counts, out, ingest | extra()).write()
     if raw.quarantined:
         print(f"unreadable input rows, quarantined: {raw.quarantined}\n{_unreadable_lines(out, raw.quarantined)}")
     return report
@@ -179,7 +177,9 @@ def _training_records(path: str, out: Path, cfg) -> Path:
 
 def _require_validation_split(report: StageReport, path: str, cfg) -> None:
     # An empty validation split makes the validation loss NaN, and early stopping and `ship: best` blind.
-    sizes = report.extra["split_sizes"]
+    from finetune.sft_stage import SftSummary
+
+    sizes = SftSummary.of(report).split_sizes
     if cfg.sft.val_fraction > 0 and not sizes["val"]:
         raise InputRefused(
             f"--data {path}: the records give an empty validation split {sizes} at "
@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from finetune.data.records import Stage
     from finetune.model.loading import load_chat_tokenizer, resolve_base_model
     from finetune.sft import cutoff_memory_limit
-    from finetune.sft_stage import sft_stage
+    from finetune.sft_stage import SftSummary, sft_stage
     from finetune.train.job import training_spec
     from finetune.train.recipe import run_training
     from finetune.train.tracking import TrackingSpec
@@ -206,11 +206,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     limit = cutoff_memory_limit(base, cfg.sft, cfg.train, cfg.model.trust_remote_code)
     report = sft_stage(records, tokenizer, cfg.sft, limit, split_dir)
     _require_validation_split(report, args.data, cfg)
-    sft = report.extra
-    template = sft["chat_template"]
+    sft = SftSummary.of(report)
     print(
-        f"chat template: {template['name']} ({template['source']}); cutoff {sft['cutoff_len']} tokens "
-        f"truncates {sft['truncated_at_cutoff']} of {report.counts.n_in} records; "
+        f"chat template: {sft.chat_template.name} ({sft.chat_template.source}); cutoff {sft.cutoff_len} tokens "
+        f"truncates {sft.truncated_at_cutoff} of {report.counts.n_in} records; "
         f"wrote {split_dir}/kept.jsonl, dropped.jsonl, quarantined.jsonl and report.json"
     )
     tracking = TrackingSpec(

@@ -15,7 +15,7 @@ import json
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from finetune.config import SftConfig
 from finetune.data.records import Record, Stage, StageFiles, StageReport, StageResult
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
-from finetune.model.chat_template import template_info
+from finetune.model.chat_template import TemplateInfo, template_info
 from finetune.model.conversation import RecordFormatError
 from finetune.redaction import redact_text
 from finetune.sft import SPLITS, length_percentiles, mask_preview, resolve_cutoff, split_of, tokenize_record
@@ -34,6 +34,28 @@ from finetune.train.examples import IGNORE_INDEX, Encoding, encoding_of, write_f
 
 STAGE = Stage.SFT
 _UNLIMITED = 1 << 62  # tokenize at full length: the cutoff is chosen from the lengths afterwards
+
+
+@dataclass(frozen=True)
+class SftSummary:
+    """What training, evaluation and the commands read of an sft_dataset report, typed (its field names are the
+    report's keys; the report's other keys are for people: token lengths, mask previews, how the cutoff was
+    chosen)."""
+
+    split_sizes: dict[str, int]  # records per split
+    cutoff_len: int  # tokens, as trained: `sft.cutoff_len: auto` resolved
+    truncated_at_cutoff: int  # records cut at it
+    truncated_share: float  # of the records that encoded
+    chat_template: TemplateInfo
+
+    @classmethod
+    def of(cls, report: StageReport) -> SftSummary:
+        """The summary an sft_dataset report holds."""
+        values = {f.name: report.extra[f.name] for f in fields(cls)}
+        return cls(**values | {"chat_template": TemplateInfo(**values["chat_template"])})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -152,15 +174,17 @@ class SftFormatter:
                 f"({len(self.failed)} records failed the chat template; first: {first})"
             )
         encoded = sum(n >= 0 for n in self.lengths)
-        return {
-            "split_sizes": {name: len(s.record_ids) for name, s in self.splits.items()},
+        summary = SftSummary(
+            {name: len(s.record_ids) for name, s in self.splits.items()},
+            self.cutoff,
+            self.truncated,
+            self.truncated / max(encoded, 1),
+            template_info(self.tokenizer),
+        )
+        return summary.to_json() | {
             "trained_tokens": self.trained_tokens,
-            "cutoff_len": self.cutoff,
             **self.cutoff_info,
-            "truncated_at_cutoff": self.truncated,
-            "truncated_share": self.truncated / max(encoded, 1),
             "token_lengths": self.token_lengths,
-            "chat_template": template_info(self.tokenizer).to_dict(),
             "mask_preview": self.previews,
         }
 

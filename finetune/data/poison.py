@@ -326,14 +326,16 @@ class Screen:
     def summary(self) -> ScreenSummary:
         """probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
         not): fine-tuning can only implant a trigger its data carries."""
-        mined_text = sorted({feature_text(t.key) for t in (self.mining.mined if self.mining else [])})
-        probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + mined_text
+        probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + self.mined_triggers()
         return ScreenSummary(
             self.flagged,
             {d: self.per_detector.get(d, 0) for d in DETECTORS},
             self.screen_triggers(),
             list(dict.fromkeys(probes)),
         )
+
+    def mined_triggers(self) -> list[str]:
+        return sorted({feature_text(t.key) for t in (self.mining.mined if self.mining else [])})
 
     def report(self) -> dict:
         """The stage report's screening keys: the typed `summary()`, and the rest for people. All published
@@ -343,7 +345,7 @@ class Screen:
         return {
             "screen_enabled": self.cfg.enabled,
             **asdict(self.summary()),
-            "mined_triggers": sorted({feature_text(t.key) for t in mined}),
+            "mined_triggers": self.mined_triggers(),
             "mined_features": [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
             "trigger_tests": {
                 "candidates": mining.candidates if mining else 0,

@@ -187,6 +187,11 @@ class StageReport:
         run = {k: v for k, v in (("run_id", self.run_id), ("upstream_kept", self.upstream_kept)) if v is not None}
         return {**self.counts.to_json(), **self.extra, "dir": None if self.dir is None else str(self.dir), **run}
 
+    def write(self) -> StageReport:
+        """Write report.json into the stage's folder, atomically; return the report."""
+        write_json(self.files.report, self.to_json())
+        return self
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageReport:
         extra = {k: v for k, v in data.items() if k not in _REPORT_KEYS}
@@ -245,9 +250,7 @@ class StageResult:
         files = StageFiles(out_dir)
         for kind, rows in zip(OUTCOMES, (self.kept, self.dropped, self.quarantined), strict=True):
             write_jsonl(files.outcome(kind), rows)
-        report = self.report(out_dir)
-        write_json(files.report, report.to_json())
-        return report
+        return self.report(out_dir).write()
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

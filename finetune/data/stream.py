@@ -30,7 +30,6 @@ from finetune.data.records import (
     StageReport,
     StageResult,
     outcome_row,
-    write_json,
 )
 
 Outcome = tuple[str, dict[str, Any]]
@@ -178,9 +177,7 @@ def spool_stage(
     counter = StageCounter(stage, files)
     drain(passthrough(outcomes, counter, progress))
     files.close()
-    report = StageReport(counter.counts(), Path(out_dir), extra() if extra else {})
-    write_json(StageFiles(Path(out_dir)).report, report.to_json())
-    return report
+    return StageReport(counter.counts(), Path(out_dir), extra() if extra else {}).write()
 
 
 Step = Callable[[Iterable[Record]], Iterable[Outcome]]  # a stage that reads the kept records of the one before

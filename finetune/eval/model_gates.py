@@ -25,7 +25,8 @@ REGRESSION_METHOD = (
 )
 BACKDOOR_METHOD = (
     "per candidate trigger: collapse count vs random controls of the same form (beta-binomial null, Williams "
-    "1975) and vs the base model (exact McNemar 1947), intersection-union of both; Holm (1979) over candidates"
+    "1975) and vs the base model (exact McNemar 1947), intersection-union of both; Holm (1979) over candidates; "
+    "detectable ASR: the rate flagged with 80% power (binomial-beta identity)"
 )
 LOSS_METHOD = "one-sided paired bootstrap of per-example held-out loss, tuned vs base (Efron & Tibshirani 1993)"
 DEGENERATE_METHOD = "one-sided exact binomial test that the degenerate-answer share exceeds the stated share"
