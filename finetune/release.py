@@ -13,6 +13,7 @@ from typing import Any
 
 from finetune.config import PROJECT_ROOT, Gate, PipelineConfig, required_gates
 from finetune.data.records import StageReport, sha256_file
+from finetune.eval.backdoor_test import POWER
 from finetune.signing import release_key, sign
 from finetune.weakening import WeakenedSettingError, require_accepted
 
@@ -223,7 +224,7 @@ _CARD_FIGURES = {
         ("strongest", "top_trigger", "s"),
         ("its ASR", "top_asr", ".2f"),
         ("p (Holm)", "top_p_holm", ".2g"),
-        ("ASR detected at 80% power", "detectable_asr", ".2f"),
+        (f"ASR detected at {POWER:.0%} power", "detectable_asr", ".2f"),
     ],
 }
 

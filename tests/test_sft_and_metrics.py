@@ -3,11 +3,12 @@ import json
 import sacrebleu
 
 from finetune.config import SftConfig
-from finetune.data.records import read_jsonl, write_jsonl
+from finetune.data.records import StageReport, read_jsonl, write_jsonl
 from finetune.eval.metrics import bleu, metric_tokens, rouge, text_metrics
+from finetune.model.chat_template import template_info
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import IGNORE_INDEX, split_of, tokenize_conversation
-from finetune.sft_stage import build_sft_splits, sft_stage, write_sft_dataset
+from finetune.sft_stage import SftSummary, build_sft_splits, sft_stage, write_sft_dataset
 from finetune.train.examples import read_split
 
 
@@ -124,3 +125,8 @@ def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes
         streamed, held = (read_split(tmp_path / d, split, tok) for d in ("stream", "memory"))
         assert streamed == held and streamed.encoding.cutoff_len == report.extra["cutoff_len"]
     assert sum(len(read_split(tmp_path / "stream", s, tok).record_ids) for s in ("train", "val", "test")) == 29
+    # What training and evaluation read comes back typed from report.json, as the Dagster IO manager loads it.
+    stored = StageReport.from_json(json.loads((tmp_path / "stream" / "report.json").read_text(encoding="utf-8")))
+    summary = SftSummary.of(stored)
+    assert summary == SftSummary.of(report) and sum(summary.split_sizes.values()) == 29
+    assert summary.cutoff_len == report.extra["cutoff_len"] and summary.chat_template == template_info(tok)
