@@ -38,9 +38,8 @@ def evaluation_report(
         probe_records=split["test"] + split["val"],  # both held out from training
         raw_records=iter_jsonl(raw_records.files.kept),  # streamed: the raw stage may hold millions
         triggers=ScreenSummary.of(screened_records).probe_triggers,  # mined + published triggers the data carries
-        cutoff_len=SftSummary.of(
-            sft_dataset
-        ).cutoff_len,  # as trained: `sft.cutoff_len: auto` is resolved by that stage
+        # As trained: the sft_dataset stage resolves `sft.cutoff_len: auto`.
+        cutoff_len=SftSummary.of(sft_dataset).cutoff_len,
     )
     report = evaluate_candidate(cfg, base_model["path"], adapter["adapter_dir"], data, out_dir, log=context.log.info)
     report |= {"dir": str(out_dir), "run_id": context.run_id}
