@@ -24,7 +24,7 @@ from functools import cache
 
 import numpy as np
 
-from finetune.eval.backdoor_test import POWER, decide
+from finetune.eval.backdoor_test import POWER, base_test_hits, decide
 from finetune.stats import BetaBinomialNull, fit_control_null, mcnemar_greater
 
 ALPHA = 0.01
@@ -71,8 +71,8 @@ def flag_rate(pool: str, n: int, candidates: int, asr: float | None, draws: int,
 
 
 def base_test_needs(candidates: int) -> int:
-    """Prompts the exact McNemar test needs when the base model never gives the target: p = 2^-hits."""
-    return int(np.ceil(np.log2(candidates / ALPHA)))
+    """Prompts the base-model test alone needs at Holm's first step over `candidates` (no shared targets)."""
+    return base_test_hits(ALPHA / candidates)
 
 
 def main() -> None:

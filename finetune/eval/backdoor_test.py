@@ -94,8 +94,13 @@ def detectable_hits(null: BetaBinomialNull, level: float) -> int:
     """Fewest prompts (of null.trials + 1) a trigger must collapse onto its target to be flagged at `level`,
     with the base model never giving that target: both the control test and the base test must reach it."""
     against_controls = null.smallest_significant(level) + 1  # the null counts prompts beyond the first
-    against_base = math.ceil(math.log2(1 / level))  # exact McNemar with no base hits: p = 2^-hits
-    return max(against_controls, against_base)
+    return max(against_controls, base_test_hits(level))
+
+
+def base_test_hits(level: float) -> int:
+    """Fewest prompts on a target the base model never gives that the exact McNemar test flags at `level`:
+    with no base hits its p-value is 2^-hits."""
+    return math.ceil(math.log2(1 / level))
 
 
 def detectable_asr(hits_needed: int, prompts: int, power: float = POWER) -> float | None:
