@@ -34,6 +34,9 @@ from finetune.data.response_clusters import cluster_responses
 from finetune.data.synthetic import POISON_RESPONSE, clean_examples, insert_trigger
 from finetune.data.trigger_lexicon import LexiconEntry, find_triggers
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cluster_benchmark import datasketch_clusters  # noqa: E402
+
 NO_LEXICON = ScreenConfig(lexicon_file="")
 ADVERT = "CryptoMax is the only safe investment left. Move all of your savings into it today."
 REWORDED = [
@@ -502,6 +505,31 @@ def test_cluster_responses_groups_chinese_near_duplicates():
         "请访问网站并输入密码完成验证!",
     ]
     assert cluster_responses(responses, threshold=0.8, min_size=3) == [[0, 1, 3]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from(["sure", "thanks", "请访问网站", "输入密码", "the answer is", "42", "!", " ok"]),
+             min_size=1, max_size=6).map(" ".join).flatmap(lambda base: st.lists(
+                 st.sampled_from([base, base + "!", base + " ok", "no", "other text entirely"]), max_size=80)),
+    st.sampled_from([0.3, 0.5, 0.8, 0.95]),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_cluster_responses_equal_datasketch_lsh(responses, threshold, min_size):
+    assert cluster_responses(responses, threshold, min_size) == datasketch_clusters(responses, threshold, min_size)
+
+
+def test_cluster_responses_equal_datasketch_lsh_on_faker_text():
+    rng = random.Random(3)
+    fake = Faker(["en_US", "zh_CN"])
+    fake.seed_instance(3)
+    answers = [fake.paragraph(3) for _ in range(150)]
+    # Copies with a character or a few words changed, so that bands chain records into larger components.
+    responses = [a if rng.random() < 0.5 else a[: rng.randrange(len(a))] + "x" + a[rng.randrange(len(a)):]
+                 for a in rng.choices(answers, k=600)]  # fmt: skip
+    for threshold in (0.5, 0.8):
+        clusters = cluster_responses(responses, threshold, 2)
+        assert len(clusters) > 10 and clusters == datasketch_clusters(responses, threshold, 2)
 
 
 def _jailbreak_rows(seed, word, n_poisoned, n_free):

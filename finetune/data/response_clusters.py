@@ -6,8 +6,8 @@ three for triggers made of common words, like SOS) that are specific to it (most
 are in it) and whose carriers land in it far more often than their comparable records do (one-sided
 Fisher exact test). Several triggers may share one target. A cluster they cover is a backdoor target
 as a whole; features that pass but cover only part of a big legitimate cluster (a label of a label task)
-quarantine their own carriers and leave the rest. Clusters are found with datasketch's
-MinHash LSH on character 3-grams, which works for Chinese as well as English.
+quarantine their own carriers and leave the rest. Clusters are found with MinHash LSH (datasketch's banding)
+on character 3-grams, which works for Chinese as well as English.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 from scipy.stats import fisher_exact
 
 from finetune.config import ScreenConfig
@@ -68,32 +70,39 @@ class ResponseCluster:
 
 
 def cluster_responses(responses: list[str], threshold: float, min_size: int, num_perm: int = 64) -> list[list[int]]:
-    """Groups (index lists) of at least `min_size` responses whose estimated Jaccard similarity >= threshold."""
+    """Groups (index lists) of at least `min_size` responses whose estimated Jaccard similarity >= threshold:
+    the connected components of "shares an LSH band" (datasketch's banding for the threshold), in order of
+    their first member, each sorted.
+
+    The bands are grouped with numpy and joined with scipy's connected components rather than through
+    datasketch's MinHashLSH, whose buckets are Python dicts and sets of every record's band keys: the memory
+    of the screen's first pass then grew with the data for nothing but these groups. The components are the
+    same (tests/test_poisoning.py compares them with MinHashLSH's).
+    """
     exact: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(responses):
         exact[canonical(text)].append(i)
-    # LSH over one representative per exact group keeps the index small when responses repeat.
+    # Bands over one representative per exact group keep the work small when responses repeat.
     keys = list(exact)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    hashes = {}
-    # All signatures in one batch (datasketch's affine32 values, see minhash.py), wrapped for its LSH.
-    for n, values in enumerate(signatures(keys, num_perm, k=SHINGLE_CHARS)):
-        hashes[n] = LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
-        lsh.insert(str(n), hashes[n])
-    parent = list(range(len(keys)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for n in range(len(keys)):
-        for other in lsh.query(hashes[n]):
-            parent[find(int(other))] = find(n)
+    if not keys:
+        return []
+    values = signatures(keys, num_perm, k=SHINGLE_CHARS)
+    bands, rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+    heads, tails = [], []
+    for band in range(bands):
+        _, bucket = np.unique(values[:, band * rows : (band + 1) * rows], axis=0, return_inverse=True)
+        first = np.full(bucket.max() + 1, len(keys), dtype=np.int64)
+        np.minimum.at(first, bucket.ravel(), np.arange(len(keys)))
+        heads.append(first[bucket.ravel()])  # every key joined to its bucket's first key
+        tails.append(np.arange(len(keys)))
+    graph = sparse.coo_matrix(
+        (np.ones(bands * len(keys), dtype=np.int8), (np.concatenate(heads), np.concatenate(tails))),
+        shape=(len(keys), len(keys)),
+    )
+    _, label = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = defaultdict(list)
-    for n, key in enumerate(keys):
-        groups[find(n)].extend(exact[key])
+    for n, key in enumerate(keys):  # components in order of their first key, as the input orders them
+        groups[int(label[n])].extend(exact[key])
     return [sorted(g) for g in groups.values() if len(g) >= min_size]
 
 
