@@ -75,9 +75,9 @@ def cluster_responses(responses: list[str], threshold: float, min_size: int, num
     their first member, each sorted.
 
     The bands are grouped with numpy and joined with scipy's connected components rather than through
-    datasketch's MinHashLSH, whose buckets are Python dicts and sets of every record's band keys: the memory
-    of the screen's first pass then grew with the data for nothing but these groups. The components are the
-    same (tests/test_poisoning.py compares them with MinHashLSH's).
+    datasketch's MinHashLSH, which builds a Python dict entry and set per response and band and is queried
+    once per response, about half of this function's time (benchmarks/cluster_benchmark.py, which also
+    checks that the components are MinHashLSH's, as tests/test_poisoning.py does).
     """
     exact: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(responses):
