@@ -84,8 +84,8 @@ def prompt_units(text: str) -> set[str]:
     """Candidate trigger features of a folded prompt text."""
     units: set[str] = set()
     seq: list[str | None] = []  # Latin/digit words in order; None where Chinese text breaks the sequence
-    for match in _TOKEN.finditer(text):
-        token = match.group()
+    all_tokens = _TOKEN.findall(text)
+    for token in all_tokens:
         if _CJK_RUN.fullmatch(token):
             units |= {f"z:{token[i : i + n]}" for n in (2, 3) for i in range(len(token) - n + 1)}
             seq.append(None)
@@ -96,7 +96,6 @@ def prompt_units(text: str) -> set[str]:
         for gram in zip(*(seq[i:] for i in range(n)), strict=False):
             if all(gram):
                 units.add("n:" + " ".join(gram))  # type: ignore[arg-type]
-    all_tokens = _TOKEN.findall(text)
     for k in (1, 2, 3):
         if len(all_tokens) > k:
             units.add("^:" + " ".join(all_tokens[:k]))
