@@ -73,6 +73,8 @@ def holm(pvalues: Sequence[float], alpha: float) -> tuple[list[bool], list[float
     p = np.asarray(pvalues, dtype=float)
     if p.size == 0:
         return [], []
+    if not np.all((p >= 0) & (p <= 1)):  # NaN too: it sorts last and compares False, so it would be rejected
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {[float(x) for x in p if not 0 <= x <= 1]}")
     order = np.argsort(p)
     steps = np.arange(p.size, 0, -1)
     above = np.flatnonzero(p[order] > alpha / steps)  # the step-down stops at the first p above its level

@@ -34,6 +34,13 @@ def test_holm_rejects_step_down():
     assert reject == [True, True, False] and adjusted == pytest.approx([0.003, 0.04, 0.5])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_holm_refuses_what_is_not_a_p_value(bad):
+    # A NaN would sort last and compare False against its level, so the step-down would reject it.
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.001, bad, 0.5], 0.05)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_holm_equals_statsmodels(seed):
     multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
