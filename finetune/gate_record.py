@@ -5,10 +5,11 @@ artifact's folder (`gates/<gate>-<settings>.json`, one file per gate, so checks 
 never write the same file). The release and its manifest read those records (`evaluate_gate`) instead of
 computing the gates a second time, so the verdict a user saw in the UI is the one the release holds.
 
-A verdict depends on the artifact and on the `gates` settings (thresholds, alpha), so each record is
-named by a digest of the settings, overrides aside (an override is applied where a verdict is shown,
-never recorded): a release under other settings decides the gate again and records that beside the first. With no usable record (a release built
-outside Dagster, a check that did not run), the gate is computed then and recorded.
+A verdict depends on the artifact, on the `gates` settings (thresholds, alpha) and on the gates' methods,
+so each record is named by a digest of the settings and `METHODS_VERSION`, overrides aside (an override is
+applied where a verdict is shown, never recorded): a release under other settings, or by newer methods,
+decides the gate again and records that beside the first. With no usable record (a release built outside
+Dagster, a check that did not run), the gate is computed then and recorded.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ from finetune.data.records import write_json
 from finetune.gates import GateResult
 
 GATES_FOLDER = "gates"
+# Part of every record's name: bump it when a gate's test or the meaning of a figure it records changes
+# (2: `detectable_asr` became the attack success rate flagged with 80% power), so that a release of an
+# artifact judged by older code decides its gates again instead of showing old figures under new labels.
+METHODS_VERSION = 2
 
 
 def settings_digest(cfg: GatesConfig) -> str:
-    settings = cfg.model_dump(mode="json", exclude={"overrides"})
+    """Digest of the settings a verdict depends on (overrides aside) and of the gates' methods version."""
+    settings = cfg.model_dump(mode="json", exclude={"overrides"}) | {"_methods_version": METHODS_VERSION}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -126,3 +126,14 @@ def test_a_gate_is_computed_once_per_artifact_and_settings_and_then_read_from_it
     overridden = GatesConfig(overrides={"no_trigger_hits": {"by": "qa", "reason": "reviewed by hand"}})
     assert recorded_gate(tmp_path, Gate.NO_TRIGGER_HITS, overridden) == first
     assert recorded_gate(tmp_path, Gate.NO_RESIDUAL_PII, cfg) is None
+
+
+def test_a_verdict_recorded_by_older_gate_methods_is_decided_again(tmp_path, monkeypatch):
+    from finetune import gate_record
+    from finetune.config import Gate
+
+    verdict = GateResult(Gate.NO_TRIGGER_HITS, True, "no record carries a trigger", {}, "exact count")
+    gate_record.record_gate(tmp_path, verdict, GatesConfig())
+    assert gate_record.recorded_gate(tmp_path, Gate.NO_TRIGGER_HITS, GatesConfig()) == verdict
+    monkeypatch.setattr(gate_record, "METHODS_VERSION", gate_record.METHODS_VERSION + 1)
+    assert gate_record.recorded_gate(tmp_path, Gate.NO_TRIGGER_HITS, GatesConfig()) is None
