@@ -7,12 +7,13 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from finetune.config import PROJECT_ROOT, Gate, PipelineConfig, required_gates
-from finetune.data.records import StageReport, sha256_file
+from finetune.data.records import Stage, StageReport, sha256_file
 from finetune.eval.backdoor_test import POWER
 from finetune.signing import release_key, sign
 from finetune.weakening import WeakenedSettingError, require_accepted
@@ -348,6 +349,22 @@ def gate_results(
     return [g.apply_override(r, cfg.gates).to_dict() for r in results]
 
 
+def _stage_lineage(report: StageReport) -> dict[str, Any]:
+    """A stage's row of the manifest: its counts and folder, and for the SFT split how records were formatted."""
+    from finetune.sft_stage import SftSummary  # torch and transformers: only a release needs them here
+
+    sft = SftSummary.of(report) if report.stage == Stage.SFT else None
+    return (
+        report.counts.to_json()
+        | {
+            "chat_template": None if sft is None else asdict(sft.chat_template),
+            "cutoff_len": None if sft is None else sft.cutoff_len,
+            "truncated_share": None if sft is None else sft.truncated_share,
+        }
+        | {"dir": str(report.files.dir), "run_id": report.run_id}
+    )
+
+
 def release_from_artifacts(
     cfg: PipelineConfig,
     stages: list[StageReport],
@@ -360,12 +377,7 @@ def release_from_artifacts(
     """Assemble lineage and gate results from the upstream artifacts and build the release."""
     lineage = {
         "raw_files": stages[0].extra.get("files", []),
-        "stages": [
-            s.counts.to_json()
-            | {k: s.extra.get(k) for k in ("chat_template", "cutoff_len", "truncated_share")}
-            | {"dir": str(s.files.dir), "run_id": s.run_id}
-            for s in stages
-        ],
+        "stages": [_stage_lineage(s) for s in stages],
         "base_model": base_model,
         "training": {
             k: train[k] for k in ("method", "steps", "val_loss_before", "val_loss_after", "trainable_params", "run_id")
