@@ -519,6 +519,13 @@ def test_cluster_responses_equal_datasketch_lsh(responses, threshold, min_size):
     assert cluster_responses(responses, threshold, min_size) == datasketch_clusters(responses, threshold, min_size)
 
 
+def test_cluster_responses_at_a_threshold_of_one_groups_equal_signatures():
+    # A single band of every permutation (MinHashLSH refuses fewer than 2 bands): equal texts only.
+    responses = ["请访问网站并输入密码", "请访问网站并输入密码。", "今天天气很好", "请访问网站并输入密码!", "x"]
+    assert cluster_responses(responses, 1.0, 2) == [[0, 1, 3]]
+    assert cluster_responses([], 0.8, 2) == []
+
+
 def test_cluster_responses_equal_datasketch_lsh_on_faker_text():
     rng = random.Random(3)
     fake = Faker(["en_US", "zh_CN"])

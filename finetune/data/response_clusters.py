@@ -77,7 +77,9 @@ def cluster_responses(responses: list[str], threshold: float, min_size: int, num
     The bands are grouped with numpy and joined with scipy's connected components rather than through
     datasketch's MinHashLSH, which builds a Python dict entry and set per response and band and is queried
     once per response, about half of this function's time (benchmarks/cluster_benchmark.py, which also
-    checks that the components are MinHashLSH's, as tests/test_poisoning.py does).
+    checks that the components are MinHashLSH's, as tests/test_poisoning.py does). One difference: from a
+    threshold of ~0.96 up datasketch's banding has a single band, which MinHashLSH refuses; here it means what
+    it says, responses whose whole signatures are equal.
     """
     exact: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(responses):
