@@ -6,7 +6,8 @@ The responses are the whole-chain benchmark's Faker answers (`chain_benchmark.wr
 near duplicates, 10% with PII). `datasketch_clusters` is what `cluster_responses` computed before it grouped
 the LSH bands itself: the same signatures inserted into a `MinHashLSH`, the union of every query's
 candidates. The script prints each one's seconds and the peak of Python memory it allocates (tracemalloc),
-the same for the MinHash signatures both start from, and checks the clusters are equal; tests/test_poisoning.py checks the equality on generated inputs.
+the same for the MinHash signatures both start from, and checks the clusters are equal; tests/test_poisoning.py
+checks the equality on generated inputs.
 """
 
 from __future__ import annotations

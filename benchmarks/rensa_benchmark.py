@@ -5,12 +5,13 @@
 
 The texts are the curation benchmark's records (`curate_benchmark.generate`: Chinese and English, 10% exact
 and 10% near duplicates whose true 5-shingle Jaccard with their original is >= 0.8 on prompt and
-response). Both start from the texts' code points and the same shingle hashes (`minhash.shingle_hash_runs`, also
-timed alone): ours is `minhash.code_signatures`, as the dedup stage runs it, which permutes them in numpy;
-rensa takes the flat hash buffer (`RMinHash.digest_matrix_from_flat_token_hashes`, its bulk path without a
-Python object per text) and its rows come back as a numpy matrix. It prints CPU seconds per method, and on the near-duplicate pairs the error of
-each estimate against the true Jaccard and the share whose estimate reaches the threshold (the recall
-the dedup stage's verification step could have; LSH banding is the same for both).
+response). Both start from the texts' code points and the same shingle hashes (`minhash.shingle_hash_runs`, also timed
+alone): ours is `minhash.code_signatures`, as the dedup stage runs it, which permutes them in numpy; rensa
+takes the flat hash buffer (`RMinHash.digest_matrix_from_flat_token_hashes`, its bulk path without a Python
+object per text) and its rows come back as a numpy matrix. It prints CPU seconds per method, and on the
+near-duplicate pairs the error of each estimate against the true Jaccard and the share whose estimate
+reaches the threshold (the recall the dedup stage's verification step could have; LSH banding is the same
+for both).
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ def ours(codes: np.ndarray, lengths: np.ndarray, num_perm: int) -> np.ndarray:
     return code_signatures(codes, lengths, num_perm, K)
 
 
-def theirs(codes: np.ndarray, lengths: np.ndarray, num_perm: int) -> np.ndarray:
-    """The same shingle hashes, permuted by rensa, as a numpy matrix like ours."""
+def rensa_digests(hashes: np.ndarray, counts: np.ndarray, num_perm: int):
+    """rensa's digest matrix of texts given as their shingle hashes, concatenated, and counts per text."""
     from rensa import RMinHash
 
-    hashes, counts = shingle_hash_runs(codes, lengths, K)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
-    return np.asarray(RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, 42).to_rows())
+    return RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, 42)
+
+
+def theirs(codes: np.ndarray, lengths: np.ndarray, num_perm: int) -> np.ndarray:
+    """The same shingle hashes, permuted by rensa, as a numpy matrix like ours."""
+    return np.asarray(rensa_digests(*shingle_hash_runs(codes, lengths, K), num_perm).to_rows())
 
 
 def _cpu(fn, *args):
@@ -83,10 +88,7 @@ def main() -> None:
             f"{name:22} {cpu:>7.2f} {np.abs(est - true).mean():>16.4f} {(est >= args.threshold).mean():>11.3f}",
             flush=True,
         )
-    from rensa import RMinHash
-
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
-    _, cpu = _cpu(RMinHash.digest_matrix_from_flat_token_hashes, hashes, offsets, args.num_perm, 42)
+    _, cpu = _cpu(rensa_digests, hashes, counts, args.num_perm)
     print(f"{'rensa, digests only':22} {cpu:>7.2f}   (given the hashes; without `to_rows`, its one way out)")
     print(f"(true Jaccard >= {args.threshold} for {(true >= args.threshold).mean():.3f} of the pairs)")
 

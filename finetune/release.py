@@ -353,16 +353,15 @@ def _stage_lineage(report: StageReport) -> dict[str, Any]:
     """A stage's row of the manifest: its counts and folder, and for the SFT split how records were formatted."""
     from finetune.sft_stage import SftSummary  # torch and transformers: only a release needs them here
 
-    sft = SftSummary.of(report) if report.stage == Stage.SFT else None
-    return (
-        report.counts.to_json()
-        | {
-            "chat_template": None if sft is None else asdict(sft.chat_template),
-            "cutoff_len": None if sft is None else sft.cutoff_len,
-            "truncated_share": None if sft is None else sft.truncated_share,
+    formatting = dict.fromkeys(("chat_template", "cutoff_len", "truncated_share"))
+    if report.stage == Stage.SFT:
+        sft = SftSummary.of(report)
+        formatting = {
+            "chat_template": asdict(sft.chat_template),
+            "cutoff_len": sft.cutoff_len,
+            "truncated_share": sft.truncated_share,
         }
-        | {"dir": str(report.files.dir), "run_id": report.run_id}
-    )
+    return report.counts.to_json() | formatting | {"dir": str(report.files.dir), "run_id": report.run_id}
 
 
 def release_from_artifacts(
