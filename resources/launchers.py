@@ -13,6 +13,7 @@ from pydantic import Field
 from finetune.config import PROJECT_ROOT
 from finetune.train.job import RESULT_ENTRY, TrainingSpec
 from finetune.train.launch import accelerate_command, child_env, python_command, torchrun_command
+from resources.pipes_messages import WholeLineMessageReader
 from train_process import pipes_extras
 
 LAUNCHER_ENV = "FINETUNE_LAUNCHER"
@@ -29,6 +30,11 @@ class TrainerLauncher(dg.ConfigurableResource, ABC):
 
 def _with_value(reported: dg.MaterializeResult) -> dg.MaterializeResult:
     metadata = dict(reported.metadata or {})
+    if RESULT_ENTRY not in metadata:
+        raise RuntimeError(
+            f"the trainer finished without reporting its {RESULT_ENTRY!r} (reported: {sorted(metadata) or 'nothing'}): "
+            "its Pipes report was lost or it exited before reporting; the trainer's own log lines above say which"
+        )
     return dg.MaterializeResult(value=metadata[RESULT_ENTRY].value, metadata=metadata)
 
 
@@ -64,7 +70,9 @@ class SubprocessLauncher(TrainerLauncher):
         return python_command()
 
     def launch(self, context: dg.AssetExecutionContext, spec: TrainingSpec) -> dg.MaterializeResult:
-        client = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), env=child_env())
+        client = dg.PipesSubprocessClient(
+            cwd=str(PROJECT_ROOT), env=child_env(), message_reader=WholeLineMessageReader()
+        )
         invocation = client.run(command=self.command(), context=context, extras=pipes_extras(spec))
         return _with_value(invocation.get_materialize_result())
 
