@@ -10,19 +10,23 @@ signatures, Presidio, trigger features.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from finetune.config import PROJECT_ROOT, PipelineConfig, load_config
+from finetune.config import PROJECT_ROOT, DedupConfig, PipelineConfig, load_config
+from finetune.data import dedup
 from finetune.data.curate import clean_stage, curate, dedup_stage, ingest_stage, token_counter
+from finetune.data.dedup_shuffle import KEPT, shuffled_dedup
 from finetune.data.engine import Engine
 from finetune.data.pii import deidentify_stage
 from finetune.data.poison import load_lexicon, screen_stage
-from finetune.data.records import OUTCOMES, Stage, StageFiles
+from finetune.data.records import DROPPED, OUTCOMES, Stage, StageFiles
 from finetune.model.loading import load_tokenizer
 
 ray = pytest.importorskip("ray")
@@ -111,6 +115,73 @@ def test_curate_on_ray_matches_local(ray_address, chain_input, tmp_path, tiny_ba
     for kind in OUTCOMES:
         local, on_ray = (StageFiles(tmp_path / name).outcome(kind).read_bytes() for name in engines)
         assert local == on_ray, f"curate {kind}.jsonl differs between engines"
+
+
+def _duplicate_rich_records(n: int, seed: int) -> list[dict]:
+    """Records of which a quarter are near duplicates (a character cut from both halves) and a sixth exact ones
+    (upper-cased) of any earlier record, duplicates included: so chains form, and keys repeat across chunks."""
+    rng = random.Random(seed)
+    words = [f"w{rng.randint(0, 3000)}" for _ in range(4000)]
+
+    def cut(text: str) -> str:
+        i = rng.randrange(len(text))
+        return text[:i] + text[i + 1 :]
+
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        roll = rng.random()
+        if pairs and roll < 0.15:
+            prompt, response = rng.choice(pairs)
+            pairs.append((prompt.upper(), response))
+        elif pairs and roll < 0.4:
+            prompt, response = rng.choice(pairs)
+            pairs.append((cut(prompt), cut(response)))
+        else:
+            words_in = rng.randint(5, 15), rng.randint(10, 40)
+            pairs.append(tuple(" ".join(rng.choices(words, k=k)) for k in words_in))
+    return [
+        {"id": f"r{i}", "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+        for i, (p, r) in enumerate(pairs)
+    ]
+
+
+def _union_find_would_drop(shuffled) -> int:
+    """Records the local rule keeps that a union-find over the verified pairs would merge into an earlier group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(shuffled.decisions.kind)
+    a, b, _ = shuffled.pairs
+    _, group = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    first_in_group = {}
+    for position in range(n):
+        first_in_group.setdefault(group[position], position)
+    kept = shuffled.decisions.kind == KEPT
+    return sum(1 for p in np.flatnonzero(kept) if first_in_group[group[p]] != p)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dedup_shuffled_on_ray_decides_as_the_local_index(ray_address, monkeypatch, seed):
+    """Global dedup as a shuffle (exact keys and LSH bands by key, pairs verified on the cluster, decided in input
+    order) drops the same records, naming the same kept record and similarity, as the local on-disk index."""
+    records = _duplicate_rich_records(3000, seed)
+    engine = Engine("ray", address=ray_address)
+    monkeypatch.setattr(dedup, "CHUNK", 257)  # 12 chunks: keys and bands meet across chunks and parts
+    chains = 0
+    for cfg in (DedupConfig(), DedupConfig(threshold=0.7), DedupConfig(near_duplicates=False)):
+        local, on_ray = dedup.Deduplicator(cfg), dedup.Deduplicator(cfg, engine=engine)
+        expected, got = list(local.stream(records)), list(on_ray.stream(records))
+        assert got == expected, f"seed {seed}, {cfg}: outcomes differ"
+        assert (on_ray.group_count, on_ray.largest_groups, on_ray.pairs) == (
+            local.group_count, local.largest_groups, local.pairs,
+        )  # fmt: skip
+        assert {row["reason"] for kind, row in got if kind == DROPPED} == (
+            {"exact_duplicate", "near_duplicate"} if cfg.near_duplicates else {"exact_duplicate"}
+        )
+        chains += _union_find_would_drop(
+            shuffled_dedup(engine.connect(), records, cfg, on_ray.index.bands, on_ray.index.rows, 257)
+        )
+    assert chains > 0  # the data has chains, where keep-first against kept records is not union-find
 
 
 def test_unreachable_cluster_names_the_setting():

@@ -6,7 +6,8 @@ shingles >= threshold for each). Keep policy: the first occurrence in input orde
 order given, rows in file order) is kept; every later member of its group is dropped naming the
 kept record's id and, for near duplicates, the estimated Jaccard similarity. Records stream
 through; what is remembered about kept records (exact key, LSH band keys, signature) lives in an
-on-disk index (`dedup_index.py`), so memory stays flat as the dataset grows.
+on-disk index (`dedup_index.py`), so memory stays flat as the dataset grows. On the Ray engine the same
+decisions come from a shuffle of keys across the cluster instead (`dedup_shuffle.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 
 from finetune.config import DedupConfig
 from finetune.data.char_windows import alnum_only, code_points, ranges
-from finetune.data.dedup_index import DuplicateIndex, band_keys
+from finetune.data.dedup_index import LARGEST_GROUPS, DuplicateIndex, band_keys
+from finetune.data.dedup_shuffle import EXACT, KEPT, shuffled_dedup
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.minhash import code_pair_signatures, half_similarities
 from finetune.data.records import Record, Stage, StageResult, full_text
@@ -141,6 +143,9 @@ class Deduplicator:
 
     def stream(self, records: Iterable[Record]) -> Iterator[Outcome]:
         """One outcome per record: kept, or dropped as exact_, near_ or semantic_duplicate of a kept one."""
+        if self.engine.kind == "ray" and self.semantic is None:
+            yield from self._stream_shuffled(records)
+            return
         records = iter(records)
         chunks = iter(lambda: list(islice(records, CHUNK)), [])
         work = partial(chunk_signatures, cfg=self.cfg, bands=self.index.bands, rows=self.index.rows)
@@ -150,6 +155,34 @@ class Deduplicator:
             self.group_count, self.largest_groups = self.index.groups()
         finally:
             self.index.close()
+
+    def _stream_shuffled(self, records: Iterable[Record]) -> Iterator[Outcome]:
+        """The whole input deduplicated as a shuffle on the cluster (`dedup_shuffle`): this engine's outcomes,
+        with only per-record integers on this process. Semantic dedup compares embeddings with every kept
+        record, which no shuffle partitions, so with it on the Ray engine takes the chunk path below."""
+        ray = self.engine.connect()
+        try:
+            shuffled = shuffled_dedup(ray, records, self.cfg, self.index.bands, self.index.rows, CHUNK)
+        finally:
+            self.index.close()
+        decided = shuffled.decisions
+        targets = set(np.unique(decided.target[decided.kind != KEPT]).tolist())
+        ids: dict[int, str] = {}  # only the kept records that something duplicates
+        duplicates: Counter[int] = Counter()
+        for position, record in enumerate(shuffled.records(ray)):
+            kind = int(decided.kind[position])
+            if kind == KEPT:
+                if position in targets:
+                    ids[position] = record["id"]
+                yield kept(record)
+                continue
+            target = int(decided.target[position])
+            duplicates[target] += 1
+            reason = "exact_duplicate" if kind == EXACT else "near_duplicate"
+            yield self._duplicate(record, reason, ids[target], float(decided.similarity[position]))
+        self.group_count = len(duplicates)
+        top = sorted(duplicates.items(), key=lambda item: (-item[1], item[0]))[:LARGEST_GROUPS]
+        self.largest_groups = [{"kept": ids[row], "duplicates": n} for row, n in top]
 
     def _chunk(self, chunk: list[Record], signed: ChunkSignatures) -> list[Outcome]:
         keys = signed.keys

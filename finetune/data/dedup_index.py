@@ -31,6 +31,7 @@ _MIX = np.uint64(GOLDEN)
 _PARAMS = 900  # bound parameters per IN (...) query, under SQLite's limit
 SIGNATURE_DTYPE = np.uint32  # datasketch's hash values are < 2**32
 PENDING_CHUNKS = 16  # chunks of band rows held back (~35k rows, 0.5 MB each) before one sorted write
+LARGEST_GROUPS = 5  # duplicate groups a report names
 _WRITE_ROWS = 1 << 16  # band rows per executemany: bounds the Python ints a write makes at once
 
 
@@ -156,7 +157,7 @@ class DuplicateIndex:
         self._pending = []
         self.db.commit()  # one transaction per write of the pending rows: a commit per chunk cost as much again
 
-    def groups(self, largest: int = 5) -> tuple[int, list[dict]]:
+    def groups(self, largest: int = LARGEST_GROUPS) -> tuple[int, list[dict]]:
         """How many kept records had duplicates, and the `largest` groups."""
         (count,) = self.db.execute("SELECT COUNT(*) FROM kept WHERE duplicates > 0").fetchone()
         top = self.db.execute(

@@ -3,7 +3,8 @@
 A stage maps only pure work through `Engine.map` (a function of one record or one chunk of records:
 normalising text, MinHash signatures, PII detection and replacement, trigger features, the screen's
 per-record detectors) and takes every decision that depends on other records in this process, in input
-order: keep-first deduplication, the ids de-identification has kept, trigger mining. So the engine
+order: the ids de-identification has kept, trigger mining, keep-first deduplication (which on Ray first
+shuffles its keys across the cluster, `dedup_shuffle.py`, and decides from the pairs found). So the engine
 changes where the time goes, never an outcome: both write the same stage files, record for record
 (tests/test_ray_engine.py).
 
