@@ -117,6 +117,7 @@ def _materialize_through(reader: dg.PipesMessageReader, child) -> dg.ExecuteInPr
     )
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # Dagster's reader dying, below
 def test_a_pipes_child_whose_large_report_lands_in_two_writes_reaches_the_run(tmp_path):
     child = tmp_path / "child.py"
     child.write_text(SLOW_CHILD)
