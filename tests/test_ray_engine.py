@@ -179,9 +179,27 @@ def test_dedup_shuffled_on_ray_decides_as_the_local_index(ray_address, monkeypat
             {"exact_duplicate", "near_duplicate"} if cfg.near_duplicates else {"exact_duplicate"}
         )
         chains += _union_find_would_drop(
-            shuffled_dedup(engine.connect(), records, cfg, on_ray.index.bands, on_ray.index.rows, 257)
+            shuffled_dedup(engine.connect(), records, cfg, on_ray.index.bands, on_ray.index.rows, 257, 10**9)
         )
     assert chains > 0  # the data has chains, where keep-first against kept records is not union-find
+
+
+def test_dedup_on_ray_falls_back_to_the_local_index_when_band_groups_are_too_large(ray_address, monkeypatch, caplog):
+    records = _duplicate_rich_records(1500, seed=3)
+    monkeypatch.setattr(dedup, "CHUNK", 257)
+    monkeypatch.setattr(dedup, "MAX_CANDIDATE_PAIRS", 3)
+    local, on_ray = (
+        dedup.Deduplicator(DedupConfig()),
+        dedup.Deduplicator(DedupConfig(), engine=Engine("ray", address=ray_address)),
+    )
+    with caplog.at_level("WARNING", logger="finetune.data.dedup"):
+        assert list(on_ray.stream(records)) == list(local.stream(records))
+    assert "band groups too large for the shuffle (over 3 candidate pairs" in caplog.text
+    assert (on_ray.group_count, on_ray.largest_groups, on_ray.pairs) == (
+        local.group_count,
+        local.largest_groups,
+        local.pairs,
+    )
 
 
 def test_unreachable_cluster_names_the_setting():

@@ -13,6 +13,7 @@ decisions come from a shuffle of keys across the cluster instead (`dedup_shuffle
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from finetune.data.stream import Outcome, collect, dropped, kept
 
 SNIPPET = 80
 CHUNK = 2048  # records looked up and written together; bounds the memory a chunk adds
+# Per shuffle reducer on Ray: 16 bytes each, so ~320 MB of candidate pairs before the driver falls back.
+MAX_CANDIDATE_PAIRS = 20_000_000
+log = logging.getLogger(__name__)
 
 
 def snippet(record: Record) -> str:
@@ -145,7 +149,10 @@ class Deduplicator:
         """One outcome per record: kept, or dropped as exact_, near_ or semantic_duplicate of a kept one."""
         if self.engine.kind == "ray" and self.semantic is None:
             yield from self._stream_shuffled(records)
-            return
+        else:
+            yield from self._stream_chunks(records)
+
+    def _stream_chunks(self, records: Iterable[Record]) -> Iterator[Outcome]:
         records = iter(records)
         chunks = iter(lambda: list(islice(records, CHUNK)), [])
         work = partial(chunk_signatures, cfg=self.cfg, bands=self.index.bands, rows=self.index.rows)
@@ -162,7 +169,16 @@ class Deduplicator:
         record, which no shuffle partitions, so with it on the Ray engine takes the chunk path below."""
         ray = self.engine.connect()
         try:
-            shuffled = shuffled_dedup(ray, records, self.cfg, self.index.bands, self.index.rows, CHUNK)
+            index = self.index
+            shuffled = shuffled_dedup(ray, records, self.cfg, index.bands, index.rows, CHUNK, MAX_CANDIDATE_PAIRS)
+            if shuffled.decisions is None:
+                log.warning(
+                    "dedup: band groups too large for the shuffle (over %s candidate pairs in one part): deciding "
+                    "with the local index over the records in Ray's store instead (same outcomes, slower)",
+                    f"{MAX_CANDIDATE_PAIRS:,}",
+                )
+                yield from self._stream_chunks(shuffled.records(ray))
+                return
         finally:
             self.index.close()
         decided = shuffled.decisions

@@ -18,7 +18,9 @@ is dropped as a near duplicate of A, a C that is near B but not A is kept locall
 drop it with B's group. Hand-written because no library decides duplicates this way; Ray Data's groupby
 would hold whole rows, where a shuffle of (key, position) arrays suffices. The records wait in Ray's object
 store (which spills to disk) between the map and the written outcomes. Pairs grow with the square of a band
-group's size, so a million near-identical records cost more here than in the local index.
+group's size (many near-identical records, all but one dropped, cost the local index one comparison
+each): past a bound on one reducer's candidate pairs the driver decides with the local index instead,
+over the records in the store, with the same outcomes.
 """
 
 from __future__ import annotations
@@ -87,16 +89,24 @@ def exact_firsts(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.
 
 
 def verified_pairs(
-    not_slots: np.ndarray, signature_refs: list, chunk: int, threshold: float, *parts: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    not_slots: np.ndarray,
+    signature_refs: list,
+    chunk: int,
+    threshold: float,
+    max_pairs: int,
+    *parts: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The band reducer: (a, b, similarity) for each pair of slots a < b sharing a band key of this part,
-    with similarity (the smaller of the prompt's and the response's) >= threshold."""
+    with similarity (the smaller of the prompt's and the response's) >= threshold; None when the part's
+    band groups would make more than `max_pairs` candidate pairs."""
     keys = np.concatenate([k for k, _ in parts])
     positions = np.concatenate([p for _, p in parts])
     slot = ~np.isin(positions, not_slots)  # a chunk's first record of a key seen in an earlier chunk is no slot
     keys, positions = keys[slot], positions[slot]
     order = np.lexsort((positions, keys))
     keys, positions = keys[order], positions[order]
+    if _candidate_pairs(keys) > max_pairs:
+        return None
     a, b = _pairs_within_runs(keys, positions)
     if not len(a):
         return a, b, np.empty(0)
@@ -110,6 +120,14 @@ def verified_pairs(
     similarity = np.minimum(equal[:, :half].mean(axis=1), equal[:, half:].mean(axis=1))
     close = similarity >= threshold
     return a[close], b[close], similarity[close]
+
+
+def _candidate_pairs(keys: np.ndarray) -> int:
+    """How many pairs the runs of equal keys in sorted `keys` make."""
+    if len(keys) < 2:
+        return 0
+    sizes = np.diff(np.r_[np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), len(keys)])
+    return int((sizes * (sizes - 1) // 2).sum())
 
 
 def _pairs_within_runs(keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +203,8 @@ class ShuffledDedup:
     decision for each."""
 
     chunk_refs: list
-    decisions: Decisions
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (a, b, similarity) of the verified slot pairs, a < b
+    decisions: Decisions | None  # None: too many candidate pairs (see `shuffled_dedup`)
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (a, b, similarity) of verified slot pairs, a < b
 
     def records(self, ray) -> Iterator[Record]:
         for i in range(len(self.chunk_refs)):
@@ -195,9 +213,11 @@ class ShuffledDedup:
 
 
 def shuffled_dedup(
-    ray, records: Iterable[Record], cfg: DedupConfig, bands: int, rows: int, chunk: int
+    ray, records: Iterable[Record], cfg: DedupConfig, bands: int, rows: int, chunk: int, max_pairs: int
 ) -> ShuffledDedup:
-    """Steps 1-4 of the module docstring on the cluster `ray` is connected to."""
+    """Steps 1-4 of the module docstring on the cluster `ray` is connected to. When a reducer's band groups
+    would make more than `max_pairs` candidate pairs, the decisions are None: the records are still in the
+    store, for the caller to decide another way."""
     parts = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     sign = ray.remote(num_returns=2 * parts + 1)(sign_chunk)
     cfg_ref = ray.put(cfg)
@@ -222,10 +242,14 @@ def shuffled_dedup(
         band = ray.remote(verified_pairs)
         found = ray.get(
             [
-                band.remote(not_slots, signature_refs, chunk, cfg.threshold, *(refs[p] for refs in band_refs))
+                band.remote(
+                    not_slots, signature_refs, chunk, cfg.threshold, max_pairs, *(refs[p] for refs in band_refs)
+                )
                 for p in range(parts)
             ]
         )
+        if any(part is None for part in found):
+            return ShuffledDedup(chunk_refs, None, None)
         pairs = _merge_pairs(found)
     return ShuffledDedup(chunk_refs, decide(n, later, first, pairs), pairs)
 
