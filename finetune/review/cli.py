@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.review.packet import ReviewError
-
 PACKET_HELP = "packet id, the Dagster run id that built it, or 'latest'"
 
 
@@ -106,4 +104,4 @@ def add_review_parser(sub, add) -> None:
     )
 
 
-__all__ = ["ReviewError", "add_review_parser"]
+__all__ = ["add_review_parser"]
