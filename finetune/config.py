@@ -81,8 +81,8 @@ class DataConfig(_Section):
     engine: Literal["local", "ray"] = Field(
         default="local",
         description="Where the data stages' per-record work runs: local (this process; de-identification may "
-        "use pii.workers processes) or ray (tasks on a Ray cluster). Decisions stay in input order, so the "
-        "stage files are the same with either.",
+        "use pii.workers processes) or ray (tasks on a Ray cluster; dedup shuffles its keys across it). Decisions "
+        "stay in input order, so the stage files are the same with either.",
     )
     ray_address: str | None = Field(
         default=None,
