@@ -25,28 +25,31 @@ from dagster_pipes import PipesDefaultMessageWriter
 POLL_SECONDS = 0.01
 
 
-def whole_lines(path: str, should_stop: Callable[[], bool], poll_seconds: float = POLL_SECONDS) -> Iterator[str]:
-    """Yield each newline-terminated line of the growing file `path` until `should_stop()` and the end.
+def whole_lines(path: str, should_stop: Callable[[], bool], poll_seconds: float = POLL_SECONDS) -> Iterator[bytes]:
+    """Yield each newline-terminated line of the growing file `path`, until one last read after `should_stop()`.
 
-    Raises ValueError when the file ends inside a line: the writer stopped in the middle of a message.
+    Bytes, so a read that ends between a character's bytes is harmless (0x0A is never inside one). Raises
+    ValueError when the file ends inside a line: the writer stopped in the middle of a message.
     """
-    pending = bytearray()
-    with open(path, "rb") as stream:  # bytes, so a cut between a character's bytes is harmless
+    parts: list[bytes] = []  # the unfinished line, in the pieces it arrived in
+    with open(path, "rb") as stream:
         while True:
-            stopping = should_stop()  # asked before the read, so a stop sees everything written before it
+            stopping = should_stop()  # asked before the read, so that read sees everything written before the stop
             chunk = stream.read()
-            if chunk:
-                pending += chunk
-                *lines, rest = bytes(pending).split(b"\n")
-                pending = bytearray(rest)
-                yield from (line.decode("utf-8") for line in lines if line.strip())
-            elif stopping:
-                break
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                parts.append(chunk)
             else:
+                lines = b"".join([*parts, chunk[:end]]).split(b"\n")
+                parts = [chunk[end + 1 :]]
+                yield from (line for line in lines if line.strip())
+            if stopping:
+                break
+            if not chunk:
                 time.sleep(poll_seconds)
-    if pending.strip():
+    if rest := b"".join(parts).strip():
         raise ValueError(
-            f"the Pipes message file {path} ends inside a message ({len(pending)} bytes with no newline): "
+            f"the Pipes message file {path} ends inside a message ({len(rest)} bytes with no newline): "
             "the external process stopped while writing it; its log above says why"
         )
 
@@ -75,11 +78,15 @@ class WholeLineMessageReader(dg.PipesMessageReader):
                 thread.join()
 
     def _read(self, path: str, handler: dg.PipesMessageHandler, closed: threading.Event) -> None:
+        origin = f"{type(self).__name__} reader thread"
         try:
             for line in whole_lines(path, closed.is_set, self._poll_seconds):
-                handler.handle_message(json.loads(line))
+                try:
+                    handler.handle_message(json.loads(line))
+                except Exception:  # reported, and the messages after it still arrive
+                    handler.report_pipes_framework_exception(origin, sys.exc_info())
         except Exception:
-            handler.report_pipes_framework_exception(f"{type(self).__name__} reader thread", sys.exc_info())
+            handler.report_pipes_framework_exception(origin, sys.exc_info())
 
     def no_messages_debug_text(self) -> str:
         return "Attempted to read messages from a temporary file the external process appends to."

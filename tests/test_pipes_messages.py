@@ -68,6 +68,15 @@ def test_a_file_that_ends_inside_a_message_is_reported_to_the_run(tmp_path):
     assert len(handler.failures) == 1 and "ends inside a message" in handler.failures[0]
 
 
+def test_a_bad_message_is_reported_and_the_ones_after_it_still_arrive():
+    handler = RecordingHandler()
+    with WholeLineMessageReader().read_messages(handler) as params:
+        with open(params["path"], "ab") as stream:
+            stream.write(_message("log", "first") + b"{not json\n" + b"\xff\xfe\n" + _message("closed", ""))
+    assert [m["method"] for m in handler.messages] == ["log", "closed"]
+    assert len(handler.failures) == 2 and all("reader thread" in f for f in handler.failures)
+
+
 SLOW_CHILD = """
 import time
 from contextlib import contextmanager

@@ -36,8 +36,9 @@ from finetune.data.stream import Outcome, collect, dropped, kept
 
 SNIPPET = 80
 CHUNK = 2048  # records looked up and written together; bounds the memory a chunk adds
-# Per shuffle reducer on Ray: 16 bytes each, so ~320 MB of candidate pairs before the driver falls back.
-MAX_CANDIDATE_PAIRS = 20_000_000
+# Per shuffle reducer on Ray (16 bytes each before verification): past it the driver decides with the local index.
+# A response shared by m records with distinct prompts makes ~8 m^2 / 2 pairs (its bands), so this is m ~ 1,100.
+MAX_CANDIDATE_PAIRS = 5_000_000
 log = logging.getLogger(__name__)
 
 

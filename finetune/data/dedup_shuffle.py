@@ -20,7 +20,8 @@ would hold whole rows, where a shuffle of (key, position) arrays suffices. The r
 store (which spills to disk) between the map and the written outcomes. Pairs grow with the square of a band
 group's size (many near-identical records, all but one dropped, cost the local index one comparison
 each): past a bound on one reducer's candidate pairs the driver decides with the local index instead,
-over the records in the store, with the same outcomes.
+over the records in the store, with the same outcomes. The stage streams no outcome until the whole input
+is in the store, and each band reducer holds the signatures of the chunks its pairs touch.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from finetune.config import DedupConfig
 from finetune.data.records import Record
 
 KEPT, EXACT, NEAR = 0, 1, 2
+VERIFY_BLOCK = 8192  # pairs compared at once: bounds the two signature blocks to ~17 MB each at 256 permutations
+MAX_RECORDS = 1 << 31  # positions share an int64 in pairs (see _joined)
 
 
 @dataclass(frozen=True)
@@ -110,16 +113,33 @@ def verified_pairs(
     a, b = _pairs_within_runs(keys, positions)
     if not len(a):
         return a, b, np.empty(0)
-    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
-    a, b = pairs[:, 0], pairs[:, 1]
+    a, b = _split(np.unique(_joined(a, b)))
     signatures = _signatures_of(np.union1d(a, b), signature_refs, chunk)
-    sa, sb = signatures(a), signatures(b)
-    half = sa.shape[1] // 2
-    equal = sa == sb
-    # Each half's mean as `minhash.half_similarities` takes it, so a pair's figure is the local engine's.
-    similarity = np.minimum(equal[:, :half].mean(axis=1), equal[:, half:].mean(axis=1))
+    similarity = np.concatenate(
+        [
+            _similarities(signatures(a[start : start + VERIFY_BLOCK]), signatures(b[start : start + VERIFY_BLOCK]))
+            for start in range(0, len(a), VERIFY_BLOCK)
+        ]
+    )
     close = similarity >= threshold
     return a[close], b[close], similarity[close]
+
+
+def _similarities(sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
+    """Per row, the smaller of the two halves' estimated Jaccard, each half's mean taken as
+    `minhash.half_similarities` takes it, so a pair's figure is the local engine's to the last bit."""
+    half = sa.shape[1] // 2
+    equal = sa == sb
+    return np.minimum(equal[:, :half].mean(axis=1), equal[:, half:].mean(axis=1))
+
+
+def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # One int64 per pair, so np.unique sorts a flat array (axis=0 on pairs was seconds per million).
+    return (a << 32) | b
+
+
+def _split(joined: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return joined >> 32, joined & 0xFFFFFFFF
 
 
 def _candidate_pairs(keys: np.ndarray) -> int:
@@ -230,6 +250,8 @@ def shuffled_dedup(
         signature_refs.append(refs[parts])
         band_refs.append(refs[parts + 1 :])
         n += len(part)
+        if n > MAX_RECORDS:
+            raise ValueError(f"dedup on Ray takes at most {MAX_RECORDS:,} records per stage; split the input")
     if not n:
         return ShuffledDedup([], decide(0, *_empty_pairs()[:2], _empty_pairs()), _empty_pairs())
     exact = ray.remote(exact_firsts)
@@ -263,5 +285,5 @@ def _merge_pairs(found: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if not any(len(a) for a, _, _ in found):
         return _empty_pairs()
     a, b, sim = (np.concatenate([f[i] for f in found]) for i in range(3))
-    _, unique = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
+    _, unique = np.unique(_joined(a, b), return_index=True)
     return a[unique], b[unique], sim[unique]
