@@ -67,6 +67,19 @@ def _deep_json_array(d: Path) -> list[Path]:
     return [d]
 
 
+def _lone_surrogates(d: Path) -> list[Path]:
+    rows = [
+        good(1),
+        r'{"instruction": "bad \ud800 text", "output": "x"}',
+        r'{"instruction": "a pair is one character: \ud83d\ude00", "output": "fine"}',
+        r'{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "\udfff"}]}',
+    ]
+    (d / "s.jsonl").write_text(jsonl(rows), encoding="utf-8")
+    element = r'{"instruction": "x", "output": "\uDC00 y"}'
+    (d / "s.json").write_text("[\n" + json.dumps(good(2)) + ",\n" + element + "\n]\n", encoding="utf-8")
+    return [d]
+
+
 def _symlink_loops(d: Path) -> list[Path]:
     (d / "good.jsonl").write_text(jsonl([good(1), good(2)]), encoding="utf-8")
     (d / "loop.jsonl").symlink_to("loop.jsonl")  # ELOOP when opened
@@ -162,6 +175,12 @@ def _turn_order(d: Path) -> list[Path]:
 CASES = {
     "deeply nested JSON line": Case(_deep_jsonl, 2, {("deep.jsonl", 2, "unparseable_row")}, detail="levels deep"),
     "deeply nested .json element": Case(_deep_json_array, 2, {("deep.json", 3, "unparseable_row")}, detail="deep"),
+    "lone surrogate escapes": Case(
+        _lone_surrogates,
+        3,
+        {("s.jsonl", 2, "unparseable_row"), ("s.jsonl", 4, "unparseable_row"), ("s.json", 3, "unparseable_row")},
+        detail="half of a UTF-16 surrogate pair",
+    ),
     "symlink loops and dangling links": Case(
         _symlink_loops, 2, {("loop.jsonl", 0, "unreadable_file"), ("dangling.json", 0, "unreadable_file")}
     ),

@@ -22,6 +22,8 @@ MAX_DEPTH = 100  # far deeper than any instruction record; deeper values would e
 _TOKEN = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[\]{},]|"')
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept as surrogate escapes
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DECODER = json.JSONDecoder()
 
 
@@ -36,6 +38,25 @@ class Parsed(NamedTuple):
 
 class ValueTooDeep(ValueError):
     """A JSON value nests deeper than MAX_DEPTH."""
+
+
+class LoneSurrogate(ValueError):
+    """A JSON string escapes half of a UTF-16 surrogate pair ("\\ud800"): valid JSON, but no character, so
+    no later stage could write or encode it."""
+
+
+def _lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where in a parsed value a string (or key) holds a lone surrogate, as "conversations[0].value"."""
+    if isinstance(value, str):
+        return path or "the row" if _SURROGATE.search(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return f"the key of {inner}"
+        if (found := _lone_surrogate_at(item, inner)) is not None:
+            return found
+    return None
 
 
 def _scan(text: str, pos: int, end: int | None = None) -> tuple[int | None, int]:
@@ -84,13 +105,21 @@ def loads(text: str) -> Any:
     """`json.loads` that refuses values nested deeper than MAX_DEPTH.
 
     Raises:
-        ValueError: invalid JSON (json.JSONDecodeError) or too deep (ValueTooDeep).
+        ValueError: invalid JSON (json.JSONDecodeError), too deep (ValueTooDeep) or a string that escapes
+            half a surrogate pair (LoneSurrogate).
     """
     _check_depth(text)
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:
         raise ValueTooDeep("JSON nested too deeply to parse") from None
+    # Only an escape can make a lone surrogate (decoded UTF-8 holds none), so most rows skip the walk.
+    if _SURROGATE_ESCAPE.search(text) and (where := _lone_surrogate_at(value)) is not None:
+        raise LoneSurrogate(
+            f"a \\u escape in {where} is half of a UTF-16 surrogate pair, not a character: "
+            "fix the exporting tool or drop the escape"
+        )
+    return value
 
 
 def describe(exc: ValueError, line: int | None = None) -> str:
