@@ -56,6 +56,7 @@ _BAD = st.one_of(
     st.just('{"text": "unknown shape"}'),
     st.just('{"instruction": 5, "output": "x"}'),
     st.just('{"conversations": [{"from": "gpt", "value": "answer first"}]}'),
+    st.just(r'{"instruction": "half a pair \ud800", "output": "x"}'),
     st.lists(st.integers(), max_size=3).map(json.dumps),
     st.text(max_size=20).filter(lambda t: t.strip()).map(lambda t: t.replace("\n", " ")),
 )
