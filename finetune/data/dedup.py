@@ -27,7 +27,7 @@ import numpy as np
 from finetune.config import DedupConfig
 from finetune.data.char_windows import alnum_only, code_points, ranges
 from finetune.data.dedup_index import LARGEST_GROUPS, DuplicateIndex, band_keys
-from finetune.data.dedup_shuffle import EXACT, KEPT, shuffled_dedup
+from finetune.data.dedup_shuffle import EXACT, KEPT, ShuffledDedup, shuffled_dedup
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.minhash import code_pair_signatures, half_similarities
 from finetune.data.records import Record, Stage, StageResult, full_text
@@ -182,6 +182,10 @@ class Deduplicator:
                 return
         finally:
             self.index.close()
+        yield from self._decided(shuffled, ray)
+
+    def _decided(self, shuffled: ShuffledDedup, ray) -> Iterator[Outcome]:
+        """The shuffle's decisions as outcomes, with the records fetched back from the store in input order."""
         decided = shuffled.decisions
         targets = set(np.unique(decided.target[decided.kind != KEPT]).tolist())
         ids: dict[int, str] = {}  # only the kept records that something duplicates
