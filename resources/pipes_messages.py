@@ -38,7 +38,8 @@ def whole_lines(path: str, should_stop: Callable[[], bool], poll_seconds: float 
             chunk = stream.read()
             end = chunk.rfind(b"\n")
             if end < 0:
-                parts.append(chunk)
+                if chunk:  # an idle poll adds nothing, however long the child stays quiet
+                    parts.append(chunk)
             else:
                 lines = b"".join([*parts, chunk[:end]]).split(b"\n")
                 parts = [chunk[end + 1 :]]
