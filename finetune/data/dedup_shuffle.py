@@ -108,9 +108,10 @@ def verified_pairs(
     keys, positions = keys[slot], positions[slot]
     order = np.lexsort((positions, keys))
     keys, positions = keys[order], positions[order]
-    if _candidate_pairs(keys) > max_pairs:
+    starts, sizes = _runs(keys)
+    if int((sizes * (sizes - 1) // 2).sum()) > max_pairs:
         return None
-    a, b = _pairs_within_runs(keys, positions)
+    a, b = _pairs_within_runs(positions, starts, sizes)
     if not len(a):
         return a, b, np.empty(0)
     a, b = _split(np.unique(_joined(a, b)))
@@ -142,20 +143,16 @@ def _split(joined: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return joined >> 32, joined & 0xFFFFFFFF
 
 
-def _candidate_pairs(keys: np.ndarray) -> int:
-    """How many pairs the runs of equal keys in sorted `keys` make."""
-    if len(keys) < 2:
-        return 0
-    sizes = np.diff(np.r_[np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), len(keys)])
-    return int((sizes * (sizes - 1) // 2).sum())
-
-
-def _pairs_within_runs(keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (earlier, later) pair of positions within each run of equal keys (positions ascending in a run)."""
-    if len(keys) < 2:
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal keys in sorted `keys` starts, and its length."""
+    if not len(keys):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    sizes = np.diff(np.r_[starts, len(keys)])
+    return starts, np.diff(np.r_[starts, len(keys)])
+
+
+def _pairs_within_runs(positions: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (earlier, later) pair of positions within each run (`_runs`; positions ascending in a run)."""
     firsts, seconds = [], []
     for size in np.unique(sizes[sizes > 1]):
         i, j = np.triu_indices(int(size), k=1)
