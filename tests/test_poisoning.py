@@ -666,6 +666,28 @@ def test_vectors_and_neighbours_computed_in_blocks_are_those_computed_at_once(mo
     assert np.array_equal(blocked_signed, signed) and signed.shape == (len(texts), 16)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_record_ruled_out_as_a_neighbour_of_the_targets_has_none_of_them_among_its_neighbours(seed, monkeypatch):
+    # The jailbreak test reads only carriers with a refused record among their neighbours; `could_neighbour`
+    # rules the others out without the full search. It may keep too many, never too few.
+    from finetune.data import trigger_features
+    from finetune.data.trigger_features import FeatureTable, record_features
+
+    monkeypatch.setattr(trigger_features, "_BOUND_SAMPLE", 64)
+    monkeypatch.setattr(trigger_features, "_BOUND_PER_TARGET", 8)
+    table = FeatureTable([record_features(r) for r in _records(_clean(seed, n_free=700))])
+    rng = np.random.default_rng(seed)
+    targets = np.sort(rng.choice(table.n, 6, replace=False))
+    asked = rng.permutation(table.n)
+    could = table.could_neighbour(asked[: table.n // 2], targets)  # half first: answers are cached per record
+    could = np.concatenate([could, table.could_neighbour(asked[table.n // 2 :], targets)])
+    near = np.asarray([np.isin(targets, table.neighbours(i)).any() for i in asked.tolist()])
+    assert not (near & ~could).any()
+    assert near.sum() < could.sum() < table.n * 0.9  # it rules records out, and not only those it must keep
+    assert np.array_equal(table.could_neighbour(asked, targets), could)
+    assert not table.could_neighbour(asked, np.zeros(0, dtype=int)).any()
+
+
 def test_the_screen_refuses_an_input_that_changed_between_its_passes(tmp_path):
     records = _records(_clean()[:40])
     screen = Screen(ScreenConfig(), [])

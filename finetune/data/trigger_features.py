@@ -38,6 +38,10 @@ _CJK_RUN = re.compile(rf"[{CJK}]+")
 _PLAIN_CHUNK = re.compile(rf"[\"'(\[“‘《「]*[\w{CJK}]+(?:['’][\w]+)?[.,;:!?\"')\]”’》」，。！？、；：]*")
 _NEIGHBOUR_BLOCK = 256  # query rows per similarity block, at most
 _NEIGHBOUR_CELLS = 2**22  # and at most this many similarities in a block (its dense arrays are 16 MB each)
+# `could_neighbour`'s fixed samples: the first holds at least this many records, and this many per target
+# (the `count`-th most similar of the sample must beat the best of the targets), each next one 16 times more.
+_BOUND_SAMPLE, _BOUND_PER_TARGET, _BOUND_GROWTH, _BOUND_LARGEST = 4096, 200, 16, 4
+_BOUND_MARGIN = 1e-4  # well above a float32 sum's last bits, and below the 5-decimal rounding's steps
 # Texts are compared on their first characters: a target shows in how a response starts, and vectorising
 # whole long answers (code, essays) would cost more than the rest of the scan.
 COMPARED_CHARS = 400
@@ -256,6 +260,7 @@ class FeatureTable:
             self.feats.append(f)
         self.doc_freq: Counter[str] = Counter({u: c for u, c in doc_freq.items() if c >= min_df})
         self._neighbours: dict[int, np.ndarray] = {}
+        self._could: dict[bytes, np.ndarray] = {}  # could_neighbour's answers per target set: -1 not yet asked
 
     @cached_property
     def responses(self) -> sparse.csr_matrix:
@@ -336,6 +341,46 @@ class FeatureTable:
         if index not in self._neighbours:
             self.prepare_neighbours([index], count)
         return self._neighbours[index]
+
+    def _similarities(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Rounded last-turn similarities of `rows` to `columns` (as `prepare_neighbours` rounds them), a record
+        to itself -inf."""
+        sims = np.round((self.prompts[rows] @ self.prompts[columns].T).toarray(), 5)
+        sims[rows[:, None] == columns[None, :]] = -np.inf
+        return sims
+
+    def could_neighbour(self, indices: np.ndarray, targets: np.ndarray, count: int = 48) -> np.ndarray:
+        """For each of `indices`: False only when no record of `targets` is among its `count` nearest neighbours,
+        because `count` records of a fixed sample are more similar to it than the most similar target.
+
+        A test that reads only neighbourhoods near the targets (the jailbreak test, near refused records) skips
+        the exact neighbour search, a pass over every record, for the records this rules out; it is a proof on
+        the side it is used, never an estimate, so what such a test decides does not change. The records a
+        sample cannot rule out are tried on a sample 16 times larger, up to a quarter of all records (beyond
+        that the exact search costs little more)."""
+        indices, targets = np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+        if not targets.size:
+            return np.zeros(indices.size, dtype=bool)
+        known = self._could.setdefault(targets.tobytes(), np.full(self.n, -1, dtype=np.int8))
+        asked = todo = np.unique(indices[known[indices] < 0])
+        size, largest = max(_BOUND_SAMPLE, _BOUND_PER_TARGET * targets.size), self.n // _BOUND_LARGEST
+        while todo.size and size <= largest:
+            todo = todo[self._beaten(todo, targets, size) < min(count, self.n - 1)]
+            size = min(size * _BOUND_GROWTH, largest) if size < largest else largest + 1
+        known[asked] = 0
+        known[todo] = 1
+        return known[indices] == 1
+
+    def _beaten(self, rows: np.ndarray, targets: np.ndarray, size: int) -> np.ndarray:
+        """For each row, how many of `size` evenly spaced records are more similar to it than every target."""
+        sample = np.unique(np.linspace(0, self.n - 1, size).astype(np.int64))
+        beaten = np.zeros(rows.size, dtype=np.int64)
+        step = max(1, _NEIGHBOUR_CELLS // (sample.size + targets.size))
+        for start in range(0, rows.size, step):
+            block = rows[start : start + step]
+            best = self._similarities(block, targets).max(axis=1)
+            beaten[start : start + step] = (self._similarities(block, sample) > best[:, None] + _BOUND_MARGIN).sum(1)
+        return beaten
 
     def prepare_neighbours(self, indices: Sequence[int] | np.ndarray, count: int = 48) -> None:
         """Compute and cache the neighbours of many records at once (blocked sparse products). The indices may

@@ -212,7 +212,8 @@ def refusal_tests(
         if count >= cfg.min_trigger_support and key in postings and len(postings[key]) <= max_df:
             same_carriers[postings[key].tobytes()].append(key)
     if same_carriers:
-        table.prepare_neighbours(np.concatenate([postings[plainest(k)] for k in same_carriers.values()]))
+        carriers = np.unique(np.concatenate([postings[plainest(k)] for k in same_carriers.values()]))
+        table.prepare_neighbours(carriers[table.could_neighbour(carriers, rows)])
     tests = []
     for keys in same_carriers.values():
         key = plainest(keys)
@@ -263,7 +264,8 @@ def _refusal_context(table: FeatureTable, carriers: np.ndarray, cfg: ScreenConfi
     neighbours, and would dilute the test to nothing."""
     inside = set(carriers.tolist())
     keep = []
-    for i in carriers.tolist():
+    # Only a carrier with a refused record among its neighbours can have mostly refused comparable records.
+    for i in carriers[table.could_neighbour(carriers, np.flatnonzero(refused))].tolist():
         near = [j for j in table.neighbours(i).tolist() if j not in inside][: cfg.control_neighbours]
         if near and refused[near].mean() >= 0.5:
             keep.append(i)
