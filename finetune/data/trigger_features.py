@@ -342,12 +342,15 @@ class FeatureTable:
             self.prepare_neighbours([index], count)
         return self._neighbours[index]
 
-    def _similarities(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    def _similarities(self, rows: np.ndarray, columns: np.ndarray, transposed: sparse.csr_matrix) -> np.ndarray:
         """Rounded last-turn similarities of `rows` to `columns` (as `prepare_neighbours` rounds them), a record
-        to itself -inf."""
-        sims = np.round((self.prompts[rows] @ self.prompts[columns].T).toarray(), 5)
+        to itself -inf; `transposed` is `columns`' vectors as `_transposed` gives them."""
+        sims = np.round((self.prompts[rows] @ transposed).toarray(), 5)
         sims[rows[:, None] == columns[None, :]] = -np.inf
         return sims
+
+    def _transposed(self, columns: np.ndarray) -> sparse.csr_matrix:
+        return sparse.csr_matrix(self.prompts[columns].T)
 
     def could_neighbour(self, indices: np.ndarray, targets: np.ndarray, count: int = 48) -> np.ndarray:
         """For each of `indices`: False only when no record of `targets` is among its `count` nearest neighbours,
@@ -376,10 +379,13 @@ class FeatureTable:
         sample = np.unique(np.linspace(0, self.n - 1, size).astype(np.int64))
         beaten = np.zeros(rows.size, dtype=np.int64)
         step = max(1, _NEIGHBOUR_CELLS // (sample.size + targets.size))
+        near, far = self._transposed(targets), self._transposed(sample)
         for start in range(0, rows.size, step):
             block = rows[start : start + step]
-            best = self._similarities(block, targets).max(axis=1)
-            beaten[start : start + step] = (self._similarities(block, sample) > best[:, None] + _BOUND_MARGIN).sum(1)
+            best = self._similarities(block, targets, near).max(axis=1)
+            beaten[start : start + step] = (self._similarities(block, sample, far) > best[:, None] + _BOUND_MARGIN).sum(
+                1
+            )
         return beaten
 
     def prepare_neighbours(self, indices: Sequence[int] | np.ndarray, count: int = 48) -> None:
