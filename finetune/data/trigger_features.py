@@ -41,7 +41,8 @@ _NEIGHBOUR_CELLS = 2**22  # and at most this many similarities in a block (its d
 # `could_neighbour`'s fixed samples: the first holds at least this many records, and this many per target
 # (the `count`-th most similar of the sample must beat the best of the targets), each next one 16 times more.
 _BOUND_SAMPLE, _BOUND_PER_TARGET, _BOUND_GROWTH, _BOUND_LARGEST = 4096, 200, 16, 4
-_BOUND_MARGIN = 1e-4  # well above a float32 sum's last bits, and below the 5-decimal rounding's steps
+# Ten of the 5-decimal rounding's steps: a near tie, or a sum whose last bits differ, is never ruled out.
+_BOUND_MARGIN = 1e-4
 # Texts are compared on their first characters: a target shows in how a response starts, and vectorising
 # whole long answers (code, essays) would cost more than the rest of the scan.
 COMPARED_CHARS = 400
