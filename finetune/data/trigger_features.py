@@ -255,8 +255,7 @@ class FeatureTable:
         for i, f in enumerate(own):
             gone = [u for u in f.units if doc_freq[u] < min_df]
             if gone:
-                rare = [u for u in gone if u[0] in "wz" and doc_freq[u] <= self._rare_df]
-                self._rare_count[i], self._rare_echoed[i] = len(rare), sum(u[2:] in f.response for u in rare)
+                self._rare_count[i], self._rare_echoed[i] = self._echoes(gone, f.response, doc_freq)
                 f = RecordFeatures(tuple(u for u in f.units if doc_freq[u] >= min_df), f.last_turn, f.response)
             self.feats.append(f)
         self.doc_freq: Counter[str] = Counter({u: c for u, c in doc_freq.items() if c >= min_df})
@@ -344,10 +343,13 @@ class FeatureTable:
         return self._neighbours[index]
 
     def _similarities(self, rows: np.ndarray, columns: np.ndarray, transposed: sparse.csr_matrix) -> np.ndarray:
-        """Rounded last-turn similarities of `rows` to `columns` (as `prepare_neighbours` rounds them), a record
-        to itself -inf; `transposed` is `columns`' vectors as `_transposed` gives them."""
+        """Rounded last-turn similarities of `rows` to the sorted `columns`, a record to itself -inf (rounding
+        first makes ties the same on every CPU); `transposed` is `columns`' vectors as `_transposed` gives them.
+        The neighbour search and its bound both read these, so the bound's comparisons are the search's."""
         sims = np.round((self.prompts[rows] @ transposed).toarray(), 5)
-        sims[rows[:, None] == columns[None, :]] = -np.inf
+        at = np.minimum(np.searchsorted(columns, rows), columns.size - 1)
+        own = np.flatnonzero(columns[at] == rows)
+        sims[own, at[own]] = -np.inf
         return sims
 
     def _transposed(self, columns: np.ndarray) -> sparse.csr_matrix:
@@ -362,7 +364,7 @@ class FeatureTable:
         the side it is used, never an estimate, so what such a test decides does not change. The records a
         sample cannot rule out are tried on a sample 16 times larger, up to a quarter of all records (beyond
         that the exact search costs little more)."""
-        indices, targets = np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+        indices, targets = np.asarray(indices, dtype=np.int64), np.unique(np.asarray(targets, dtype=np.int64))
         if not targets.size:
             return np.zeros(indices.size, dtype=bool)
         known = self._could.setdefault(targets.tobytes(), np.full(self.n, -1, dtype=np.int8))
@@ -370,7 +372,9 @@ class FeatureTable:
         size, largest = max(_BOUND_SAMPLE, _BOUND_PER_TARGET * targets.size), self.n // _BOUND_LARGEST
         while todo.size and size <= largest:
             todo = todo[self._beaten(todo, targets, size) < min(count, self.n - 1)]
-            size = min(size * _BOUND_GROWTH, largest) if size < largest else largest + 1
+            if size == largest:
+                break
+            size = min(size * _BOUND_GROWTH, largest)
         known[asked] = 0
         known[todo] = 1
         return known[indices] == 1
@@ -384,9 +388,8 @@ class FeatureTable:
         for start in range(0, rows.size, step):
             block = rows[start : start + step]
             best = self._similarities(block, targets, near).max(axis=1)
-            beaten[start : start + step] = (self._similarities(block, sample, far) > best[:, None] + _BOUND_MARGIN).sum(
-                1
-            )
+            closer = self._similarities(block, sample, far) > best[:, None] + _BOUND_MARGIN
+            beaten[start : start + step] = closer.sum(axis=1)
         return beaten
 
     def prepare_neighbours(self, indices: Sequence[int] | np.ndarray, count: int = 48) -> None:
@@ -395,12 +398,12 @@ class FeatureTable:
         distinct = np.unique(np.asarray(indices, dtype=np.int64)).tolist()
         todo = [i for i in distinct if i not in self._neighbours]
         size = max(1, min(_NEIGHBOUR_BLOCK, _NEIGHBOUR_CELLS // max(1, self.n)))
+        everyone = np.arange(self.n)
         for start in range(0, len(todo), size):
             block = todo[start : start + size]
-            sims = np.round((self.prompts[block] @ self._prompts_transposed).toarray(), 5)
-            sims[np.arange(len(block)), block] = -np.inf
+            sims = self._similarities(np.asarray(block, dtype=np.int64), everyone, self._prompts_transposed)
             keep = min(count, self.n - 1)
-            # The top `keep` by similarity, ties by position (rounding first makes ties the same on every CPU).
+            # The top `keep` by similarity, ties by position.
             kth = -np.partition(-sims, keep - 1, axis=1)[:, keep - 1]
             for row, i in enumerate(block):
                 cand = np.concatenate([np.flatnonzero(sims[row] > kth[row]), np.flatnonzero(sims[row] == kth[row])])
@@ -427,11 +430,15 @@ class FeatureTable:
         shares = []
         for i in indices.tolist():
             feats = self.feats[i]
-            rare = [u for u in feats.units if u not in own and u[0] in "wz" and self.doc_freq[u] <= self._rare_df]
-            count = int(self._rare_count[i]) + len(rare)
-            echoed = int(self._rare_echoed[i]) + sum(u[2:] in feats.response for u in rare)
+            count, echoed = self._echoes([u for u in feats.units if u not in own], feats.response, self.doc_freq)
+            count, echoed = count + int(self._rare_count[i]), echoed + int(self._rare_echoed[i])
             shares.append(echoed / count if count else 0.0)
         return float(np.median(shares)) if shares else 0.0
+
+    def _echoes(self, units: list[str], response: str, doc_freq: Counter[str]) -> tuple[int, int]:
+        """How many of `units` are rare words or CJK n-grams (`prompt_echo`'s), and how many `response` repeats."""
+        rare = [u for u in units if u[0] in "wz" and doc_freq[u] <= self._rare_df]
+        return len(rare), sum(u[2:] in response for u in rare)
 
     def residual_similarity(self, indices: np.ndarray, key: str) -> float:
         """How alike these records' last user turns are with the feature cut out: high when the feature sits in
