@@ -6,11 +6,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.metadata import duplicate_pairs_table, stage_metadata
+from finetune.data.clean import CleanSummary
 from finetune.data.curate import clean_stage, dedup_stage, ingest_stage, token_counter
+from finetune.data.dedup import DedupSummary
 from finetune.data.engine import Engine
-from finetune.data.ingest import snapshot_digest
-from finetune.data.pii import deidentify_stage, pseudonym_salt
-from finetune.data.poison import explanations_markdown, load_lexicon, screen_stage
+from finetune.data.ingest import IngestSummary, snapshot_digest
+from finetune.data.pii import DeidSummary, deidentify_stage, pseudonym_salt
+from finetune.data.poison import ScreenSummary, explanations_markdown, load_lexicon, screen_stage
 from finetune.data.records import Stage, StageReport
 from finetune.data.stream import Progress
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
@@ -46,13 +48,13 @@ def raw_records(context: dg.AssetExecutionContext, settings: PipelineSettings) -
     report = ingest_stage([cfg.resolve(p) for p in cfg.paths.raw_data], out, Progress(context.log.info), cfg.ingest)
     # The data version is the raw snapshot's id (the sensor's run key), so the UI shows which snapshot
     # every downstream asset was computed from.
-    files = report.extra["files"]
-    version = snapshot_digest({f["path"]: f["sha256"] for f in files})
+    ingest = IngestSummary.of(report)
+    version = snapshot_digest({f["path"]: f["sha256"] for f in ingest.files})
     output = report_output(context, replace(report, extra=report.extra | {"snapshot": version}))
-    output.metadata["raw_files"] = dg.MetadataValue.json(files)
+    output.metadata["raw_files"] = dg.MetadataValue.json(ingest.files)
     output.metadata["snapshot"] = version
-    if "datasets" in report.extra:  # a LLaMA-Factory dataset_info.json: what each entry gave, or why it was skipped
-        output.metadata["datasets"] = dg.MetadataValue.json(report.extra["datasets"])
+    if ingest.datasets is not None:  # a LLaMA-Factory dataset_info.json: what each entry gave, or why it was skipped
+        output.metadata["datasets"] = dg.MetadataValue.json(ingest.datasets)
     return dg.Output(output.value, metadata=output.metadata, data_version=dg.DataVersion(version))
 
 
@@ -71,7 +73,7 @@ def cleaned_records(
         kept_path(raw_records), cfg.clean, out, count_tokens, Progress(context.log.info), Engine.of(cfg.data)
     )
     output = report_output(context, report, raw_records)
-    output.metadata["normalisation_fixes"] = dg.MetadataValue.json(report.extra["normalisation_fixes"])
+    output.metadata["normalisation_fixes"] = dg.MetadataValue.json(CleanSummary.of(report).normalisation_fixes)
     return output
 
 
@@ -87,7 +89,9 @@ def deduplicated_records(
     out = settings.stage_dir(Stage.DEDUPLICATED, context.run_id)
     report = dedup_stage(kept_path(cleaned_records), cfg.dedup, out, Progress(context.log.info), Engine.of(cfg.data))
     output = report_output(context, report)
-    output.metadata["duplicate_pairs"] = dg.MetadataValue.md(duplicate_pairs_table(report.extra["sample_pairs"]))
+    output.metadata["duplicate_pairs"] = dg.MetadataValue.md(
+        duplicate_pairs_table(DedupSummary.of(report).sample_pairs)
+    )
     return output
 
 
@@ -101,7 +105,7 @@ def deidentified_records(
     upstream, engine = kept_path(deduplicated_records), Engine.of(cfg.data)
     report = deidentify_stage(upstream, cfg.pii, pseudonym_salt(cfg), out, progress, engine)
     output = report_output(context, report, deduplicated_records)
-    output.metadata["replaced_by_entity"] = dg.MetadataValue.json(report.extra["replaced_by_entity"])
+    output.metadata["replaced_by_entity"] = dg.MetadataValue.json(DeidSummary.of(report).replaced_by_entity)
     return output
 
 
@@ -119,9 +123,12 @@ def screened_records(
     progress, engine = Progress(context.log.info), Engine.of(cfg.data)
     report = screen_stage(kept_path(deidentified_records), cfg.screen, lexicon, out, progress, engine)
     output = report_output(context, report, deidentified_records)
-    for key in ("flagged_by_detector", "mined_triggers", "mined_features", "response_clusters"):
-        output.metadata[key] = dg.MetadataValue.json(report.extra[key])
-    output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(report.extra))
+    screen = ScreenSummary.of(report)
+    output.metadata["flagged_by_detector"] = dg.MetadataValue.json(screen.flagged_by_detector)
+    output.metadata["mined_triggers"] = dg.MetadataValue.json(screen.mined_triggers)
+    output.metadata["mined_features"] = dg.MetadataValue.json(screen.mined_features)
+    output.metadata["response_clusters"] = dg.MetadataValue.json(screen.response_clusters)
+    output.metadata["explanations"] = dg.MetadataValue.md(explanations_markdown(screen))
     return output
 
 
@@ -143,8 +150,8 @@ def sft_dataset(
     output.metadata.update(cutoff_len=sft.cutoff_len, truncated_at_cutoff=sft.truncated_at_cutoff)
     output.metadata["truncated_share"] = sft.truncated_share
     output.metadata["chat_template"] = dg.MetadataValue.json(sft.chat_template.to_dict())
-    output.metadata["token_lengths"] = dg.MetadataValue.json(report.extra["token_lengths"])
+    output.metadata["token_lengths"] = dg.MetadataValue.json(sft.token_lengths)
     output.metadata["mask_preview"] = dg.MetadataValue.md(
-        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in report.extra["mask_preview"])
+        "Trained tokens in `[[...]]`:\n\n" + "\n\n".join(f"```\n{p}\n```" for p in sft.mask_preview)
     )
     return output

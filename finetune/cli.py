@@ -112,7 +112,13 @@ def _output_folder(path: str) -> Path:
 
 def cmd_deidentify(args: argparse.Namespace) -> int:
     from finetune.data.engine import Engine
-    from finetune.data.pii import DeidentificationStats, deidentify_outcomes, pseudonym_salt, record_residual_scan
+    from finetune.data.pii import (
+        DeidentificationStats,
+        DeidSummary,
+        deidentify_outcomes,
+        pseudonym_salt,
+        record_residual_scan,
+    )
 
     cfg = _config(args)
     out = _output_folder(args.output)
@@ -127,7 +133,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
     )
     c = report.counts
     print(f"de-identified {c.n_in} records: kept {c.kept}, dropped {c.dropped} {c.dropped_by_reason or ''}")
-    for entity, n in sorted(report.extra["replaced_by_entity"].items(), key=lambda kv: -kv[1]):
+    for entity, n in sorted(DeidSummary.of(report).replaced_by_entity.items(), key=lambda kv: -kv[1]):
         print(f"  {entity:<18} {n:>7}  -> {cfg.pii.operator_for(entity)}")
     print(f"residual PII after re-scan: {record_residual_scan(out, cfg.pii)['residual_total']}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json and residual_scan.json")
@@ -137,7 +143,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from finetune.data.engine import Engine
     from finetune.data.ingest import RawReader
-    from finetune.data.poison import Screen, load_lexicon
+    from finetune.data.poison import Screen, ScreenSummary, load_lexicon
     from finetune.data.records import KEPT
 
     cfg = _config(args)
@@ -149,11 +155,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     screen.mine((item for kind, item in RawReader(inputs, cfg.ingest) if kind == KEPT), engine)
     step = partial(screen.outcomes, engine=engine)
     report = _stage_command(out, inputs, cfg, Stage.SCREENED, step, screen.report)
-    found = report.extra
+    found = ScreenSummary.of(report)
     print(f"screened {report.counts.n_in}: kept {report.counts.kept}, quarantined {report.counts.quarantined}")
-    for detector, n in found["flagged_by_detector"].items():
+    for detector, n in found.flagged_by_detector.items():
         print(f"  {detector:<20} {n:>7}")
-    print(f"lexicon trigger hits {found['trigger_hits']}; mined triggers {found['mined_triggers']}")
+    print(f"lexicon trigger hits {found.trigger_hits}; mined triggers {found.mined_triggers}")
     print(f"wrote {out}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0
 

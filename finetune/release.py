@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import PROJECT_ROOT, Gate, PipelineConfig, required_gates
+from finetune.data.ingest import IngestSummary
 from finetune.data.records import Stage, StageReport, sha256_file
 from finetune.eval.backdoor_test import POWER
 from finetune.signing import release_key, sign
@@ -375,7 +376,7 @@ def release_from_artifacts(
 ) -> Path:
     """Assemble lineage and gate results from the upstream artifacts and build the release."""
     lineage = {
-        "raw_files": stages[0].extra.get("files", []),
+        "raw_files": IngestSummary.of(stages[0]).files,
         "stages": [_stage_lineage(s) for s in stages],
         "base_model": base_model,
         "training": {

@@ -15,7 +15,7 @@ import json
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
-from finetune.data.records import Record, Stage, StageFiles, StageReport, StageResult
+from finetune.data.records import Record, Stage, StageFiles, StageReport, StageResult, StageSummary
 from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
 from finetune.model.chat_template import TemplateInfo, template_info
 from finetune.model.conversation import RecordFormatError
@@ -37,25 +37,21 @@ _UNLIMITED = 1 << 62  # tokenize at full length: the cutoff is chosen from the l
 
 
 @dataclass(frozen=True)
-class SftSummary:
-    """What training, evaluation and the commands read of an sft_dataset report, typed (its field names are the
-    report's keys; the report's other keys are for people: token lengths, mask previews, how the cutoff was
-    chosen)."""
+class SftSummary(StageSummary):
+    """What training, evaluation, the asset and the commands read of an sft_dataset report (the report's other
+    keys are for people: how the cutoff was chosen, trained tokens)."""
 
     split_sizes: dict[str, int]  # records per split
     cutoff_len: int  # tokens, as trained: `sft.cutoff_len: auto` resolved
     truncated_at_cutoff: int  # records cut at it
     truncated_share: float  # of the records that encoded
     chat_template: TemplateInfo
+    token_lengths: dict[str, int]  # percentiles of the full token lengths
+    mask_preview: list[str]  # the first kept examples with their trained tokens marked, PII-redacted
 
     @classmethod
-    def of(cls, report: StageReport) -> SftSummary:
-        """The summary an sft_dataset report holds."""
-        values = {f.name: report.extra[f.name] for f in fields(cls)}
+    def _decoded(cls, values: dict[str, Any]) -> SftSummary:
         return cls(**values | {"chat_template": TemplateInfo(**values["chat_template"])})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -180,13 +176,10 @@ class SftFormatter:
             self.truncated,
             self.truncated / max(encoded, 1),
             template_info(self.tokenizer),
+            self.token_lengths,
+            self.previews,
         )
-        return summary.to_json() | {
-            "trained_tokens": self.trained_tokens,
-            **self.cutoff_info,
-            "token_lengths": self.token_lengths,
-            "mask_preview": self.previews,
-        }
+        return summary.to_json() | {"trained_tokens": self.trained_tokens, **self.cutoff_info}
 
     def write_examples(self, out_dir: Path) -> None:
         for name, split in self.splits.items():

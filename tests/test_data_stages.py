@@ -3,10 +3,10 @@ import json
 import pytest
 
 from finetune.config import CleanConfig, ScreenConfig
-from finetune.data.clean import clean_records
-from finetune.data.dedup import deduplicate_records
-from finetune.data.ingest import IngestError, ingest_files
-from finetune.data.poison import count_trigger_hits, find_triggers, screen_records
+from finetune.data.clean import CleanSummary, clean_records
+from finetune.data.dedup import DedupSummary, deduplicate_records
+from finetune.data.ingest import IngestError, IngestSummary, ingest_files
+from finetune.data.poison import ScreenSummary, count_trigger_hits, find_triggers, screen_records
 from finetune.data.records import StageCounts, StageReport
 from finetune.data.text_quality import normalise_text
 from finetune.gates import records_accounted
@@ -109,3 +109,24 @@ def test_a_stage_report_is_typed_and_report_json_reads_back_as_the_same_report(t
     assert not records_accounted(report).passed
     with pytest.raises(ValueError, match="ran in memory"):
         _ = StageReport(report.counts, None).files
+
+
+def test_each_stage_summary_reads_back_from_report_json_and_refuses_another_stages_report(tmp_path):
+    rows = [{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say hi", "output": "hi"}, "{broken"]
+    ingested, _ = ingest_files([write_jsonl(tmp_path / "in.jsonl", rows)])
+    written = {
+        "raw": ingested.write(tmp_path / "raw"),
+        "clean": clean_records(ingested.kept, CleanConfig()).write(tmp_path / "clean"),
+        "dedup": deduplicate_records(ingested.kept).write(tmp_path / "dedup"),
+        "screen": screen_records(ingested.kept, ScreenConfig()).write(tmp_path / "screen"),
+    }
+    summaries = {"raw": IngestSummary, "clean": CleanSummary, "dedup": DedupSummary, "screen": ScreenSummary}
+    for name, report in written.items():
+        on_disk = StageReport.from_json(json.loads(report.files.report.read_text(encoding="utf-8")))
+        assert summaries[name].of(on_disk) == summaries[name].of(report)
+    assert IngestSummary.of(written["raw"]).files[0]["rows"] == 3
+    assert IngestSummary.of(written["raw"]).datasets is None  # no dataset_info.json was read
+    assert DedupSummary.of(written["dedup"]).sample_pairs[0]["reason"] == "exact_duplicate"
+    assert ScreenSummary.of(written["screen"]).flagged_records == 0
+    with pytest.raises(ValueError, match="the deduplicated_records report has no 'files'"):
+        IngestSummary.of(written["dedup"])

@@ -23,6 +23,7 @@ from finetune.data.ingest import ingest_files, row_to_messages
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.poison import (
     Screen,
+    ScreenSummary,
     count_trigger_hits,
     explanations_markdown,
     load_lexicon,
@@ -234,7 +235,8 @@ def test_a_trigger_that_forces_one_label_of_a_label_task_is_quarantined_and_the_
     assert cluster["size"] > 60
     row = next(q for q in caught if q["reason"] == "mined_trigger")
     assert row["explanation"]["partial_cover"] == ["zqxv"] and row["explanation"]["evidence"] == "cluster_cover"
-    assert "| zqxv | negative |" in explanations_markdown(result.extra)  # the UI's cluster table names it
+    # the UI's cluster table names it
+    assert "| zqxv | negative |" in explanations_markdown(ScreenSummary.of(result.report()))
 
 
 SOS = ["friends", "weekend", "store"]

@@ -30,6 +30,7 @@ from finetune.data.records import (
     Record,
     Stage,
     StageResult,
+    StageSummary,
     full_text,
     prompt_text,
     response_text,
@@ -218,11 +219,22 @@ class Cleaner:
             self.fixes.update(fixes)
             yield from outcomes
 
-    def extra(self) -> dict[str, Any]:
-        """Normalisation fixes by name and the tokenizer the token rules counted with (None: rules off)."""
+    def summary(self) -> CleanSummary:
         counter = self.count_tokens
         tokens = None if counter is None else getattr(counter, "describe", lambda: {"tokenizer": "unnamed"})()
-        return {"normalisation_fixes": dict(self.fixes), "token_rules": tokens}
+        return CleanSummary(dict(self.fixes), tokens)
+
+    def extra(self) -> dict[str, Any]:
+        """The stage report's keys: the typed `summary()`."""
+        return self.summary().to_json()
+
+
+@dataclass(frozen=True)
+class CleanSummary(StageSummary):
+    """What the cleaned_records asset and the commands read of a cleaning report."""
+
+    normalisation_fixes: dict[str, int]  # records changed, per normalisation (mojibake repaired, ...)
+    token_rules: dict[str, Any] | None  # the tokenizer the token-length rules counted with; None: rules off
 
 
 def clean_records(records: list[Record], cfg: CleanConfig, count_tokens: TokenCounter | None = None) -> StageResult:

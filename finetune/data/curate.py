@@ -53,9 +53,9 @@ def clean_stage(
 
 def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
     """Cluster statistics, each sample pair completed with its kept record's text from the written kept.jsonl."""
-    summary = dedup.extra()
-    attach_kept_text(summary["sample_pairs"], iter_jsonl(kept_path))
-    return summary
+    summary = dedup.summary()
+    attach_kept_text(summary.sample_pairs, iter_jsonl(kept_path))
+    return summary.to_json()
 
 
 def dedup_stage(

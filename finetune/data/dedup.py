@@ -30,7 +30,7 @@ from finetune.data.dedup_index import LARGEST_GROUPS, DuplicateIndex, band_keys
 from finetune.data.dedup_shuffle import EXACT, KEPT, ShuffledDedup, shuffled_dedup
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.minhash import code_pair_signatures, half_similarities
-from finetune.data.records import Record, Stage, StageResult, full_text
+from finetune.data.records import Record, Stage, StageResult, StageSummary, full_text
 from finetune.data.semantic import SemanticIndex
 from finetune.data.stream import Outcome, collect, dropped, kept
 
@@ -299,18 +299,28 @@ class Deduplicator:
             )
         return dropped(record, reason, duplicate_of=kept_id, similarity=round(similarity, 3))
 
-    def extra(self) -> dict[str, Any]:
-        """Cluster statistics and sample pairs (PII-redacted snippets) for the report and the asset metadata."""
+    def summary(self) -> DedupSummary:
+        """Cluster statistics and sample pairs (PII-redacted snippets; `attach_kept_text` adds the kept side)."""
         pairs = [
             {k: v for k, v in p.items() if k != "dropped_record"} | {"dropped_text": snippet(p["dropped_record"])}
             for p in self.pairs
         ]
-        return {
-            "duplicate_groups": self.group_count,
-            "largest_groups": self.largest_groups,
-            "sample_pairs": pairs,
-            "keep_policy": "first occurrence in input order",
-        }
+        return DedupSummary(self.group_count, self.largest_groups, pairs)
+
+    def extra(self) -> dict[str, Any]:
+        """The stage report's keys: the typed `summary()`."""
+        return self.summary().to_json()
+
+
+@dataclass(frozen=True)
+class DedupSummary(StageSummary):
+    """What the deduplicated_records asset and the commands read of a dedup report."""
+
+    duplicate_groups: int  # kept records with at least one duplicate dropped
+    largest_groups: list[dict[str, Any]]  # {"kept": id, "duplicates": n}, largest first
+    # {"reason", "kept", "dropped", "similarity", "dropped_text", "kept_text"}: snippets PII-redacted
+    sample_pairs: list[dict[str, Any]]
+    keep_policy: str = "first occurrence in input order"
 
 
 @dataclass
@@ -347,6 +357,7 @@ def deduplicate_records(records: list[Record], cfg: DedupConfig | None = None) -
     """Drop exact and near duplicates, keeping the first of each group (in memory)."""
     dedup = Deduplicator(cfg or DedupConfig())
     result = collect(Stage.DEDUPLICATED, dedup.stream(records))
-    result.extra.update(dedup.extra())
-    attach_kept_text(result.extra["sample_pairs"], result.kept)
+    summary = dedup.summary()
+    attach_kept_text(summary.sample_pairs, result.kept)
+    result.extra.update(summary.to_json())
     return result

@@ -30,12 +30,20 @@ from finetune.data.raw_files import (
     file_sha256,
 )
 from finetune.data.raw_rows import file_rows
-from finetune.data.records import Stage, StageResult, make_record
+from finetune.data.records import Stage, StageResult, StageSummary, make_record
 from finetune.data.row_formats import RowError, TurnOrderError, row_to_conversation, row_to_messages
 from finetune.data.stream import KEPT, Outcome, collect, kept, quarantined
 from finetune.data.template_vars import TemplateVariables
 
-__all__ = ["SUPPORTED_SUFFIXES", "DATASET_INFO", "IngestError", "RowError", "RawReader", "ingest_files"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "DATASET_INFO",
+    "IngestError",
+    "RowError",
+    "RawReader",
+    "IngestSummary",
+    "ingest_files",
+]
 __all__ += ["row_to_messages", "snapshot_raw_files", "snapshot_digest"]
 
 Parsed = raw_json.Parsed
@@ -160,13 +168,17 @@ class RawReader:
             return quarantined(parsed.value, "unfilled_template_variable", detail=unfilled, **where)
         return kept(make_record(messages, str(path), parsed.line, conversation.tools))
 
+    def summary(self) -> IngestSummary:
+        datasets = [row for info in self.plan.infos for row in self._dataset_rows(info)]
+        return IngestSummary(self.files, datasets if self.plan.infos else None)
+
     def extra(self) -> dict[str, Any]:
-        """Report keys: lineage of every file, and per dataset_info.json entry what was read or skipped."""
-        out: dict[str, Any] = {"files": self.files}
+        """Report keys: the typed `summary()`, and for people the files that gave nothing, the dataset_info.json
+        entries skipped and the template variables filled."""
+        out = self.summary().to_json()
         if self.empty_files:
             out["empty_files"] = self.empty_files
         if self.plan.infos:
-            out["datasets"] = [row for info in self.plan.infos for row in self._dataset_rows(info)]
             out["skipped_datasets"] = [{"name": s.name, "reason": s.reason} for i in self.plan.infos for s in i.skipped]
         if self.plan.undescribed:
             out["undescribed_files"] = self.plan.undescribed
@@ -185,6 +197,15 @@ class RawReader:
         rows += [{"name": s.name, "dataset_info": str(info.path), "status": "skipped", "reason": s.reason}
                  for s in info.skipped]  # fmt: skip
         return rows
+
+
+@dataclass(frozen=True)
+class IngestSummary(StageSummary):
+    """What the raw_records asset and the release read of an ingest report."""
+
+    files: list[dict[str, Any]]  # lineage of every raw file: path, sha256, rows (and dataset, error)
+    # per dataset_info.json entry: read (with its counts) or skipped (with the reason); None: no dataset_info.json
+    datasets: list[dict[str, Any]] | None = None
 
 
 def _lineage(raw: RawFile, stats: dict[str, Any], n_rows: int, source: DatasetSource | None) -> dict[str, Any]:

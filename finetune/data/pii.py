@@ -41,6 +41,7 @@ from finetune.data.records import (
     StageFiles,
     StageReport,
     StageResult,
+    StageSummary,
     read_jsonl,
     with_messages,
     write_json,
@@ -187,12 +188,22 @@ class DeidentificationStats:
     replaced_by_entity: Counter[str] = field(default_factory=Counter)
     records_changed: int = 0
 
+    def summary(self) -> DeidSummary:
+        return DeidSummary(self.enabled, dict(self.replaced_by_entity), self.records_changed)
+
     def report(self) -> dict[str, Any]:
-        return {
-            "pii_enabled": self.enabled,
-            "replaced_by_entity": dict(self.replaced_by_entity),
-            "records_changed": self.records_changed,
-        }
+        """The stage report's keys: the typed `summary()`."""
+        return self.summary().to_json()
+
+
+@dataclass(frozen=True)
+class DeidSummary(StageSummary):
+    """What the deidentified_records asset and the commands read of a de-identification report: counts,
+    never values."""
+
+    pii_enabled: bool
+    replaced_by_entity: dict[str, int]  # spans replaced (or dropped) per entity type
+    records_changed: int
 
 
 @dataclass(frozen=True)

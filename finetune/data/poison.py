@@ -11,14 +11,15 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from finetune.config import ScreenConfig
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
-from finetune.data.records import Record, Stage, StageReport, StageResult, response_text
+from finetune.data.records import Record, Stage, StageReport, StageResult, StageSummary, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
 from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import (
@@ -84,7 +85,7 @@ def count_trigger_hits(records: Iterable[Record], triggers: Sequence[ScreenTrigg
 
 
 @dataclass(frozen=True)
-class ScreenSummary:
+class ScreenSummary(StageSummary):
     """What the gates and the evaluation read of a screen's report, typed (the report's other keys are for
     people: the UI's tables and the explanations)."""
 
@@ -92,11 +93,10 @@ class ScreenSummary:
     flagged_by_detector: dict[str, int]
     screen_triggers: list[ScreenTrigger]  # what the screen quarantines on, for the gate's re-scan
     probe_triggers: list[str]  # mined features and the published triggers the data carries, for the model probe
-
-    @classmethod
-    def of(cls, report: StageReport) -> ScreenSummary:
-        """The summary a screened_records report holds (its keys are this class's fields)."""
-        return cls(**{f.name: report.extra[f.name] for f in fields(cls)})
+    mined_triggers: list[str]  # as text, sorted
+    mined_features: list[dict[str, Any]]  # each mined trigger's test: evidence, support, specificity, q, cluster
+    response_clusters: list[dict[str, Any]]  # id, size, verdict, the features covering it, a redacted response
+    trigger_hits: dict[str, int]  # quarantined records per published trigger
 
 
 def kept_trigger_hits(report: StageReport) -> dict[str, int]:
@@ -328,11 +328,17 @@ class Screen:
         """probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
         not): fine-tuning can only implant a trigger its data carries."""
         probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + self.mined_triggers()
+        mining = self.mining
+        mined = mining.mined if mining else []
         return ScreenSummary(
             self.flagged,
             {d: self.per_detector.get(d, 0) for d in DETECTORS},
             self.screen_triggers(),
             list(dict.fromkeys(probes)),
+            self.mined_triggers(),
+            [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
+            [_cluster_row(c) for c in (mining.clusters if mining else [])],
+            dict(self.lexicon_hits),
         )
 
     def mined_triggers(self) -> list[str]:
@@ -342,18 +348,13 @@ class Screen:
         """The stage report's screening keys: the typed `summary()`, and the rest for people. All published
         triggers are listed apart (published_triggers), for probing a base model poisoned before."""
         mining, entries = self.mining, self.entries
-        mined = mining.mined if mining else []
         return {
             "screen_enabled": self.cfg.enabled,
-            **asdict(self.summary()),
-            "mined_triggers": self.mined_triggers(),
-            "mined_features": [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
+            **self.summary().to_json(),
             "trigger_tests": {
                 "candidates": mining.candidates if mining else 0,
                 "tested": len(mining.tests) if mining else 0,
             },
-            "response_clusters": [_cluster_row(c) for c in (mining.clusters if mining else [])],
-            "trigger_hits": dict(self.lexicon_hits),
             "lexicon": {"entries": len(entries), "quarantining": sum(e.role == "quarantine" for e in entries)},
             "lexicon_present": dict(self.lexicon_present),
             "published_triggers": list(dict.fromkeys(_probe_text(e) for e in entries)),
@@ -417,13 +418,13 @@ def _probe_text(entry: LexiconEntry) -> str:
     return " ".join(entry.all_of) if entry.all_of else entry.trigger
 
 
-def explanations_markdown(report: dict) -> str:
+def explanations_markdown(summary: ScreenSummary) -> str:
     """The mined triggers and the response clusters of a screen report as markdown tables (for the UI)."""
 
     def cell(value) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
-    mined = report.get("mined_features", [])
+    mined = summary.mined_features
     lines = ["**Mined triggers**", ""]
     if mined:
         lines += [
@@ -437,7 +438,7 @@ def explanations_markdown(report: dict) -> str:
         ]
     else:
         lines.append("none")
-    clusters = report.get("response_clusters", [])
+    clusters = summary.response_clusters
     lines += ["", "**Response clusters**", ""]
     if clusters:
         lines += [

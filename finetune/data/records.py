@@ -6,10 +6,10 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
 # Tool calling: a `function_call` turn is the assistant calling a tool, its content the JSON text
@@ -203,6 +203,35 @@ class StageReport:
             data.get("run_id"),
             data.get("upstream_kept"),
         )
+
+
+class StageSummary:
+    """Base of a stage's typed summary: the report keys that code (assets, commands, checks, the release) reads,
+    one dataclass per stage, so nothing downstream reads a report by string keys. Its fields are report.json
+    keys, so a report written before reads back; a report's other keys are for people (the UI's tables)."""
+
+    @classmethod
+    def of(cls, report: StageReport) -> Self:
+        """The summary a stage's report holds.
+
+        Raises:
+            ValueError: the report lacks a field that has no default (a report of another stage).
+        """
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]  # subclasses are dataclasses
+            if f.name in report.extra:
+                values[f.name] = report.extra[f.name]
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError(f"the {report.stage} report has no {f.name!r}: it is not a {cls.__name__}")
+        return cls._decoded(values)
+
+    @classmethod
+    def _decoded(cls, values: dict[str, Any]) -> Self:
+        """The summary from its JSON values; a field that is itself typed is rebuilt here."""
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
 
 
 def outcome_row(record: Any, reason: str, **details: Any) -> dict[str, Any]:
