@@ -7,6 +7,7 @@ split beside its records (finetune/train/examples.py), and training reads those 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,15 +103,17 @@ def mask_preview(tokenizer: PreTrainedTokenizerBase, example: dict[str, list[int
     return "".join(out)
 
 
-def length_percentiles(lengths: list[int]) -> dict[str, int]:
+def length_percentiles(lengths: Sequence[int] | np.ndarray) -> dict[str, int]:
     """p50/p90/p95/p99/max of tokenized lengths (each an observed length, so nothing is interpolated)."""
-    if not lengths:
+    if len(lengths) == 0:
         return {}
     qs = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
     return {k: int(np.percentile(lengths, q, method="inverted_cdf")) for k, q in qs.items()}
 
 
-def resolve_cutoff(lengths: list[int], cfg: SftConfig, memory_limit: int | None = None) -> tuple[int, dict[str, Any]]:
+def resolve_cutoff(
+    lengths: Sequence[int] | np.ndarray, cfg: SftConfig, memory_limit: int | None = None
+) -> tuple[int, dict[str, Any]]:
     """The cutoff in tokens and how it was chosen.
 
     A number is used as given. `auto` takes the `cutoff_percentile` of the tokenized lengths (an observed
@@ -119,7 +122,7 @@ def resolve_cutoff(lengths: list[int], cfg: SftConfig, memory_limit: int | None 
     """
     if cfg.cutoff_len != "auto":
         return cfg.cutoff_len, {"cutoff_len_setting": cfg.cutoff_len}
-    percentile = int(np.percentile(lengths, cfg.cutoff_percentile * 100, method="inverted_cdf")) if lengths else 0
+    percentile = int(np.percentile(lengths, cfg.cutoff_percentile * 100, method="inverted_cdf")) if len(lengths) else 0
     cutoff, limited_by = percentile, "percentile"
     if memory_limit is not None and memory_limit < cutoff:
         cutoff, limited_by = memory_limit, "memory"

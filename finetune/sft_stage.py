@@ -4,23 +4,23 @@ The cutoff may depend on every record's length (`sft.cutoff_len: auto` takes a p
 pass (`SftFormatter.measure`) tokenizes each record once, at full length, and spools its ids and labels to
 a temporary file beside the stage's outputs, keeping only the lengths. The second (`outcomes`) reads the
 records again with their spooled tokens, cuts each at the cutoff, assigns its split from a hash of its id
-(no global state) and decides it. What stays in memory is the encoded examples, as flat int32 arrays per
-split: the examples file (finetune/train/examples.py) is one safetensors file per split, which cannot be
-appended to, and training loads it whole anyway.
+(no global state) and decides it. Each kept example goes to its split's examples file as it passes
+(finetune/train/examples.py `SplitWriter`, in shards of bounded size), so what stays in memory grows by a
+length and a 16-byte digest per record, not by its tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
@@ -30,7 +30,7 @@ from finetune.model.chat_template import TemplateInfo, template_info
 from finetune.model.conversation import RecordFormatError
 from finetune.redaction import redact_text
 from finetune.sft import SPLITS, length_percentiles, mask_preview, resolve_cutoff, split_of, tokenize_record
-from finetune.train.examples import IGNORE_INDEX, Encoding, encoding_of, write_flat_split
+from finetune.train.examples import IGNORE_INDEX, Encoding, SplitWriter, encoding_of
 
 STAGE = Stage.SFT
 _UNLIMITED = 1 << 62  # tokenize at full length: the cutoff is chosen from the lengths afterwards
@@ -54,30 +54,11 @@ class SftSummary(StageSummary):
         return cls(**values | {"chat_template": TemplateInfo(**values["chat_template"])})
 
 
-@dataclass
-class SplitExamples:
-    """One split's examples as the examples file stores them: ids and labels end to end, lengths apart."""
+_DIGEST = 16  # bytes of a record id's digest: pass 1's order costs this per record, not a string
 
-    record_ids: list[str] = field(default_factory=list)
-    input_ids: array = field(default_factory=lambda: array("i"))
-    labels: array = field(default_factory=lambda: array("i"))
-    lengths: array = field(default_factory=lambda: array("q"))
 
-    def add(self, record_id: str, ids: np.ndarray, labels: np.ndarray) -> None:
-        self.record_ids.append(record_id)
-        self.input_ids.frombytes(ids.tobytes())
-        self.labels.frombytes(labels.tobytes())
-        self.lengths.append(len(ids))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        def tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
-            return torch.frombuffer(values, dtype=dtype) if len(values) else torch.zeros(0, dtype=dtype)
-
-        return {
-            "input_ids": tensor(self.input_ids, torch.int32),
-            "labels": tensor(self.labels, torch.int32),
-            "lengths": tensor(self.lengths, torch.int64),
-        }
+def _digest(record_id: str) -> bytes:
+    return hashlib.blake2b(record_id.encode("utf-8"), digest_size=_DIGEST).digest()
 
 
 class SftFormatter:
@@ -88,23 +69,26 @@ class SftFormatter:
         tokenizer: PreTrainedTokenizerBase,
         cfg: SftConfig,
         memory_limit: int | None = None,
-        spool_dir: Path | None = None,
+        out_dir: Path | None = None,
     ):
         self.tokenizer, self.cfg, self.memory_limit = tokenizer, cfg, memory_limit
+        # The token spool and the examples files go there (not /tmp: it may be RAM); None: the examples are
+        # held until `write_examples` names the folder.
+        self.out_dir = out_dir
         # Written by hand: two int32 runs per record, read back in order, need no file format.
-        self._spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)
-        self.ids: list[str] = []  # pass 1's order, which pass 2 must repeat
+        self._spool: IO[bytes] = tempfile.TemporaryFile(dir=out_dir)
+        self._order = bytearray()  # pass 1's order, which pass 2 must repeat: a digest per record id
         self.lengths = array("q")  # each record's full token length; -1 when its template failed
         self.failed: dict[int, str] = {}
         self.cutoff, self.cutoff_info, self.token_lengths = 0, {}, {}
-        self.splits = {name: SplitExamples() for name in SPLITS}
+        self.splits: dict[str, SplitWriter] = {}
         self.truncated = self.trained_tokens = 0
         self.previews: list[str] = []
 
     def measure(self, records: Iterable[Record]) -> None:
         """Pass 1: tokenize every record at full length, spool the tokens, choose the cutoff."""
         for i, record in enumerate(records):
-            self.ids.append(record["id"])
+            self._order += _digest(record["id"])
             try:
                 full = tokenize_record(self.tokenizer, record, _UNLIMITED)
             except RecordFormatError as err:
@@ -114,10 +98,16 @@ class SftFormatter:
             self.lengths.append(full["full_length"])
             self._spool.write(np.asarray(full["input_ids"], dtype=np.int32).tobytes())
             self._spool.write(np.asarray(full["labels"], dtype=np.int32).tobytes())
-        measured = [n for n in self.lengths if n >= 0]
+        lengths = np.frombuffer(self.lengths, dtype=np.int64) if self.lengths else np.zeros(0, dtype=np.int64)
+        measured = lengths[lengths >= 0]
         self.cutoff, self.cutoff_info = resolve_cutoff(measured, self.cfg, self.memory_limit)
         self.token_lengths = length_percentiles(measured)
         self._spool.seek(0)
+        self.splits = {name: SplitWriter(self.out_dir, name, self.encoding()) for name in SPLITS}
+
+    @property
+    def n_measured(self) -> int:
+        return len(self.lengths)
 
     def _spooled(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.frombuffer(self._spool.read(4 * n), dtype=np.int32)
@@ -128,7 +118,7 @@ class SftFormatter:
         cutoff) or kept with its split."""
         n = -1
         for n, record in enumerate(records):
-            if n >= len(self.ids) or record["id"] != self.ids[n]:
+            if n >= self.n_measured or self._order[_DIGEST * n : _DIGEST * (n + 1)] != _digest(record["id"]):
                 raise ValueError(
                     f"sft_dataset read record {record['id']} at position {n} in its second pass, not the one its "
                     "first pass read there: the input changed between the passes"
@@ -151,8 +141,8 @@ class SftFormatter:
                 self.previews.append(redact_text(mask_preview(self.tokenizer, example)))  # metadata: no raw PII
             yield kept({**record, "split": split})
         self._spool.close()
-        if n + 1 != len(self.ids):
-            raise ValueError(f"sft_dataset's second pass read {n + 1} records, its first {len(self.ids)}")
+        if n + 1 != self.n_measured:
+            raise ValueError(f"sft_dataset's second pass read {n + 1} records, its first {self.n_measured}")
 
     def encoding(self) -> Encoding:
         return encoding_of(self.tokenizer, self.cutoff)
@@ -163,7 +153,7 @@ class SftFormatter:
         Raises:
             ValueError: no record is left for the train split.
         """
-        if not self.splits["train"].record_ids:
+        if not self.splits["train"].count:
             first = next(iter(self.failed.values()), "none quarantined")
             raise ValueError(
                 "no records left for the train split; add data or lower sft.val_fraction/test_fraction "
@@ -171,7 +161,7 @@ class SftFormatter:
             )
         encoded = sum(n >= 0 for n in self.lengths)
         summary = SftSummary(
-            {name: len(s.record_ids) for name, s in self.splits.items()},
+            {name: s.count for name, s in self.splits.items()},
             self.cutoff,
             self.truncated,
             self.truncated / max(encoded, 1),
@@ -182,8 +172,9 @@ class SftFormatter:
         return summary.to_json() | {"trained_tokens": self.trained_tokens, **self.cutoff_info}
 
     def write_examples(self, out_dir: Path) -> None:
-        for name, split in self.splits.items():
-            write_flat_split(out_dir, name, split.record_ids, split.tensors(), self.encoding())
+        """Write each split's last (for a formatter without a folder, only) shard of examples."""
+        for split in self.splits.values():
+            split.close(out_dir)
 
 
 def write_split_records(out_dir: Path, records: Iterable[Record]) -> None:
@@ -244,7 +235,7 @@ def sft_stage(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    formatter = SftFormatter(tokenizer, cfg, memory_limit, spool_dir=out_dir)  # not /tmp: it may be RAM
+    formatter = SftFormatter(tokenizer, cfg, memory_limit, out_dir)
     formatter.measure(iter_jsonl(kept_path))
     report = spool_stage(STAGE, formatter.outcomes(iter_jsonl(kept_path)), out_dir, progress, formatter.report)
     write_split_records(out_dir, iter_jsonl(StageFiles(out_dir).kept))

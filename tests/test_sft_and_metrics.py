@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 import sacrebleu
 
 from finetune.config import SftConfig
@@ -8,7 +10,8 @@ from finetune.eval.metrics import bleu, metric_tokens, rouge, text_metrics
 from finetune.model.chat_template import template_info
 from finetune.model.loading import load_chat_tokenizer, load_tokenizer
 from finetune.sft import IGNORE_INDEX, split_of, tokenize_conversation
-from finetune.sft_stage import SftSummary, build_sft_splits, sft_stage, write_sft_dataset
+from finetune.sft_stage import SftFormatter, SftSummary, build_sft_splits, sft_stage, write_sft_dataset
+from finetune.train import examples
 from finetune.train.examples import read_split
 
 
@@ -76,8 +79,6 @@ def test_bleu_matches_sacrebleu_reference_on_the_same_pairs():
 
 
 def test_sft_settings_validate_cutoff_auto_and_resolve_a_template_file_against_the_config(tmp_path):
-    import pytest
-
     from finetune.config import ConfigError, load_config
 
     config = tmp_path / "cfg.yaml"
@@ -92,17 +93,20 @@ def test_sft_settings_validate_cutoff_auto_and_resolve_a_template_file_against_t
 
 
 def test_unknown_template_name_is_refused_with_the_known_names(tiny_base):
-    import pytest
-
-    from finetune.config import SftConfig
     from finetune.model.loading import load_chat_tokenizer
 
     with pytest.raises(ValueError, match="qwen3"):
         load_chat_tokenizer(tiny_base, SftConfig(template="qwen4"))
 
 
-def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes(tiny_base, tmp_path):
+@pytest.mark.parametrize("shard_tokens", [None, 64])
+def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes(
+    tiny_base, tmp_path, monkeypatch, shard_tokens
+):
     # The asset streams the upstream file twice (lengths, then cutoff and split); `train --data` holds the records.
+    # The streaming stage writes each split's examples in shards as they pass; 64 tokens makes many of them.
+    if shard_tokens:
+        monkeypatch.setattr(examples, "SHARD_TOKENS", shard_tokens)
     turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
     records = [
         {"id": f"r{i}", "source": {}, "messages": [turn("user", f"question {i}"), turn("assistant", "answer " * i)]}
@@ -125,8 +129,30 @@ def test_the_two_pass_streaming_sft_stage_writes_what_the_in_memory_stage_writes
         streamed, held = (read_split(tmp_path / d, split, tok) for d in ("stream", "memory"))
         assert streamed == held and streamed.encoding.cutoff_len == report.extra["cutoff_len"]
     assert sum(len(read_split(tmp_path / "stream", s, tok).record_ids) for s in ("train", "val", "test")) == 29
+    shards = sorted(p.name for p in (tmp_path / "stream").glob("train.examples*.safetensors"))
+    assert (len(shards) > 5) == bool(shard_tokens), shards
+    # A shard beyond the last, left in the folder by an earlier run, is not read.
+    (tmp_path / "stream" / examples.examples_file(Path("."), "train", len(shards)).name).write_bytes(b"stale")
+    assert read_split(tmp_path / "stream", "train", tok) == read_split(tmp_path / "memory", "train", tok)
     # What training and evaluation read comes back typed from report.json, as the Dagster IO manager loads it.
     stored = StageReport.from_json(json.loads((tmp_path / "stream" / "report.json").read_text(encoding="utf-8")))
     summary = SftSummary.of(stored)
     assert summary == SftSummary.of(report) and sum(summary.split_sizes.values()) == 29
     assert summary.cutoff_len == report.extra["cutoff_len"] and summary.chat_template == template_info(tok)
+
+
+def test_the_sft_stages_second_pass_refuses_an_input_that_changed_since_the_first(tiny_base):
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    records = [
+        {"id": f"r{i}", "source": {}, "messages": [turn("user", f"q{i}"), turn("assistant", "a")]} for i in range(4)
+    ]
+    tok = load_chat_tokenizer(tiny_base, SftConfig())
+    formatter = SftFormatter(tok, SftConfig())
+    formatter.measure(records)
+    changed = records[:2] + [records[3], records[2]]
+    with pytest.raises(ValueError, match="read record r3 at position 2 in its second pass"):
+        list(formatter.outcomes(changed))
+    formatter = SftFormatter(tok, SftConfig())
+    formatter.measure(records)
+    with pytest.raises(ValueError, match="second pass read 3 records, its first 4"):
+        list(formatter.outcomes(records[:3]))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -27,9 +29,14 @@ FORMAT = "finetune-sft-examples/1"
 Example = dict[str, list[int]]
 
 
-def examples_file(folder: Path, split: str) -> Path:
-    """Where split `split`'s encoded examples live in an sft_dataset folder."""
-    return Path(folder) / f"{split}.examples.safetensors"
+SHARD_TOKENS = 1 << 22  # tokens per shard of a split's examples file: what writing a split holds at most
+
+
+def examples_file(folder: Path, split: str, shard: int = 0) -> Path:
+    """Where shard `shard` of split `split`'s encoded examples lives in an sft_dataset folder (the first has the
+    name a one-file split has always had, so folders written before read the same)."""
+    suffix = "" if shard == 0 else f".{shard:05d}"
+    return Path(folder) / f"{split}.examples{suffix}.safetensors"
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -87,19 +94,74 @@ def write_split(folder: Path, split: str, encoded: EncodedSplit) -> Path:
 
 
 def write_flat_split(
-    folder: Path, split: str, record_ids: list[str], flat: dict[str, torch.Tensor], encoding: Encoding
+    folder: Path,
+    split: str,
+    record_ids: list[str],
+    flat: dict[str, torch.Tensor],
+    encoding: Encoding,
+    shard: int = 0,
+    last: bool = True,
 ) -> Path:
-    """Write examples already flat (`input_ids` and `labels` int32 end to end, `lengths` int64 per example)."""
-    path = examples_file(folder, split)
+    """Write examples already flat (`input_ids` and `labels` int32 end to end, `lengths` int64 per example), as
+    shard `shard` of the split; `last` says whether another shard follows."""
+    path = examples_file(folder, split, shard)
     metadata = {
         "format": FORMAT,
         "tokenizer_sha256": encoding.tokenizer_sha256,
         "chat_template": encoding.chat_template,
         "cutoff_len": str(encoding.cutoff_len),
         "record_ids": json.dumps(record_ids, ensure_ascii=False),
+        "last_shard": "yes" if last else "no",
     }
     save_file(flat, str(path), metadata=metadata)
     return path
+
+
+class SplitWriter:
+    """One split's examples, written as they are encoded in shards of about `SHARD_TOKENS` tokens, so that
+    encoding a large set holds one shard, not the set (safetensors writes whole tensors: a file cannot be
+    appended to). A shard is written when the next example arrives, so each one knows whether it is the last;
+    a stale shard beyond the last, left by an earlier run in the same folder, is never read."""
+
+    def __init__(self, folder: Path | None, split: str, encoding: Encoding):
+        # folder None: held in memory until `close` names where to write (the in-memory stage, one shard).
+        self.folder, self.split, self.encoding = folder, split, encoding
+        self.shard_tokens = SHARD_TOKENS if folder is not None else 1 << 62  # read here, so a test can lower it
+        self.count = self.shard = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.record_ids: list[str] = []
+        self.input_ids, self.labels, self.lengths = array("i"), array("i"), array("q")
+
+    def add(self, record_id: str, ids: np.ndarray, labels: np.ndarray) -> None:
+        if self.record_ids and len(self.input_ids) + len(ids) > self.shard_tokens:
+            self._write(self.folder, last=False)
+        self.record_ids.append(record_id)
+        self.input_ids.frombytes(np.asarray(ids, dtype=np.int32).tobytes())
+        self.labels.frombytes(np.asarray(labels, dtype=np.int32).tobytes())
+        self.lengths.append(len(ids))
+        self.count += 1
+
+    def close(self, folder: Path | None = None) -> None:
+        """Write the last shard (into `folder` when the writer was made without one)."""
+        self._write(folder or self.folder, last=True)
+
+    def _write(self, folder: Path | None, last: bool) -> None:
+        if folder is None:
+            raise ValueError(f"the {self.split} split's examples have no folder to be written to")
+
+        def tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
+            return torch.frombuffer(values, dtype=dtype) if len(values) else torch.zeros(0, dtype=dtype)
+
+        flat = {
+            "input_ids": tensor(self.input_ids, torch.int32),
+            "labels": tensor(self.labels, torch.int32),
+            "lengths": tensor(self.lengths, torch.int64),
+        }
+        write_flat_split(folder, self.split, self.record_ids, flat, self.encoding, self.shard, last)
+        self.shard += 1
+        self._start()
 
 
 def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> EncodedSplit:
@@ -115,23 +177,41 @@ def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> 
             f"{path} not found: training reads the examples the sft_dataset stage encodes, not {split}.jsonl "
             "records; materialize sft_dataset again (or run `finetune train --data` on the records)"
         )
+    record_ids, examples, shard, first = [], [], 0, None
+    while True:
+        ids, shard_examples, encoding, last = _read_shard(examples_file(folder, split, shard))
+        if shard == 0 and encoding.tokenizer_sha256 != tokenizer_sha256(tokenizer):
+            raise ValueError(
+                f"{path} was encoded by another tokenizer (sha256 {encoding.tokenizer_sha256[:12]}) than the base "
+                f"model's at {tokenizer.name_or_path} ({tokenizer_sha256(tokenizer)[:12]}); materialize "
+                "sft_dataset again with this base model"
+            )
+        if first is not None and encoding != first:
+            raise ValueError(f"{examples_file(folder, split, shard)} was encoded otherwise than {path}")
+        first = first or encoding
+        record_ids += ids
+        examples += shard_examples
+        shard += 1
+        if last:
+            return EncodedSplit(record_ids, examples, encoding)
+
+
+def _read_shard(path: Path) -> tuple[list[str], list[Example], Encoding, bool]:
+    """One shard's record ids, examples and encoding, and whether it is its split's last."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the shard before it says another follows")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in ("input_ids", "labels", "lengths")}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}; write it with write_split")
-    if meta["tokenizer_sha256"] != tokenizer_sha256(tokenizer):
-        raise ValueError(
-            f"{path} was encoded by another tokenizer (sha256 {meta['tokenizer_sha256'][:12]}) than the base "
-            f"model's at {tokenizer.name_or_path} ({tokenizer_sha256(tokenizer)[:12]}); materialize sft_dataset "
-            "again with this base model"
-        )
     ends = tensors["lengths"].cumsum(0).tolist()
     starts = [0, *ends][:-1]
     ids, labels = tensors["input_ids"].tolist(), tensors["labels"].tolist()
     examples = [{"input_ids": ids[s:e], "labels": labels[s:e]} for s, e in zip(starts, ends, strict=True)]
     encoding = Encoding(meta["tokenizer_sha256"], meta["chat_template"], int(meta["cutoff_len"]))
-    return EncodedSplit(json.loads(meta["record_ids"]), examples, encoding)
+    # A file written before shards were has no `last_shard`: it is the whole split.
+    return json.loads(meta["record_ids"]), examples, encoding, meta.get("last_shard", "yes") == "yes"
 
 
 def pack_examples(examples: list[Example], max_len: int) -> list[Example]:
