@@ -11,7 +11,6 @@ length and a 16-byte digest per record, not by its tokens.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from array import array
@@ -25,7 +24,17 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune.config import SftConfig
 from finetune.data.records import Record, Stage, StageFiles, StageReport, StageResult, StageSummary
-from finetune.data.stream import Outcome, ProgressFn, collect, dropped, iter_jsonl, kept, quarantined, spool_stage
+from finetune.data.stream import (
+    Outcome,
+    PassOrder,
+    ProgressFn,
+    collect,
+    dropped,
+    iter_jsonl,
+    kept,
+    quarantined,
+    spool_stage,
+)
 from finetune.model.chat_template import TemplateInfo, template_info
 from finetune.model.conversation import RecordFormatError
 from finetune.redaction import redact_text
@@ -54,13 +63,6 @@ class SftSummary(StageSummary):
         return cls(**values | {"chat_template": TemplateInfo(**values["chat_template"])})
 
 
-_DIGEST = 16  # bytes of a record id's digest: pass 1's order costs this per record, not a string
-
-
-def _digest(record_id: str) -> bytes:
-    return hashlib.blake2b(record_id.encode("utf-8"), digest_size=_DIGEST).digest()
-
-
 class SftFormatter:
     """Both passes of the stage over the same records; see the module docstring."""
 
@@ -77,7 +79,7 @@ class SftFormatter:
         self.out_dir = out_dir
         # Written by hand: two int32 runs per record, read back in order, need no file format.
         self._spool: IO[bytes] = tempfile.TemporaryFile(dir=out_dir)
-        self._order = bytearray()  # pass 1's order, which pass 2 must repeat: a digest per record id
+        self.order = PassOrder(STAGE)
         self.lengths = array("q")  # each record's full token length; -1 when its template failed
         self.failed: dict[int, str] = {}
         self.cutoff, self.cutoff_info, self.token_lengths = 0, {}, {}
@@ -88,7 +90,7 @@ class SftFormatter:
     def measure(self, records: Iterable[Record]) -> None:
         """Pass 1: tokenize every record at full length, spool the tokens, choose the cutoff."""
         for i, record in enumerate(records):
-            self._order += _digest(record["id"])
+            self.order.add(record["id"])
             try:
                 full = tokenize_record(self.tokenizer, record, _UNLIMITED)
             except RecordFormatError as err:
@@ -105,10 +107,6 @@ class SftFormatter:
         self._spool.seek(0)
         self.splits = {name: SplitWriter(self.out_dir, name, self.encoding()) for name in SPLITS}
 
-    @property
-    def n_measured(self) -> int:
-        return len(self.lengths)
-
     def _spooled(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.frombuffer(self._spool.read(4 * n), dtype=np.int32)
         return ids, np.frombuffer(self._spool.read(4 * n), dtype=np.int32)
@@ -118,11 +116,7 @@ class SftFormatter:
         cutoff) or kept with its split."""
         n = -1
         for n, record in enumerate(records):
-            if n >= self.n_measured or self._order[_DIGEST * n : _DIGEST * (n + 1)] != _digest(record["id"]):
-                raise ValueError(
-                    f"sft_dataset read record {record['id']} at position {n} in its second pass, not the one its "
-                    "first pass read there: the input changed between the passes"
-                )
+            self.order.check(n, record["id"])
             if n in self.failed:
                 yield quarantined(record, "chat_template_failed", detail=self.failed[n])
                 continue
@@ -141,8 +135,7 @@ class SftFormatter:
                 self.previews.append(redact_text(mask_preview(self.tokenizer, example)))  # metadata: no raw PII
             yield kept({**record, "split": split})
         self._spool.close()
-        if n + 1 != self.n_measured:
-            raise ValueError(f"sft_dataset's second pass read {n + 1} records, its first {self.n_measured}")
+        self.order.check_count(n + 1)
 
     def encoding(self) -> Encoding:
         return encoding_of(self.tokenizer, self.cutoff)

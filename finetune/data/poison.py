@@ -21,7 +21,7 @@ from finetune.data.injection import find_injection, find_payload
 from finetune.data.record_copies import copy_roots
 from finetune.data.records import Record, Stage, StageReport, StageResult, StageSummary, response_text
 from finetune.data.response_clusters import VERDICTS, ResponseCluster
-from finetune.data.stream import Outcome, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
+from finetune.data.stream import Outcome, PassOrder, ProgressFn, collect, iter_jsonl, kept, quarantined, spool_stage
 from finetune.data.trigger_features import (
     PROMPT_ROLES,
     FeatureTable,
@@ -230,7 +230,7 @@ class Screen:
         self.cfg, self.entries = cfg, list(entries)
         self.matcher = LexiconMatcher(self.entries)
         self.mining: Mining | None = None
-        self.ids: list[str] = []  # pass 1's order, which pass 2 must repeat
+        self.order = PassOrder(STAGE)
         self._detectors: RecordDetectors | None = None  # the second pass's, with what mining found
         self.per_detector: Counter[str] = Counter()
         self.lexicon_present: Counter[str] = Counter()
@@ -241,10 +241,11 @@ class Screen:
         """Pass 1: mine triggers and response clusters from the whole input (features on the engine)."""
         prompts, responses, feats = [], [], []
         if not self.cfg.mining:
-            self.ids = [record["id"] for record in records]
+            for record in records:
+                self.order.add(record["id"])
             return
         for record_id, prompt, response, features in engine.map(mining_inputs, records, batch=512):
-            self.ids.append(record_id)
+            self.order.add(record_id)
             prompts.append(prompt)
             responses.append(response)
             # Interned here, in this process: the same feature strings recur across records, mining holds
@@ -275,16 +276,9 @@ class Screen:
             self._detectors = self._with_mining([], LexiconMatcher([]), {})
         return self._detectors
 
-    def _check_order(self, i: int, record: Record) -> None:
-        if i >= len(self.ids) or record["id"] != self.ids[i]:
-            raise ValueError(
-                f"screening read record {record['id']} at position {i}, where its first pass read "
-                f"{self.ids[i] if i < len(self.ids) else 'nothing'}: the input changed between the passes"
-            )
-
     def findings(self, i: int, record: Record) -> list[Finding]:
         """Every detector's findings on the record at position `i` of the input `mine` read."""
-        self._check_order(i, record)
+        self.order.check(i, record["id"])
         found, present = self.detectors().findings(i, record, screen_prompt(record))
         self.lexicon_present.update(present)
         return found
@@ -294,7 +288,7 @@ class Screen:
         Each record is judged on the engine; the counts and outcomes are taken here, in input order."""
         n = -1
         for n, ((_, record), judged) in enumerate(engine.paired(self.detectors().judge, enumerate(records))):
-            self._check_order(n, record)
+            self.order.check(n, record["id"])
             self.lexicon_present.update(judged.lexicon_present)
             hits = judged.findings
             self.per_detector.update({f.detector for f in hits})
@@ -313,8 +307,7 @@ class Screen:
                 )
             else:
                 yield kept(record)
-        if n + 1 != len(self.ids):
-            raise ValueError(f"screening's second pass read {n + 1} records, its first {len(self.ids)}")
+        self.order.check_count(n + 1)
 
     def screen_triggers(self) -> list[ScreenTrigger]:
         """The triggers the screen quarantines on, as the gate's re-scan reads them."""

@@ -8,6 +8,7 @@ The same generators back the in-memory `StageResult` used by tests and smaller s
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -46,6 +47,41 @@ def dropped(record: Record, reason: str, **details: Any) -> Outcome:
 
 def quarantined(record: Any, reason: str, **details: Any) -> Outcome:
     return QUARANTINED, outcome_row(record, reason, **details)
+
+
+class PassOrder:
+    """The order in which a two-pass stage's first pass read its input, which the second pass must repeat (a
+    stage that decides by position, from what the first pass gathered, would otherwise decide for the wrong
+    record). A 16-byte digest per record id, not the ids: a million ids as strings are ~80 MB."""
+
+    _SIZE = 16
+
+    def __init__(self, stage: str):
+        self.stage, self._digests = str(stage), bytearray()
+
+    @classmethod
+    def _digest(cls, record_id: str) -> bytes:
+        return hashlib.blake2b(record_id.encode("utf-8"), digest_size=cls._SIZE).digest()
+
+    def __len__(self) -> int:
+        return len(self._digests) // self._SIZE
+
+    def add(self, record_id: str) -> None:
+        self._digests += self._digest(record_id)
+
+    def check(self, position: int, record_id: str) -> None:
+        """Raises ValueError unless the second pass reads at `position` the record the first read there."""
+        at = self._digests[self._SIZE * position : self._SIZE * (position + 1)]
+        if at != self._digest(record_id):
+            raise ValueError(
+                f"{self.stage} read record {record_id} at position {position} in its second pass, not the one its "
+                "first pass read there: the input changed between the passes"
+            )
+
+    def check_count(self, n_read: int) -> None:
+        """Raises ValueError unless the second pass read as many records as the first."""
+        if n_read != len(self):
+            raise ValueError(f"{self.stage}'s second pass read {n_read} records, its first {len(self)}")
 
 
 def collect(stage: str, outcomes: Iterable[Outcome]) -> StageResult:
