@@ -55,7 +55,7 @@ def curate(data: Path, out: Path, overrides: list[str]) -> tuple[dict, float]:
 
 
 def print_entries(report: dict) -> None:
-    rows = report.get("datasets", [])
+    rows = report.get("datasets") or []
     print(f"{'entry':<28} {'status':<8} {'ingested':>8} {'quarantined':>11}  reasons")
     for row in (r for r in rows if r["status"] == "read"):
         reasons = ", ".join(f"{k} {v}" for k, v in row["quarantined_by_reason"].items()) or "-"

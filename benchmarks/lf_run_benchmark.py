@@ -198,7 +198,7 @@ def main() -> int:
     print_stages(reports)
     ingest = reports["raw_records"]
     skipped = Counter(
-        e["reason"].split(" (")[0] for e in ingest.get("datasets", []) if e.get("status") == "skipped"
+        e["reason"].split(" (")[0] for e in ingest.get("datasets") or [] if e.get("status") == "skipped"
     )  # "needs the network (hf_hub_url: <id>)" once, not once per hub id
     print(f"\ndataset_info.json entries skipped: {sum(skipped.values())} {dict(skipped)}")
     print_outcomes(folders["raw_records"], "ingest quarantines")

@@ -146,7 +146,7 @@ class SftFormatter:
         Raises:
             ValueError: no record is left for the train split.
         """
-        if not self.splits["train"].count:
+        if "train" not in self.splits or not self.splits["train"].count:
             first = next(iter(self.failed.values()), "none quarantined")
             raise ValueError(
                 "no records left for the train split; add data or lower sft.val_fraction/test_fraction "
@@ -165,7 +165,7 @@ class SftFormatter:
         return summary.to_json() | {"trained_tokens": self.trained_tokens, **self.cutoff_info}
 
     def write_examples(self, out_dir: Path) -> None:
-        """Write each split's last (for a formatter without a folder, only) shard of examples."""
+        """Write each split's last shard of examples (all of them, for a formatter made without a folder)."""
         for split in self.splits.values():
             split.close(out_dir)
 

@@ -150,9 +150,62 @@ def test_the_sft_stages_second_pass_refuses_an_input_that_changed_since_the_firs
     formatter = SftFormatter(tok, SftConfig())
     formatter.measure(records)
     changed = records[:2] + [records[3], records[2]]
-    with pytest.raises(ValueError, match="read record r3 at position 2 in its second pass"):
+    with pytest.raises(
+        ValueError, match="read record r3 at position 2 in its second pass, where its first pass read an"
+    ):
         list(formatter.outcomes(changed))
     formatter = SftFormatter(tok, SftConfig())
     formatter.measure(records)
     with pytest.raises(ValueError, match="second pass read 3 records, its first 4"):
         list(formatter.outcomes(records[:3]))
+
+
+def test_sharded_examples_never_mix_two_runs_and_an_in_memory_split_writes_anywhere(tiny_base, tmp_path, monkeypatch):
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    records = [
+        {"id": f"r{i}", "source": {}, "messages": [turn("user", f"q{i}"), turn("assistant", "a " * i)]}
+        for i in range(40)
+    ]
+    write_jsonl(tmp_path / "upstream.jsonl", records)
+    cfg = SftConfig(val_fraction=0.0, test_fraction=0.0)
+    tok = load_chat_tokenizer(tiny_base, cfg)
+    monkeypatch.setattr(examples, "SHARD_TOKENS", 64)
+    sft_stage(tmp_path / "upstream.jsonl", tok, cfg, None, tmp_path / "out")
+    whole = read_split(tmp_path / "out", "train", tok)
+    assert len(whole.examples) == 40 and len(list((tmp_path / "out").glob("train.examples*"))) > 5
+
+    def stop(_stage, n):
+        if n == 30:
+            raise KeyboardInterrupt
+
+    # A second run into the same folder that stops part way: its first shards replace the first run's, so what
+    # is left must not read as a split (before, it read as 18 records of one run and 22 of the other).
+    write_jsonl(tmp_path / "other.jsonl", [r | {"id": "x" + r["id"]} for r in records])
+    with pytest.raises(KeyboardInterrupt):
+        sft_stage(tmp_path / "other.jsonl", tok, cfg, None, tmp_path / "out", progress=stop)
+    with pytest.raises(FileNotFoundError, match="stopped part way"):
+        read_split(tmp_path / "out", "train", tok)
+    # The in-memory stage's result can be written to several folders, each whole.
+    held = build_sft_splits(records, tok, cfg)
+    for folder in ("a", "b"):
+        write_sft_dataset(held, tmp_path / folder)
+        assert read_split(tmp_path / folder, "train", tok) == whole
+
+
+def test_a_one_file_split_written_before_shards_reads_as_the_whole_split(tiny_base, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    records = [
+        {"id": f"r{i}", "source": {}, "messages": [turn("user", f"q{i}"), turn("assistant", "a")]} for i in range(6)
+    ]
+    cfg = SftConfig(val_fraction=0.0, test_fraction=0.0)
+    tok = load_chat_tokenizer(tiny_base, cfg)
+    write_sft_dataset(build_sft_splits(records, tok, cfg), tmp_path)
+    path = examples.examples_file(tmp_path, "train")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    del meta["last_shard"]
+    save_file(load_file(str(path)), str(path), metadata=meta | {"format": "finetune-sft-examples/1"})
+    assert len(read_split(tmp_path, "train", tok).examples) == 6

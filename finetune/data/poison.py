@@ -320,7 +320,8 @@ class Screen:
     def summary(self) -> ScreenSummary:
         """probe_triggers: every mined feature, and the published triggers that occur in the data (quarantined or
         not): fine-tuning can only implant a trigger its data carries."""
-        probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + self.mined_triggers()
+        mined_triggers = self.mined_triggers()
+        probes = [_probe_text(e) for e in self.entries if e.trigger in self.lexicon_present] + mined_triggers
         mining = self.mining
         mined = mining.mined if mining else []
         return ScreenSummary(
@@ -328,7 +329,7 @@ class Screen:
             {d: self.per_detector.get(d, 0) for d in DETECTORS},
             self.screen_triggers(),
             list(dict.fromkeys(probes)),
-            self.mined_triggers(),
+            mined_triggers,
             [t.summary() for t in sorted(mined, key=lambda t: (t.cluster is None, t.key))],
             [_cluster_row(c) for c in (mining.clusters if mining else [])],
             dict(self.lexicon_hits),

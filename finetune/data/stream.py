@@ -73,9 +73,10 @@ class PassOrder:
         """Raises ValueError unless the second pass reads at `position` the record the first read there."""
         at = self._digests[self._SIZE * position : self._SIZE * (position + 1)]
         if at != self._digest(record_id):
+            read = "another record" if at else f"nothing (it read {len(self)} records)"
             raise ValueError(
-                f"{self.stage} read record {record_id} at position {position} in its second pass, not the one its "
-                "first pass read there: the input changed between the passes"
+                f"{self.stage} read record {record_id} at position {position} in its second pass, where its "
+                f"first pass read {read}: the input changed between the passes"
             )
 
     def check_count(self, n_read: int) -> None:

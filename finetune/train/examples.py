@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label of a token the loss skips
-FORMAT = "finetune-sft-examples/1"
+FORMAT = "finetune-sft-examples/2"  # /2: a split may be several shards; a /1 file is a whole split
+_READABLE = ("finetune-sft-examples/1", FORMAT)
 
 Example = dict[str, list[int]]
 
@@ -120,14 +121,17 @@ def write_flat_split(
 class SplitWriter:
     """One split's examples, written as they are encoded in shards of about `SHARD_TOKENS` tokens, so that
     encoding a large set holds one shard, not the set (safetensors writes whole tensors: a file cannot be
-    appended to). A shard is written when the next example arrives, so each one knows whether it is the last;
-    a stale shard beyond the last, left by an earlier run in the same folder, is never read."""
+    appended to). A shard is written when the next example arrives, so each one knows whether it is the last.
+    The split's files of an earlier run in the same folder are removed first: a run that fails part way leaves
+    a split that cannot be read (its last shard is missing), never one that mixes two runs."""
 
     def __init__(self, folder: Path | None, split: str, encoding: Encoding):
-        # folder None: held in memory until `close` names where to write (the in-memory stage, one shard).
+        # folder None: held in memory, and written whole by `close` (the in-memory stage, one shard).
         self.folder, self.split, self.encoding = folder, split, encoding
-        self.shard_tokens = SHARD_TOKENS if folder is not None else 1 << 62  # read here, so a test can lower it
         self.count = self.shard = 0
+        self.closed = False
+        if folder is not None:
+            _remove_split(folder, split)
         self._start()
 
     def _start(self) -> None:
@@ -135,8 +139,13 @@ class SplitWriter:
         self.input_ids, self.labels, self.lengths = array("i"), array("i"), array("q")
 
     def add(self, record_id: str, ids: np.ndarray, labels: np.ndarray) -> None:
-        if self.record_ids and len(self.input_ids) + len(ids) > self.shard_tokens:
+        if self.closed:
+            raise ValueError(f"the {self.split} split's examples were written already")
+        # SHARD_TOKENS is read here, not bound at import, so a test can lower it.
+        if self.folder is not None and self.record_ids and len(self.input_ids) + len(ids) > SHARD_TOKENS:
             self._write(self.folder, last=False)
+            self.shard += 1
+            self._start()
         self.record_ids.append(record_id)
         self.input_ids.frombytes(np.asarray(ids, dtype=np.int32).tobytes())
         self.labels.frombytes(np.asarray(labels, dtype=np.int32).tobytes())
@@ -144,13 +153,20 @@ class SplitWriter:
         self.count += 1
 
     def close(self, folder: Path | None = None) -> None:
-        """Write the last shard (into `folder` when the writer was made without one)."""
-        self._write(folder or self.folder, last=True)
+        """Write the last shard. A writer made without a folder writes all its examples into `folder`, as one
+        shard, and may be asked again for another folder."""
+        if self.folder is None:
+            if folder is None:
+                raise ValueError(f"the {self.split} split's examples have no folder to be written to")
+            _remove_split(folder, self.split)
+            self._write(folder, last=True)
+            return
+        if self.closed:
+            raise ValueError(f"the {self.split} split's examples were written already")
+        self._write(self.folder, last=True)
+        self.closed = True
 
-    def _write(self, folder: Path | None, last: bool) -> None:
-        if folder is None:
-            raise ValueError(f"the {self.split} split's examples have no folder to be written to")
-
+    def _write(self, folder: Path, last: bool) -> None:
         def tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
             return torch.frombuffer(values, dtype=dtype) if len(values) else torch.zeros(0, dtype=dtype)
 
@@ -160,8 +176,11 @@ class SplitWriter:
             "lengths": tensor(self.lengths, torch.int64),
         }
         write_flat_split(folder, self.split, self.record_ids, flat, self.encoding, self.shard, last)
-        self.shard += 1
-        self._start()
+
+
+def _remove_split(folder: Path, split: str) -> None:
+    for path in Path(folder).glob(f"{split}.examples*.safetensors"):
+        path.unlink()
 
 
 def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> EncodedSplit:
@@ -187,8 +206,12 @@ def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> 
                 "sft_dataset again with this base model"
             )
         if first is not None and encoding != first:
-            raise ValueError(f"{examples_file(folder, split, shard)} was encoded otherwise than {path}")
-        first = first or encoding
+            raise ValueError(
+                f"{examples_file(folder, split, shard)} was encoded otherwise than {path} (another tokenizer, "
+                "template or cutoff); materialize sft_dataset again"
+            )
+        if first is None:
+            first = encoding
         record_ids += ids
         examples += shard_examples
         shard += 1
@@ -199,18 +222,21 @@ def read_split(folder: Path, split: str, tokenizer: PreTrainedTokenizerBase) -> 
 def _read_shard(path: Path) -> tuple[list[str], list[Example], Encoding, bool]:
     """One shard's record ids, examples and encoding, and whether it is its split's last."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the shard before it says another follows")
+        raise FileNotFoundError(
+            f"{path} not found: the shard before it says another follows (the sft_dataset run that wrote them "
+            "stopped part way?); materialize sft_dataset again"
+        )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in ("input_ids", "labels", "lengths")}
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in _READABLE:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}; write it with write_split")
     ends = tensors["lengths"].cumsum(0).tolist()
     starts = [0, *ends][:-1]
     ids, labels = tensors["input_ids"].tolist(), tensors["labels"].tolist()
     examples = [{"input_ids": ids[s:e], "labels": labels[s:e]} for s, e in zip(starts, ends, strict=True)]
     encoding = Encoding(meta["tokenizer_sha256"], meta["chat_template"], int(meta["cutoff_len"]))
-    # A file written before shards were has no `last_shard`: it is the whole split.
+    # A /1 file (written before shards were) has no `last_shard`: it is the whole split.
     return json.loads(meta["record_ids"]), examples, encoding, meta.get("last_shard", "yes") == "yes"
 
 
