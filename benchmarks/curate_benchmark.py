@@ -128,7 +128,7 @@ def run_child(system: str, data: Path, threshold: float) -> dict:
             report = curate([data], CleanConfig(), cfg, out)
             rows = iter_jsonl(out / "dropped.jsonl")
             dropped = {d["record"]["source"]["line"] for d in rows if d["stage"] == "deduplicated_records"}
-            cleaned_away = report["stages"][1]["dropped"]
+            cleaned_away = report.stages[1].dropped
         else:
             records = (item for kind, item in RawReader([data]) if kind == KEPT)
             dropped = {d["record"]["source"]["line"] for kind, d in Deduplicator(cfg).stream(records) if kind != KEPT}

@@ -50,7 +50,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
     from finetune.data.curate import curate, token_counter
     from finetune.data.engine import Engine
-    from finetune.data.records import Stage, StageCounts
+    from finetune.data.records import Stage
 
     cfg = _config(args)
     count_tokens = None
@@ -68,13 +68,13 @@ def cmd_curate(args: argparse.Namespace) -> int:
     engine = Engine.of(cfg.data)
     report = curate(inputs, cfg.clean, cfg.dedup, Path(args.output), count_tokens, progress, cfg.ingest, engine)
     bar.close()
-    for stage in report["stages"]:
-        print(StageCounts.from_json(stage).describe())
-    if skipped := report.get("skipped_datasets"):
+    for counts in report.stages:
+        print(counts.describe())
+    if skipped := report.skipped_datasets:
         kinds = Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped).most_common()
         print(f"skipped {len(skipped)} dataset_info.json entries (report.json names each with its reason): "
               + "; ".join(f"{n} {kind}" for kind, n in kinds))  # fmt: skip
-    for pair in report["dedup"]["sample_pairs"][:3]:
+    for pair in report.dedup.sample_pairs[:3]:
         print(f"  {pair['reason']} ({pair['similarity']}): {pair['dropped_text'][:50]!r} ~ {pair['kept_text'][:50]!r}")
     print(f"wrote {args.output}/kept.jsonl, dropped.jsonl, quarantined.jsonl, report.json")
     return 0

@@ -8,16 +8,17 @@ for the dedup index.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from finetune.config import CleanConfig, DedupConfig, IngestConfig
-from finetune.data.clean import Cleaner, TokenCounter
-from finetune.data.dedup import Deduplicator, attach_kept_text
+from finetune.data.clean import Cleaner, CleanSummary, TokenCounter
+from finetune.data.dedup import Deduplicator, DedupSummary, attach_kept_text
 from finetune.data.engine import LOCAL, Engine
 from finetune.data.ingest import RawReader
-from finetune.data.records import Stage, StageFiles, StageReport, write_json
+from finetune.data.records import Stage, StageCounts, StageFiles, StageReport, write_json
 from finetune.data.stream import ProgressFn, iter_jsonl, spool_chain, spool_stage
 
 
@@ -51,11 +52,11 @@ def clean_stage(
     return spool_stage(Stage.CLEANED, cleaner.stream(iter_jsonl(kept_path)), out_dir, progress, cleaner.extra)
 
 
-def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> dict[str, Any]:
+def _dedup_summary(dedup: Deduplicator, kept_path: Path) -> DedupSummary:
     """Cluster statistics, each sample pair completed with its kept record's text from the written kept.jsonl."""
     summary = dedup.summary()
     attach_kept_text(summary.sample_pairs, iter_jsonl(kept_path))
-    return summary.to_json()
+    return summary
 
 
 def dedup_stage(
@@ -67,7 +68,9 @@ def dedup_stage(
     dedup = Deduplicator(cfg, index_dir=Path(out_dir), engine=engine)
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
     summary = partial(_dedup_summary, dedup, StageFiles(Path(out_dir)).kept)
-    return spool_stage(Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
+    return spool_stage(
+        Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, lambda: summary().to_json()
+    )
 
 
 def curate(
@@ -79,7 +82,7 @@ def curate(
     progress: ProgressFn | None = None,
     ingest: IngestConfig | None = None,
     engine: Engine = LOCAL,
-) -> dict[str, Any]:
+) -> CurateReport:
     """Ingest, clean and deduplicate in one streaming pass.
 
     Writes `kept.jsonl` (the final records), `dropped.jsonl` and `quarantined.jsonl` (every stage's,
@@ -97,12 +100,32 @@ def curate(
         progress,
     )
     files = StageFiles(out_dir)
-    report = {
-        "stages": [counts.to_json() for counts in stages],
-        **reader.extra(),
-        **cleaner.extra(),
-        "dedup": _dedup_summary(deduplicator, files.kept),
-        "dir": str(out_dir),
-    }
-    write_json(files.report, report)
+    report = CurateReport(stages, reader.extra(), cleaner.summary(), _dedup_summary(deduplicator, files.kept), out_dir)
+    write_json(files.report, report.to_json())
     return report
+
+
+@dataclass(frozen=True)
+class CurateReport:
+    """What `curate` did, stage by stage, and its report.json (one object: the counts per stage, ingest's and
+    cleaning's keys at the top, dedup's under "dedup")."""
+
+    stages: list[StageCounts]  # raw, cleaned, deduplicated
+    ingest: dict[str, Any]  # `IngestSummary`'s keys, and for people the files and entries that gave nothing
+    clean: CleanSummary
+    dedup: DedupSummary
+    dir: Path
+
+    @property
+    def skipped_datasets(self) -> list[dict[str, str]]:
+        """The dataset_info.json entries skipped, each with its reason."""
+        return self.ingest.get("skipped_datasets", [])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": [counts.to_json() for counts in self.stages],
+            **self.ingest,
+            **self.clean.to_json(),
+            "dedup": self.dedup.to_json(),
+            "dir": str(self.dir),
+        }
