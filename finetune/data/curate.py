@@ -9,7 +9,6 @@ for the dedup index.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +65,12 @@ def dedup_stage(
     # The index goes beside the stage's files, on disk: /tmp may be a RAM-backed tmpfs.
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     dedup = Deduplicator(cfg, index_dir=Path(out_dir), engine=engine)
+
     # spool_stage asks for the summary after closing the files, so kept.jsonl is complete by then.
-    summary = partial(_dedup_summary, dedup, StageFiles(Path(out_dir)).kept)
-    return spool_stage(
-        Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, lambda: summary().to_json()
-    )
+    def summary() -> dict[str, Any]:
+        return _dedup_summary(dedup, StageFiles(Path(out_dir)).kept).to_json()
+
+    return spool_stage(Stage.DEDUPLICATED, dedup.stream(iter_jsonl(kept_path)), out_dir, progress, summary)
 
 
 def curate(

@@ -307,10 +307,6 @@ class Deduplicator:
         ]
         return DedupSummary(self.group_count, self.largest_groups, pairs)
 
-    def extra(self) -> dict[str, Any]:
-        """The stage report's keys: the typed `summary()`."""
-        return self.summary().to_json()
-
 
 @dataclass(frozen=True)
 class DedupSummary(StageSummary):
